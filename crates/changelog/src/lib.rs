@@ -1,1 +1,267 @@
-//! placeholder
+//! Per-view change log: the consolidated contents at the last sealed timestamp, plus a bounded
+//! history of recent sealed timestamps for resuming subscribers.
+//!
+//! Owns: turning sealed `(row, time, diff)` updates into one consolidated [`Batch`] per timestamp,
+//! the current contents, and history retention. Pure and synchronous.
+//! Never touches: threads, channels, sockets, serialization formats, dataflow.
+
+use std::collections::{HashMap, VecDeque};
+
+use viewcast_repr::{consolidate_updates, Diff, RelationDesc, Row, Timestamp, Update};
+
+/// All changes of one view at one timestamp, consolidated (no row twice, no zero diff).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub ts: Timestamp,
+    pub updates: Vec<(Row, Diff)>,
+}
+
+impl Batch {
+    /// Rough heap size, for history limits.
+    pub fn approx_bytes(&self) -> usize {
+        self.updates.iter().map(|(r, _)| approx_row_bytes(r)).sum::<usize>() + 32
+    }
+}
+
+fn approx_row_bytes(r: &Row) -> usize {
+    use viewcast_repr::Datum;
+    r.datums()
+        .iter()
+        .map(|d| match d {
+            Datum::Text(t) => 24 + t.len(),
+            Datum::Jsonb(_) => 256,
+            _ => 24,
+        })
+        .sum::<usize>()
+        + 24
+}
+
+/// How much history a log keeps for resuming subscribers.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Keep batches whose timestamp is within this many ms of the newest sealed time.
+    pub max_age_ms: u64,
+    /// And at most this many bytes of them (oldest dropped first).
+    pub max_bytes: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_age_ms: 60_000, max_bytes: 16 << 20 }
+    }
+}
+
+/// Where a subscriber that last saw timestamp `since` can resume.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resume<'a> {
+    /// Every batch after `since`, in order (possibly none).
+    Replay(Vec<&'a Batch>),
+    /// History after `since` is no longer retained: a fresh snapshot is needed.
+    TooOld,
+}
+
+/// The change log of one view.
+#[derive(Debug)]
+pub struct ViewLog {
+    desc: RelationDesc,
+    /// Contents through every time below `frontier`, as row -> multiplicity (never zero).
+    state: HashMap<Row, Diff>,
+    /// Every time below this is sealed and applied.
+    frontier: Timestamp,
+    /// Sealed batches, oldest first, each with a distinct increasing `ts`.
+    history: VecDeque<Batch>,
+    history_bytes: usize,
+    /// The oldest time after which history is complete: batches with ts > `history_since` are all kept.
+    history_since: Timestamp,
+    retention: Retention,
+}
+
+impl ViewLog {
+    /// An empty log whose first sealed time will be at or after `as_of`.
+    pub fn new(desc: RelationDesc, as_of: Timestamp, retention: Retention) -> ViewLog {
+        ViewLog {
+            desc,
+            state: HashMap::new(),
+            frontier: as_of,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            history_since: as_of.saturating_sub(1),
+            retention,
+        }
+    }
+
+    pub fn desc(&self) -> &RelationDesc {
+        &self.desc
+    }
+
+    /// Every time below this is applied.
+    pub fn frontier(&self) -> Timestamp {
+        self.frontier
+    }
+
+    /// The last complete timestamp the contents reflect.
+    pub fn sealed_ts(&self) -> Timestamp {
+        self.frontier.saturating_sub(1)
+    }
+
+    /// Number of rows (with multiplicity) in the current contents.
+    pub fn len(&self) -> i64 {
+        self.state.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// Applies sealed updates at times in `[frontier, upto)` and returns one batch per changed timestamp,
+    /// in order. Updates at times outside that range are a caller bug and are rejected.
+    pub fn seal(&mut self, upto: Timestamp, mut updates: Vec<Update>) -> Result<Vec<Batch>, SealError> {
+        if upto < self.frontier {
+            return Err(SealError::Regress { frontier: self.frontier, upto });
+        }
+        if let Some((_, t, _)) = updates.iter().find(|(_, t, _)| *t < self.frontier || *t >= upto) {
+            return Err(SealError::OutOfRange { ts: *t, frontier: self.frontier, upto });
+        }
+        updates.sort_by_key(|(_, t, _)| *t);
+        let mut batches = Vec::new();
+        let mut iter = updates.into_iter().peekable();
+        while let Some((row, ts, diff)) = iter.next() {
+            let mut group = vec![(row, diff)];
+            while let Some((r, d)) = iter.next_if(|(_, t, _)| *t == ts).map(|(r, _, d)| (r, d)) {
+                group.push((r, d));
+            }
+            consolidate_updates(&mut group);
+            if group.is_empty() {
+                continue;
+            }
+            for (row, diff) in &group {
+                match self.state.get_mut(row) {
+                    Some(n) => {
+                        *n += diff;
+                        if *n == 0 {
+                            self.state.remove(row);
+                        }
+                    }
+                    None => {
+                        self.state.insert(row.clone(), *diff);
+                    }
+                }
+            }
+            batches.push(Batch { ts, updates: group });
+        }
+        self.frontier = upto;
+        for b in &batches {
+            self.history_bytes += b.approx_bytes();
+            self.history.push_back(b.clone());
+        }
+        self.compact();
+        Ok(batches)
+    }
+
+    fn compact(&mut self) {
+        let newest = self.sealed_ts();
+        while let Some(front) = self.history.front() {
+            let too_old = front.ts + self.retention.max_age_ms < newest;
+            let too_big = self.history_bytes > self.retention.max_bytes;
+            if !(too_old || too_big) {
+                break;
+            }
+            let b = self.history.pop_front().expect("front exists");
+            self.history_bytes -= b.approx_bytes();
+            self.history_since = b.ts;
+        }
+        // Without retained batches, history is complete only after the current sealed time.
+        if self.retention.max_age_ms == 0 || self.retention.max_bytes == 0 {
+            self.history_since = newest;
+        }
+    }
+
+    /// The current contents, sorted by row (deterministic), each row with its multiplicity.
+    pub fn snapshot(&self) -> Vec<(Row, Diff)> {
+        let mut rows: Vec<(Row, Diff)> = self.state.iter().map(|(r, d)| (r.clone(), *d)).collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Iterates the contents without copying.
+    pub fn rows(&self) -> impl Iterator<Item = (&Row, Diff)> {
+        self.state.iter().map(|(r, d)| (r, *d))
+    }
+
+    /// The contents as of `ts` (at or after the oldest retained history), rewinding retained batches.
+    pub fn snapshot_at(&self, ts: Timestamp) -> Option<Vec<(Row, Diff)>> {
+        if ts >= self.sealed_ts() {
+            return Some(self.snapshot());
+        }
+        if ts < self.history_since {
+            return None;
+        }
+        let mut rows = self.snapshot();
+        for b in self.history.iter().filter(|b| b.ts > ts) {
+            rows.extend(b.updates.iter().map(|(r, d)| (r.clone(), -d)));
+        }
+        consolidate_updates(&mut rows);
+        Some(rows)
+    }
+
+    /// What a subscriber that has everything through `since` needs next.
+    pub fn resume(&self, since: Timestamp) -> Resume<'_> {
+        if since >= self.sealed_ts() {
+            return Resume::Replay(Vec::new());
+        }
+        if since < self.history_since {
+            return Resume::TooOld;
+        }
+        Resume::Replay(self.history.iter().filter(|b| b.ts > since).collect())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("seal to {upto} would move the frontier back from {frontier}")]
+    Regress { frontier: Timestamp, upto: Timestamp },
+    #[error("update at {ts} outside the sealable range [{frontier}, {upto})")]
+    OutOfRange { ts: Timestamp, frontier: Timestamp, upto: Timestamp },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viewcast_repr::Datum;
+
+    fn r(i: i64) -> Row {
+        Row::new(vec![Datum::Int(i)])
+    }
+
+    fn log() -> ViewLog {
+        ViewLog::new(RelationDesc::default(), 10, Retention { max_age_ms: 100, max_bytes: 1 << 20 })
+    }
+
+    #[test]
+    fn seal_groups_by_time_and_consolidates() {
+        let mut l = log();
+        let b = l.seal(20, vec![(r(1), 12, 1), (r(2), 11, 1), (r(1), 12, 1), (r(3), 15, 1), (r(3), 15, -1)]).unwrap();
+        assert_eq!(b, vec![Batch { ts: 11, updates: vec![(r(2), 1)] }, Batch { ts: 12, updates: vec![(r(1), 2)] }]);
+        assert_eq!(l.snapshot(), vec![(r(1), 2), (r(2), 1)]);
+        assert_eq!(l.sealed_ts(), 19);
+        assert!(l.seal(25, vec![(r(1), 19, 1)]).is_err(), "time below frontier is rejected");
+        assert!(l.seal(15, vec![]).is_err(), "frontier never regresses");
+    }
+
+    #[test]
+    fn resume_replays_after_since_or_reports_too_old() {
+        let mut l = log();
+        l.seal(20, vec![(r(1), 11, 1)]).unwrap();
+        l.seal(30, vec![(r(1), 25, -1), (r(2), 25, 1)]).unwrap();
+        match l.resume(11) {
+            Resume::Replay(b) => assert_eq!(b.iter().map(|b| b.ts).collect::<Vec<_>>(), vec![25]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.snapshot_at(20).unwrap(), vec![(r(1), 1)]);
+        // Age out the batch at 11: resuming from before it is impossible.
+        l.seal(200, vec![(r(3), 150, 1)]).unwrap();
+        assert_eq!(l.resume(5), Resume::TooOld);
+        assert!(matches!(l.resume(150), Resume::Replay(ref b) if b.is_empty()));
+        assert_eq!(l.snapshot_at(199).unwrap().len(), 2);
+    }
+}
