@@ -1,1 +1,146 @@
-//! placeholder
+//! The coordinator: the catalog, statement execution, and the clock that drives the engine.
+//!
+//! Owns: names and ids of sources, tables and views; turning statements into engine commands and
+//! hub registrations; the tick loop (assigning ingested rows to timestamps, with admission control
+//! so the engine never falls more than a bounded number of ticks behind); the thread applying the
+//! engine's sealed output to the hub. It is the one crate that sees every layer.
+//! Never touches: sockets or HTTP (the gateway), dataflow internals (the engine).
+
+mod catalog;
+mod clock;
+mod execute;
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use viewcast_engine::{Engine, EngineConfig, EngineEvent};
+use viewcast_hub::{Hub, HubConfig};
+use viewcast_repr::{RelationDesc, Row};
+
+pub use catalog::{ItemKind, RelationInfo};
+pub use execute::{ExecuteResult, StatementError};
+
+/// Settings of one viewcast instance.
+#[derive(Clone, Debug)]
+pub struct CoordConfig {
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Length of a tick (one timestamp of ingested rows) in milliseconds.
+    pub tick_ms: u64,
+    /// Rows taken from one source per tick at most; the rest wait in the source's bounded queue.
+    pub max_rows_per_tick: usize,
+    /// The engine may lag this many ticks behind before ingestion pauses.
+    pub max_lag_ticks: u64,
+    pub hub: HubConfig,
+}
+
+impl Default for CoordConfig {
+    fn default() -> Self {
+        CoordConfig { workers: 1, tick_ms: 50, max_rows_per_tick: 200_000, max_lag_ticks: 4, hub: HubConfig::default() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("engine: {0}")]
+    Engine(#[from] viewcast_engine::EngineError),
+    #[error("could not start thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+pub(crate) struct Shared {
+    pub config: CoordConfig,
+    pub engine: Engine,
+    pub hub: Arc<Hub>,
+    pub catalog: Mutex<catalog::Catalog>,
+    pub clock: Mutex<clock::Clock>,
+    pub stop: std::sync::atomic::AtomicBool,
+}
+
+/// A running viewcast instance (engine, hub, catalog). Dropping it stops every thread.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    pub fn start(config: CoordConfig) -> Result<Coordinator, CoordError> {
+        let (events_tx, events_rx) = crossbeam_channel::bounded::<EngineEvent>(1024);
+        let engine = Engine::start(EngineConfig { workers: config.workers }, events_tx)?;
+        let hub = Arc::new(Hub::new(config.hub));
+        let shared = Arc::new(Shared {
+            config,
+            engine,
+            hub: hub.clone(),
+            catalog: Mutex::new(catalog::Catalog::default()),
+            clock: Mutex::new(clock::Clock::new()),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({
+            let shared = shared.clone();
+            move || apply_loop(&shared, events_rx)
+        })?;
+        let ticker = std::thread::Builder::new().name("viewcast-ticker".into()).spawn({
+            let shared = shared.clone();
+            move || clock::tick_loop(&shared)
+        })?;
+        Ok(Coordinator { shared, threads: vec![applier, ticker] })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// Every relation in the catalog, sorted by name.
+    pub fn relations(&self) -> Vec<RelationInfo> {
+        let cat = self.shared.catalog.lock().expect("catalog lock");
+        let summaries = self.shared.hub.summaries();
+        cat.relations(&summaries)
+    }
+
+    /// Runs the statements of `sql` in order; stops after the first error.
+    pub async fn execute(&self, sql: &str) -> Vec<ExecuteResult> {
+        execute::execute(&self.shared, sql).await
+    }
+
+    /// Runs the statements and returns the rows of the last one, or its error: a convenience for tests.
+    pub async fn query(&self, sql: &str) -> Result<(RelationDesc, Vec<Row>), StatementError> {
+        match self.execute(sql).await.pop() {
+            Some(ExecuteResult::Rows { desc, rows, .. }) => Ok((desc, rows)),
+            Some(ExecuteResult::Ok { tag }) => Ok((RelationDesc::default(), vec![Row::new(vec![viewcast_repr::Datum::text(&tag)])])),
+            Some(ExecuteResult::Error(e)) => Err(e),
+            None => Err(StatementError::new("empty query", "42601", None)),
+        }
+    }
+
+    /// The last timestamp whose output is applied to every view.
+    pub fn sealed_ts(&self) -> u64 {
+        self.shared.hub.frontier().saturating_sub(1)
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.catalog.lock().map(|mut c| c.stop_sources()).ok();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>) {
+    use std::sync::atomic::Ordering;
+    while !shared.stop.load(Ordering::SeqCst) {
+        match events.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(EngineEvent::Sealed { upto, changes }) => shared.hub.apply(upto, changes),
+            Ok(EngineEvent::Error { id, message }) => {
+                let name = shared.catalog.lock().expect("catalog lock").name_of(id);
+                tracing::warn!(view = %name, %message, "row dropped: evaluation error in view");
+                shared.catalog.lock().expect("catalog lock").record_error(id, message);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}

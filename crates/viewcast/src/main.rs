@@ -1,1 +1,107 @@
-fn main() {}
+//! The `viewcast` binary: parses flags, sets up tracing, starts the coordinator and the HTTP
+//! server, and runs until Ctrl-C. Everything else lives in the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult};
+use viewcast_gateway::GatewayConfig;
+
+/// SQL views over live event streams, served as live web pages and feeds.
+#[derive(Parser)]
+#[command(name = "viewcast", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the Wikipedia dashboard: a synthetic edit stream, its views, and the live page.
+    Demo {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Edits per second from the load generator.
+        #[arg(long, default_value_t = 200)]
+        events_per_second: u64,
+    },
+    /// Runs the statements of a SQL file at start, then serves its views.
+    Serve {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// A file of SQL statements separated by semicolons.
+        #[arg(long)]
+        sql: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Address of the HTTP server (web page, SQL API, streams).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Length of a timestamp in milliseconds: rows ingested within one tick become visible together.
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// Dataflow worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// An Origin (e.g. http://localhost:3000) allowed to open WebSockets besides the server's own. Repeatable.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+}
+
+/// The demo's SQL: the 2020 dashboard's views, unchanged.
+pub const DEMO_SQL: &str = include_str!("demo.sql");
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,viewcast=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let (server, sql) = match cli.command {
+        Command::Demo { server, events_per_second } => {
+            (server, DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}")))
+        }
+        Command::Serve { server, sql } => {
+            let text = match sql {
+                Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => String::new(),
+            };
+            (server, text)
+        }
+    };
+    run(server, &sql).await
+}
+
+async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
+    let coord = Arc::new(
+        Coordinator::start(CoordConfig { workers: args.workers, tick_ms: args.tick_ms, ..CoordConfig::default() })
+            .context("starting the engine")?,
+    );
+    if !sql.trim().is_empty() {
+        for result in coord.execute(sql).await {
+            match result {
+                ExecuteResult::Error(e) => anyhow::bail!("startup SQL failed: {e} (SQLSTATE {})", e.code),
+                ExecuteResult::Ok { tag } | ExecuteResult::Rows { tag, .. } => tracing::info!(%tag, "startup SQL"),
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving");
+    println!("viewcast is running: open http://{addr}/");
+    let config = GatewayConfig { allowed_origins: args.allow_origins, ..GatewayConfig::default() };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    viewcast_gateway::serve(listener, coord, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The tick loop: every `tick_ms`, the rows ingested since the last tick (and pending table
+//! writes) become one timestamp, the wall-clock time in ms (strictly increasing).
+//!
+//! Admission control: while `max_lag_ticks` sent ticks are not yet sealed by the engine, no new
+//! tick is sent; sources then fill their bounded queues and block, so backpressure reaches the
+//! source instead of growing an unbounded input buffer inside the engine.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use viewcast_plan::GlobalId;
+use viewcast_repr::{Diff, Row, Timestamp};
+
+use crate::Shared;
+
+pub(crate) struct PendingWrite {
+    pub id: GlobalId,
+    pub updates: Vec<(Row, Diff)>,
+    pub done: Option<oneshot::Sender<Timestamp>>,
+}
+
+pub(crate) struct Clock {
+    /// The timestamp of the last tick sent to the engine.
+    pub last: Option<Timestamp>,
+    /// Sent ticks not yet known to be sealed, oldest first.
+    in_flight: VecDeque<Timestamp>,
+    /// Table writes for the next tick; each statement's writes land in one tick.
+    pub pending: Vec<PendingWrite>,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { last: None, in_flight: VecDeque::new(), pending: Vec::new() }
+    }
+
+    /// The timestamp the next tick will carry, at least: what an item created now starts at.
+    pub fn next_ts(&self) -> Timestamp {
+        self.last.map(|l| l + 1).unwrap_or_else(now_ms).max(now_ms())
+    }
+}
+
+pub(crate) fn now_ms() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
+}
+
+pub(crate) fn tick_loop(shared: &Shared) {
+    let tick = Duration::from_millis(shared.config.tick_ms.max(1));
+    let mut next = Instant::now();
+    while !shared.stop.load(Ordering::SeqCst) {
+        next += tick;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now; // Behind schedule: don't try to catch up with a burst of ticks.
+        }
+        let mut clock = shared.clock.lock().expect("clock lock");
+        let sealed = shared.engine.sealed_frontier();
+        while clock.in_flight.front().is_some_and(|t| *t < sealed) {
+            clock.in_flight.pop_front();
+        }
+        if clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
+            continue;
+        }
+        let ts = clock.next_ts();
+        let mut updates = shared.catalog.lock().expect("catalog lock").drain_sources(shared.config.max_rows_per_tick);
+        let mut done = Vec::new();
+        for w in clock.pending.drain(..) {
+            updates.push((w.id, w.updates));
+            done.extend(w.done);
+        }
+        if let Err(e) = shared.engine.tick(ts, updates) {
+            tracing::error!(error = %e, "engine refused a tick; stopping the clock");
+            return;
+        }
+        clock.last = Some(ts);
+        clock.in_flight.push_back(ts);
+        for d in done {
+            let _ = d.send(ts);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `POST /api/sql` (answers like Materialize's HTTP API) and `GET /api/v1/views`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use viewcast_coord::ExecuteResult;
+
+use crate::{ApiError, AppState};
+
+#[derive(Deserialize)]
+pub(crate) struct SqlRequest {
+    query: String,
+}
+
+/// Runs every statement of `query` in order, stopping at the first error; one result per statement run.
+pub(crate) async fn sql(
+    State(st): State<AppState>,
+    body: Result<Json<SqlRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("expected {{\"query\": \"...\"}}: {e}")))?;
+    let results: Vec<Value> = st.coord.execute(&req.query).await.into_iter().map(result_json).collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+fn result_json(r: ExecuteResult) -> Value {
+    match r {
+        ExecuteResult::Rows { tag, desc, rows } => json!({
+            "tag": tag,
+            "col_names": desc.names,
+            "desc": { "columns": desc.names.iter().zip(&desc.types).map(|(n, t)| json!({
+                "name": n, "type": t.scalar.name(), "type_oid": t.scalar.oid(), "nullable": t.nullable,
+            })).collect::<Vec<_>>() },
+            "rows": rows.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+        }),
+        ExecuteResult::Ok { tag } => json!({ "ok": tag, "tag": tag }),
+        ExecuteResult::Error(e) => {
+            let mut err = json!({ "message": e.message, "code": e.code });
+            if let Some(p) = e.position {
+                err["position"] = json!(p);
+            }
+            json!({ "error": err })
+        }
+    }
+}
+
+/// Every relation in the catalog with its kind, columns and, for published ones, live size and freshness.
+pub(crate) async fn views(State(st): State<AppState>) -> Json<Value> {
+    let items: Vec<Value> = st
+        .coord
+        .relations()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "kind": r.kind,
+                "columns": r.desc.names.iter().zip(&r.desc.types).map(|(n, t)| json!({
+                    "name": n, "type": t.scalar.name(), "nullable": t.nullable,
+                })).collect::<Vec<_>>(),
+                "streamable": r.streamable,
+                "rows": r.rows,
+                "ts": r.sealed_ts,
+            })
+        })
+        .collect();
+    Json(json!({ "views": items }))
+}
