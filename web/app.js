@@ -513,6 +513,8 @@
     data: { name: CHART_DATASET },
     width: 'container',
     height: 310,
+    // Re-fit on every update: the first layout ran before any data (hence any labels) existed.
+    autosize: { type: 'fit-x', contains: 'padding', resize: true },
     transform: [
       {
         window: [{ op: 'row_number', as: 'rank' }],
@@ -527,13 +529,14 @@
         field: 'user',
         type: 'nominal',
         sort: { field: 'rank', op: 'min', order: 'ascending' },
-        axis: { title: null, labelLimit: 150, ticks: false, domain: false, labelPadding: 8 },
+        // A fixed label column, so the plot does not shift when a longer name enters the top 10.
+        axis: { title: null, labelLimit: 140, minExtent: 150, maxExtent: 150, ticks: false, domain: false, labelPadding: 8 },
         scale: { paddingInner: 0.25, paddingOuter: 0.1 },
       },
       x: {
         field: 'count',
         type: 'quantitative',
-        axis: { title: 'edits', tickMinStep: 1, format: ',', gridColor: '#eef1f5', domain: false, tickCount: 6 },
+        axis: { title: 'edits', tickMinStep: 1, format: ',d', gridColor: '#eef1f5', domain: false, tickCount: 6 },
         scale: { nice: true },
       },
     },
@@ -543,14 +546,14 @@
         encoding: {
           tooltip: [
             { field: 'user', type: 'nominal', title: 'editor' },
-            { field: 'count', type: 'quantitative', title: 'edits', format: ',' },
+            { field: 'count', type: 'quantitative', title: 'edits', format: ',d' },
           ],
         },
       },
       {
         mark: { type: 'text', align: 'right', baseline: 'middle', dx: -6, color: '#ffffff', fontWeight: 600 },
         encoding: {
-          text: { field: 'count', type: 'quantitative', format: ',' },
+          text: { field: 'count', type: 'quantitative', format: ',d' },
           // Inside the bar end when it fits; short bars drop their label rather than overflow.
           opacity: { condition: { test: "scale('x', datum.count) > 48", value: 1 }, value: 0 },
         },

@@ -6,7 +6,8 @@
 // edit events, then stops, so the final state is quiet.
 //
 // Test hooks (fake server only): POST /fake/resync sends every stream a resync and a fresh
-// snapshot; POST /fake/drop closes every stream abruptly; GET /fake/stats reports progress.
+// snapshot; POST /fake/drop closes every stream abruptly; POST /fake/error?message=M sends an
+// error message; POST /fake/bad-update sends top10 an impossible retraction; GET /fake/stats.
 //
 // Run alone: node fake-server.mjs [--port 8080] [--events 4000] [--rate 250]
 import { createServer } from 'node:http';
@@ -168,6 +169,16 @@ export async function startFakeServer({ port = 0, host = '127.0.0.1', events = 4
             send(s, snapshot(view));
           }
         }
+        return json(res, 200, { ok: true });
+      }
+      if (req.method === 'POST' && url.pathname === '/fake/error') {
+        const message = url.searchParams.get('message') || 'fake error';
+        for (const set of Object.values(subscribers)) for (const s of set) send(s, { type: 'error', message });
+        return json(res, 200, { ok: true });
+      }
+      if (req.method === 'POST' && url.pathname === '/fake/bad-update') {
+        // A protocol violation: retracts a row the view never held.
+        for (const s of subscribers.top10) send(s, { type: 'update', view: 'top10', ts, rows: [{ row: ['nobody', 1], diff: -1 }] });
         return json(res, 200, { ok: true });
       }
       if (req.method === 'POST' && url.pathname === '/fake/drop') {
