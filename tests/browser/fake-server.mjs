@@ -177,7 +177,8 @@ export async function startFakeServer({ port = 0, host = '127.0.0.1', events = 4
         return json(res, 200, { ok: true });
       }
       if (req.method === 'POST' && url.pathname === '/fake/bad-update') {
-        // A protocol violation: retracts a row the view never held.
+        // A protocol violation at a fresh timestamp: retracts a row the view never held.
+        ts += 1;
         for (const s of subscribers.top10) send(s, { type: 'update', view: 'top10', ts, rows: [{ row: ['nobody', 1], diff: -1 }] });
         return json(res, 200, { ok: true });
       }

@@ -71,7 +71,15 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_not_served() {
-        for path in ["", "/index", "/vendor/", "/vendor/vega.js", "/app.js/", "/../Cargo.toml", "/node_modules/vega/build/vega.min.js"] {
+        for path in [
+            "",
+            "/index",
+            "/vendor/",
+            "/vendor/vega.js",
+            "/app.js/",
+            "/../Cargo.toml",
+            "/node_modules/vega/build/vega.min.js",
+        ] {
             assert!(asset(path).is_none(), "{path} must not be served");
         }
     }
