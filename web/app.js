@@ -86,6 +86,13 @@
     }
   }
 
+  const NUMERIC_TYPES = new Set(['smallint', 'int', 'integer', 'bigint', 'int2', 'int4', 'int8', 'real', 'double', 'double precision', 'float', 'float4', 'float8', 'numeric', 'decimal']);
+
+  /** A column's value as the chart needs it: numbers for numeric columns, anything else as sent. */
+  function cell(column, value) {
+    return column && NUMERIC_TYPES.has(String(column.type).toLowerCase()) ? numeric(value) : value;
+  }
+
   /** JSON numbers stay numbers; a bigint sent as a string (beyond 2^53) becomes a number for display. */
   function numeric(value) {
     return typeof value === 'string' && value.trim() !== '' && !Number.isNaN(Number(value)) ? Number(value) : value;
@@ -128,7 +135,7 @@
           if (!list) this.tuples.set(key, (list = []));
           for (let i = 0; i < delta; i++) {
             const tuple = {};
-            columns.forEach((c, j) => (tuple[c.name] = numeric(row[j])));
+            columns.forEach((c, j) => (tuple[c.name] = cell(c, row[j])));
             list.push(tuple);
             this.pendingInsert.add(tuple);
           }

@@ -31,9 +31,9 @@ const ASSETS = {
 };
 const CONTENT_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
 
-// Fictional editors; a few names exercise escaping, non-Latin scripts and ellipsis.
+// Fictional editors; a few names exercise escaping, non-Latin scripts, digits-only text and ellipsis.
 const EDITORS = [
-  'Ann', 'Bürokrat', 'CiteFixer', 'Dana K.', 'Ω-bot', 'EditWarden', 'Fenwick', 'Gülşen', 'HistoryBuff',
+  'Ann', 'Bürokrat', 'CiteFixer', 'Dana K.', '8675309', 'Ω-bot', 'EditWarden', 'Fenwick', 'Gülşen', 'HistoryBuff',
   "O'Brien", '李华', 'Jaroslav', 'KeyboardCat', 'Lumen', 'MapMaker', 'Nadia', 'Orthographer',
   'A.very.long.editor.name.that.needs.an.ellipsis', 'Quill', 'Rosalind', 'Sven "the typo hunter"',
   'TalkPageTom', 'Uma', 'Vandal-Sweeper', 'Wren', 'Xenia', 'Yusuf', 'Zed',

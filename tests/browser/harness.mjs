@@ -99,7 +99,7 @@ export async function sql(base, query) {
 
 /** A multiset of rows in a canonical order, for equality checks and readable diffs. */
 export function canon(rows) {
-  return rows.map((r) => JSON.stringify(r.map((v) => (typeof v === 'string' && /^-?\d+$/.test(v) ? Number(v) : v)))).sort();
+  return rows.map((r) => JSON.stringify(r)).sort();
 }
 
 /** Rows in one multiset and not the other, both ways. */
