@@ -1,0 +1,117 @@
+// The end-to-end demo in a real browser: the page, opened mid-stream, must end up showing exactly
+// what SQL says the views hold once the load generator has stopped.
+//
+// VIEWCAST_URL=http://127.0.0.1:PORT points it at a running viewcast whose load generator stops
+// after a fixed number of events. Without it, the test starts tests/browser/fake-server.mjs.
+// VIEWCAST_QUIET_TIMEOUT_MS bounds the wait for page and SQL to agree (default 90 s).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { startFakeServer } from './fake-server.mjs';
+import { OUT_DIR, launch, openPage, readPage, sql, canon, multisetDiff, poll } from './harness.mjs';
+
+const QUIET_TIMEOUT_MS = Number(process.env.VIEWCAST_QUIET_TIMEOUT_MS || 90000);
+
+let base;
+let fake;
+let browser;
+let page;
+let problems;
+
+before(async () => {
+  if (process.env.VIEWCAST_URL) {
+    base = process.env.VIEWCAST_URL.replace(/\/+$/, '');
+  } else {
+    // About 20 s of events at 300/s, so the page joins mid-stream and the end is quiet.
+    fake = await startFakeServer({ events: 6000, rate: 300 });
+    base = fake.url;
+    console.log(`# VIEWCAST_URL not set; using the fake server at ${base}`);
+  }
+  browser = await launch();
+  ({ page, problems } = await openPage(browser, base));
+});
+
+after(async () => {
+  if (page && !page.isClosed()) await page.screenshot({ path: join(OUT_DIR, 'demo-last.png') }).catch(() => {});
+  await browser?.close();
+  await fake?.close();
+});
+
+test('page connects to both streams and shows the counter', async () => {
+  const state = await poll(async () => {
+    const s = await readPage(page);
+    return { ok: s.status === 'Live' && s.counter !== null, s };
+  }, { timeoutMs: 20000 });
+  assert.equal(state.s.status, 'Live', `status indicator: ${JSON.stringify(state.s.log.slice(0, 5))}`);
+  assert.notEqual(state.s.counter, null, 'counter has a value');
+  assert.equal(state.s.counterText.replace(/,/g, ''), String(state.s.counter), 'the counter shown is the state');
+});
+
+test('counter grows while events flow', async () => {
+  const first = (await readPage(page)).counter;
+  const later = await poll(async () => {
+    const s = await readPage(page);
+    return { ok: s.counter > first, counter: s.counter };
+  }, { timeoutMs: 10000 });
+  assert.ok(later.counter > first, `counter stayed at ${first} for 10 s (is the load generator still running?)`);
+});
+
+test('chart shows 10 bars', async () => {
+  const state = await poll(async () => {
+    const s = await readPage(page);
+    return { ok: s.chartRows.length === 10 && s.sceneBars.length === 10 && s.svgBars === 10, s };
+  }, { timeoutMs: 30000 });
+  const { chartRows, sceneBars, svgBars } = state.s;
+  assert.equal(chartRows.length, 10, `chart data rows: ${JSON.stringify(chartRows)}`);
+  assert.equal(sceneBars.length, 10, `bar items in the scenegraph: ${JSON.stringify(sceneBars)}`);
+  assert.equal(svgBars, 10, 'bar paths in the SVG');
+});
+
+test('page equals SQL once the stream is quiet', async () => {
+  // Quiet: SQL gives the same answers at two polls a second apart, and the page agrees with them.
+  let previousAnswer = null;
+  const result = await poll(async () => {
+    const [top10, counter] = await Promise.all([sql(base, 'SELECT * FROM top10'), sql(base, 'SELECT * FROM counter')]);
+    const answer = JSON.stringify([canon(top10.rows), counter.rows]);
+    const quiet = answer === previousAnswer;
+    previousAnswer = answer;
+    const s = await readPage(page);
+    const userCol = top10.col_names.indexOf('user');
+    const countCol = top10.col_names.indexOf('count');
+    const expected = top10.rows.map((r) => [r[userCol], Number(r[countCol])]);
+    const expectedCounter = counter.rows.length ? Number(counter.rows[0][counter.col_names.indexOf('count')]) : null;
+    const views = {
+      'viewcastState.top10': s.top10,
+      'viewcastState.chartRows': s.chartRows,
+      "vega view.data('top10')": s.vegaData,
+      'scenegraph bars': s.sceneBars,
+      'table rows': s.table,
+    };
+    const mismatched = Object.entries(views).filter(([, rows]) => canon(rows).join() !== canon(expected).join());
+    const ok = quiet && mismatched.length === 0 && s.svgBars === expected.length && s.counter === expectedCounter;
+    return { ok, quiet, s, expected, expectedCounter, mismatched };
+  }, { timeoutMs: QUIET_TIMEOUT_MS, intervalMs: 1000 });
+
+  await page.screenshot({ path: join(OUT_DIR, 'demo.png') });
+
+  if (!result.ok) {
+    const lines = [`page and SQL never agreed at a quiet moment within ${QUIET_TIMEOUT_MS} ms (SQL quiet at the end: ${result.quiet})`];
+    lines.push(`SQL top10: ${JSON.stringify(result.expected)}`);
+    for (const [name, rows] of result.mismatched) {
+      const { missing, extra } = multisetDiff(result.expected, rows);
+      lines.push(`${name}: missing ${missing.join(' ') || '-'}; extra ${extra.join(' ') || '-'}`);
+    }
+    lines.push(`SVG bar paths: ${result.s.svgBars}; counter page=${result.s.counter} sql=${result.expectedCounter}`);
+    lines.push(`page log: ${JSON.stringify(result.s.log.slice(0, 8))}`);
+    assert.fail(lines.join('\n'));
+  }
+  // Sorted descending, as the page promises.
+  const counts = result.s.top10.map((r) => r[1]);
+  assert.deepEqual(counts, [...counts].sort((a, b) => b - a), 'viewcastState.top10 is sorted by count, descending');
+});
+
+test('no page errors and no requests outside the server', () => {
+  assert.deepEqual(problems.pageErrors, [], 'uncaught page errors');
+  assert.deepEqual(problems.consoleErrors, [], 'console errors');
+  assert.deepEqual(problems.foreignRequests, [], 'requests to other origins (the page must work offline)');
+});
