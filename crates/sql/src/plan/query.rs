@@ -521,7 +521,7 @@ impl Planner<'_> {
             })
             .collect();
         let grouping = if !group_exprs.is_empty() || s.having.is_some() || !agg_calls.is_empty() {
-            let (post, grouping) = self.plan_grouping(rel, qcx, &group_exprs, &agg_calls, s)?;
+            let (post, grouping) = self.plan_grouping(rel, qcx, &group_exprs, &agg_calls, s, outer)?;
             rel = post;
             Some(grouping)
         } else {
@@ -701,6 +701,7 @@ impl Planner<'_> {
         group_exprs: &[&Expr],
         agg_calls: &[&ast::Function],
         s: &ast::Select,
+        outer: Option<&Outer>,
     ) -> Result<(Rel, Grouping), SqlError> {
         let n_outer = rel.n_outer;
         let mut key: Vec<usize> = (0..n_outer).collect();
@@ -744,7 +745,28 @@ impl Planner<'_> {
             aggs.push((f.clone(), key.len() + aggregates.len() - 1));
         }
         let pre_cols = rel.cols.clone();
-        let expr = RelExpr::Reduce { input: Box::new(rel.expr), group_key: key, aggregates };
+        let defaults: Vec<ScalarExpr> = aggregates
+            .iter()
+            .zip(&post_cols[key.len()..])
+            .map(|(a, c)| ScalarExpr::literal(a.func.default_value(), c.ty.scalar))
+            .collect();
+        let mut expr = RelExpr::Reduce { input: Box::new(rel.expr), group_key: key, aggregates };
+        if let (true, Some(outer)) = (group_exprs.is_empty(), outer) {
+            // A global aggregate has one row per outer row even when its input is empty for that
+            // row (`SELECT count(*) ... WHERE u.a = t.a` is 0, not missing): add the default row
+            // for every outer key without a group.
+            let present = RelExpr::Project { input: Box::new(expr.clone()), outputs: (0..n_outer).collect() };
+            let missing = RelExpr::Threshold {
+                input: Box::new(RelExpr::Union {
+                    inputs: vec![
+                        RelExpr::Distinct { input: Box::new(outer.expr.clone()) },
+                        RelExpr::Negate { input: Box::new(present) },
+                    ],
+                }),
+            };
+            let with_defaults = RelExpr::Map { input: Box::new(missing), scalars: defaults };
+            expr = RelExpr::Union { inputs: vec![expr, with_defaults] };
+        }
         Ok((Rel { expr, cols: post_cols, n_outer }, Grouping { pre_cols, n_outer, exprs, col_map, aggs }))
     }
 
