@@ -340,7 +340,9 @@ pub fn cast(d: Datum, to: ScalarType) -> Result<Datum, EvalError> {
             crate::datetime::parse(&t, to).ok_or_else(|| invalid(t.to_string()))
         }
         (Datum::Timestamp(us), ScalarType::Date) => Ok(Datum::Date(us.div_euclid(86_400_000_000) as i32)),
-        (Datum::Date(d), ScalarType::Timestamp | ScalarType::TimestampTz) => Ok(Datum::Timestamp(d as i64 * 86_400_000_000)),
+        (Datum::Date(d), ScalarType::Timestamp | ScalarType::TimestampTz) => {
+            Ok(Datum::Timestamp(d as i64 * 86_400_000_000))
+        }
         (Datum::Timestamp(us), ScalarType::Timestamp | ScalarType::TimestampTz) => Ok(Datum::Timestamp(us)),
         (Datum::Date(d), ScalarType::Date) => Ok(Datum::Date(d)),
         (i @ Datum::Interval { .. }, ScalarType::Interval) => Ok(i),

@@ -85,7 +85,9 @@ fn eval(expr: &RelExpr, get: &dyn Fn(GlobalId) -> Result<Collection, EvalError>)
             consolidated(out)
         }
         RelExpr::Negate { input } => eval(input, get)?.into_iter().map(|(r, d)| (r, -d)).collect(),
-        RelExpr::Distinct { input } => eval(input, get)?.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| (r, 1)).collect(),
+        RelExpr::Distinct { input } => {
+            eval(input, get)?.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| (r, 1)).collect()
+        }
         RelExpr::Threshold { input } => eval(input, get)?.into_iter().filter(|(_, d)| *d > 0).collect(),
     })
 }
@@ -227,4 +229,141 @@ fn join(
         }
     }
     Ok(consolidated(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use viewcast_repr::ScalarType;
+
+    use super::*;
+    use crate::expr::{AggregateFunc, BinaryFunc};
+
+    fn row(v: &[i64]) -> Row {
+        Row::new(v.iter().map(|&i| Datum::Int(i)).collect())
+    }
+
+    fn constant(rows: &[(&[i64], Diff)], arity: usize) -> RelExpr {
+        RelExpr::Constant { rows: rows.iter().map(|(r, d)| (row(r), *d)).collect(), arity }
+    }
+
+    fn eval(e: &RelExpr) -> Collection {
+        evaluate(e, &|id| Err(EvalError::Other(format!("no item {id}")))).unwrap()
+    }
+
+    #[test]
+    fn reduce_global_on_empty_input_has_one_row() {
+        let empty = constant(&[], 1);
+        let e = RelExpr::Reduce {
+            input: Box::new(empty),
+            group_key: vec![],
+            aggregates: vec![
+                AggregateExpr { func: AggregateFunc::Count, expr: ScalarExpr::Column(0), distinct: false },
+                AggregateExpr { func: AggregateFunc::SumInt, expr: ScalarExpr::Column(0), distinct: false },
+            ],
+        };
+        assert_eq!(eval(&e), vec![(Row::new(vec![Datum::Int(0), Datum::Null]), 1)]);
+    }
+
+    #[test]
+    fn reduce_groups_with_distinct_and_multiplicity() {
+        let input = constant(&[(&[1, 5], 2), (&[1, 5], 1), (&[1, 6], 1), (&[2, 7], 1)], 2);
+        let agg = |func, distinct| AggregateExpr { func, expr: ScalarExpr::Column(1), distinct };
+        let e = RelExpr::Reduce {
+            input: Box::new(input),
+            group_key: vec![0],
+            aggregates: vec![
+                agg(AggregateFunc::Count, false),
+                agg(AggregateFunc::Count, true),
+                agg(AggregateFunc::SumInt, false),
+            ],
+        };
+        assert_eq!(eval(&e), vec![(row(&[1, 4, 2, 21]), 1), (row(&[2, 1, 1, 7]), 1)]);
+    }
+
+    #[test]
+    fn top_k_per_group_with_ties_and_copies() {
+        let input = constant(&[(&[1, 3], 2), (&[1, 9], 1), (&[1, 5], 1), (&[2, 1], 1)], 2);
+        let e = RelExpr::TopK {
+            input: Box::new(input),
+            group_key: vec![0],
+            order_key: vec![ColumnOrder::desc(1)],
+            limit: Some(2),
+            offset: 1,
+        };
+        // Group 1 ranked: 9, 5, 3, 3 -> skip 9, take 5 and one 3. Group 2: only one row, skipped.
+        assert_eq!(eval(&e), vec![(row(&[1, 3]), 1), (row(&[1, 5]), 1)]);
+    }
+
+    #[test]
+    fn outer_joins_pad_and_null_keys_never_match() {
+        let l = RelExpr::Constant {
+            rows: vec![(row(&[1]), 1), (row(&[2]), 1), (Row::new(vec![Datum::Null]), 1)],
+            arity: 1,
+        };
+        let r = RelExpr::Constant {
+            rows: vec![(row(&[1, 10]), 2), (row(&[3, 30]), 1), (Row::new(vec![Datum::Null, Datum::Int(0)]), 1)],
+            arity: 2,
+        };
+        let join = |kind| RelExpr::Join {
+            left: Box::new(l.clone()),
+            right: Box::new(r.clone()),
+            kind,
+            equi: vec![(0, 0)],
+            predicate: None,
+        };
+        let n = Datum::Null;
+        let i = Datum::Int;
+        let full = eval(&join(JoinKind::FullOuter));
+        let want = vec![
+            (Row::new(vec![n.clone(), n.clone(), i(0)]), 1),
+            (Row::new(vec![n.clone(), i(3), i(30)]), 1),
+            (Row::new(vec![n.clone(), n.clone(), n.clone()]), 1),
+            (Row::new(vec![i(1), i(1), i(10)]), 2),
+            (Row::new(vec![i(2), n.clone(), n.clone()]), 1),
+        ];
+        let mut want = want;
+        consolidate_updates(&mut want);
+        assert_eq!(full, want);
+        let inner = eval(&join(JoinKind::Inner));
+        assert_eq!(inner, vec![(Row::new(vec![i(1), i(1), i(10)]), 2)]);
+        // A predicate that rejects every match turns matches into padded rows for outer joins.
+        let never =
+            ScalarExpr::Column(0).call_binary(BinaryFunc::Gt, ScalarExpr::literal(Datum::Int(100), ScalarType::Int64));
+        let left = RelExpr::Join {
+            left: Box::new(l.clone()),
+            right: Box::new(r.clone()),
+            kind: JoinKind::LeftOuter,
+            equi: vec![(0, 0)],
+            predicate: Some(never),
+        };
+        assert_eq!(eval(&left).len(), 3);
+    }
+
+    #[test]
+    fn set_operators_follow_multiset_semantics() {
+        let a = constant(&[(&[1], 3), (&[2], 1)], 1);
+        let b = constant(&[(&[1], 1), (&[3], 2)], 1);
+        let except_all = RelExpr::Threshold {
+            input: Box::new(RelExpr::Union { inputs: vec![a.clone(), RelExpr::Negate { input: Box::new(b.clone()) }] }),
+        };
+        assert_eq!(eval(&except_all), vec![(row(&[1]), 2), (row(&[2]), 1)]);
+        assert_eq!(eval(&RelExpr::Distinct { input: Box::new(a) }), vec![(row(&[1]), 1), (row(&[2]), 1)]);
+    }
+
+    #[test]
+    fn map_filter_project() {
+        let input = constant(&[(&[1, 2], 1), (&[3, 4], 1)], 2);
+        let sum = ScalarExpr::Column(0).call_binary(BinaryFunc::Add, ScalarExpr::Column(1));
+        let doubled =
+            ScalarExpr::Column(2).call_binary(BinaryFunc::Mul, ScalarExpr::literal(Datum::Int(2), ScalarType::Int32));
+        let e = RelExpr::Project {
+            input: Box::new(RelExpr::Filter {
+                input: Box::new(RelExpr::Map { input: Box::new(input), scalars: vec![sum, doubled] }),
+                predicates: vec![ScalarExpr::Column(2)
+                    .call_binary(BinaryFunc::Gt, ScalarExpr::literal(Datum::Int(3), ScalarType::Int32))],
+            }),
+            outputs: vec![3, 3],
+        };
+        assert_eq!(eval(&e), vec![(row(&[14, 14]), 1)]);
+    }
 }

@@ -24,6 +24,8 @@ pub struct Parsed {
     positions: Arc<Positions>,
     /// Byte range of this statement within `text`.
     range: (usize, usize),
+    /// 1-based character offset of the statement's first token.
+    start: Option<usize>,
     pub(crate) ast: Ast,
 }
 
@@ -31,6 +33,10 @@ impl Parsed {
     /// This statement's own text (without the trailing semicolon).
     pub fn sql(&self) -> &str {
         &self.text[self.range.0..self.range.1]
+    }
+
+    pub(crate) fn start(&self) -> Option<usize> {
+        self.start
     }
 
     pub(crate) fn offset(&self, loc: Location) -> Option<usize> {
@@ -107,12 +113,14 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>, SqlError> {
             ParserError::RecursionLimitExceeded => "statement is too deeply nested".to_string(),
         };
         let (message, loc) = split_location(&message);
-        SqlError::syntax(message).at(loc.and_then(|l| positions.offset(l)))
+        // Errors at the end of input carry no location; Postgres points just past the text.
+        let at_end = message.ends_with("found: EOF").then(|| sql.chars().count() + 1);
+        SqlError::syntax(message).at(loc.and_then(|l| positions.offset(l)).or(at_end))
     };
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| {
-        SqlError::syntax(e.message.clone()).at(positions.offset(e.location))
-    })?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::syntax(e.message.clone()).at(positions.offset(e.location)))?;
     let byte_offsets = ByteOffsets::new(sql);
     let mut parser = Parser::new(&dialect).with_recursion_limit(RECURSION_LIMIT).with_tokens_with_locations(tokens);
     let mut out = Vec::new();
@@ -129,7 +137,8 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>, SqlError> {
         let last = parser.get_current_token().span.end;
         let range = (byte_offsets.of(first.span.start).unwrap_or(0), byte_offsets.of(last).unwrap_or(sql.len()));
         let range = (range.0.min(sql.len()), range.1.clamp(range.0.min(sql.len()), sql.len()));
-        out.push(Parsed { text: text.clone(), positions: positions.clone(), range, ast });
+        let start = positions.offset(first.span.start);
+        out.push(Parsed { text: text.clone(), positions: positions.clone(), range, start, ast });
         let next = parser.peek_token();
         if next.token != Token::EOF && next.token != Token::SemiColon {
             return Err(SqlError::syntax(format!("Expected: end of statement, found: {next}"))
@@ -357,7 +366,9 @@ fn parse_load_generator(p: &mut Parser) -> CResult<LoadGenerator> {
     } else {
         let t = p.peek_token();
         return match t.token {
-            Token::Word(_) => Err(Custom::Sql(SqlError::unsupported(format!("LOAD GENERATOR {t}")), Some(t.span.start))),
+            Token::Word(_) => {
+                Err(Custom::Sql(SqlError::unsupported(format!("LOAD GENERATOR {t}")), Some(t.span.start)))
+            }
             _ => expected(p, "WIKIPEDIA"),
         };
     };
@@ -381,7 +392,10 @@ fn parse_load_generator(p: &mut Parser) -> CResult<LoadGenerator> {
         } else if eat_words(p, &["AS", "FAST", "AS", "POSSIBLE"]) || eat_words(p, &["MAX", "SPEED"]) {
             gen.events_per_second = Some(0.0);
         } else {
-            return expected(p, "a load generator option (EVENTS PER SECOND, SEED, MAX EVENTS, TICK INTERVAL, MAX SPEED)");
+            return expected(
+                p,
+                "a load generator option (EVENTS PER SECOND, SEED, MAX EVENTS, TICK INTERVAL, MAX SPEED)",
+            );
         }
         if !p.consume_token(&Token::Comma) {
             break;
@@ -494,7 +508,8 @@ fn parse_subscribe(p: &mut Parser) -> CResult<Ast> {
                     return expected(p, "SNAPSHOT or PROGRESS");
                 };
                 let _ = p.consume_token(&Token::Eq);
-                let value = if matches!(p.peek_token().token, Token::RParen | Token::Comma) { true } else { parse_bool(p)? };
+                let value =
+                    if matches!(p.peek_token().token, Token::RParen | Token::Comma) { true } else { parse_bool(p)? };
                 if snapshot {
                     sub.snapshot = value;
                 } else {

@@ -10,29 +10,70 @@ use crate::catalog::ItemKind;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Statement {
     /// `CREATE SOURCE`. The source produces rows of `desc`.
-    CreateSource { name: String, if_not_exists: bool, connector: SourceConnector, desc: RelationDesc },
+    CreateSource {
+        name: String,
+        if_not_exists: bool,
+        connector: SourceConnector,
+        desc: RelationDesc,
+    },
     /// `CREATE SINK name FROM item INTO WEBHOOK 'url'`.
-    CreateSink { name: String, if_not_exists: bool, from: GlobalId, connector: SinkConnector },
+    CreateSink {
+        name: String,
+        if_not_exists: bool,
+        from: GlobalId,
+        connector: SinkConnector,
+    },
     /// `CREATE [MATERIALIZED] VIEW`. `ORDER BY .. LIMIT` is part of `plan` (a `TopK`); an `ORDER BY`
     /// without `LIMIT` is dropped, as in Materialize.
-    CreateView { name: String, materialized: bool, if_not_exists: bool, or_replace: bool, plan: RelExpr, desc: RelationDesc },
-    CreateTable { name: String, if_not_exists: bool, desc: RelationDesc },
+    CreateView {
+        name: String,
+        materialized: bool,
+        if_not_exists: bool,
+        or_replace: bool,
+        plan: RelExpr,
+        desc: RelationDesc,
+    },
+    CreateTable {
+        name: String,
+        if_not_exists: bool,
+        desc: RelationDesc,
+    },
     /// `INSERT`: evaluating `changes` yields the `(row, +n)` to add, already in the table's column
     /// order and types. A NULL in a `NOT NULL` column fails evaluation (SQLSTATE 23502 text).
-    Insert { id: GlobalId, changes: RelExpr },
+    Insert {
+        id: GlobalId,
+        changes: RelExpr,
+    },
     /// `DELETE`: evaluating `changes` (over the table's current contents) yields `(row, -n)` retractions.
-    Delete { id: GlobalId, changes: RelExpr },
+    Delete {
+        id: GlobalId,
+        changes: RelExpr,
+    },
     /// `UPDATE`: evaluating `changes` yields retractions of old rows and insertions of their new
     /// versions; apply all of them at one timestamp. The affected row count is the sum of the
     /// positive diffs.
-    Update { id: GlobalId, changes: RelExpr },
+    Update {
+        id: GlobalId,
+        changes: RelExpr,
+    },
     /// `DROP`. Not resolved here: the coordinator applies `if_exists` and `cascade`.
-    Drop { kind: ItemKind, names: Vec<String>, if_exists: bool, cascade: bool },
+    Drop {
+        kind: ItemKind,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    },
     Show(Show),
     /// A one-shot query: evaluate `plan`, then apply `finishing` to present it.
-    Select { plan: RelExpr, desc: RelationDesc, finishing: Finishing },
+    Select {
+        plan: RelExpr,
+        desc: RelationDesc,
+        finishing: Finishing,
+    },
     /// `EXPLAIN`: the plan as text, one line per operator.
-    Explain { text: String },
+    Explain {
+        text: String,
+    },
     /// `SUBSCRIBE` (alias `TAIL`).
     Subscribe(Subscribe),
 }
@@ -57,11 +98,19 @@ pub enum Show {
 pub enum SourceConnector {
     LoadGenerator(LoadGenerator),
     /// `FROM SSE 'url'`: each server-sent event's data, parsed as JSON, is one row.
-    Sse { url: String },
+    Sse {
+        url: String,
+    },
     /// `FROM WEBHOOK BODY FORMAT JSON`: each POSTed body is one row.
-    Webhook { format: Format },
+    Webhook {
+        format: Format,
+    },
     /// `FROM FILE 'path' [WITH (TAIL = true)] FORMAT ...`: one row per line.
-    File { path: String, tail: bool, format: Format },
+    File {
+        path: String,
+        tail: bool,
+        format: Format,
+    },
 }
 
 /// How bytes become rows.

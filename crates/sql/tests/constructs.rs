@@ -94,7 +94,12 @@ fn where_three_valued_logic_case_coalesce_between_in_like() {
         assert_eq!(got, want, "seed {seed}");
 
         let got = f.db.query_sorted("SELECT a FROM t WHERE a BETWEEN 2 AND 5 AND a NOT IN (3, 4)");
-        let want = sorted(t.iter().filter_map(|(a, _, _)| a.filter(|a| (2..=5).contains(a) && *a != 3 && *a != 4)).map(|a| vec![int(a)]).collect());
+        let want = sorted(
+            t.iter()
+                .filter_map(|(a, _, _)| a.filter(|a| (2..=5).contains(a) && *a != 3 && *a != 4))
+                .map(|a| vec![int(a)])
+                .collect(),
+        );
         assert_eq!(got, want, "seed {seed}");
         // x NOT IN (list with NULL) is never true.
         assert!(f.db.query("SELECT a FROM t WHERE a NOT IN (1, NULL)").is_empty());
@@ -169,7 +174,9 @@ fn joins() {
         let inner: Vec<Vec<Datum>> = t
             .iter()
             .flat_map(|(a, b, _)| {
-                u.iter().filter(move |(ua, _)| a.is_some() && a == ua).map(move |(_, d)| vec![d_int(*a), d_int(*b), d_float(*d)])
+                u.iter()
+                    .filter(move |(ua, _)| a.is_some() && a == ua)
+                    .map(move |(_, d)| vec![d_int(*a), d_int(*b), d_float(*d)])
             })
             .collect();
         let got = f.db.query_sorted("SELECT t.a, b, d FROM t JOIN u ON t.a = u.a");
@@ -212,7 +219,9 @@ fn joins() {
             .iter()
             .flat_map(|(a, _, _)| {
                 u.iter()
-                    .filter(move |(ua, d)| matches!((a, ua), (Some(x), Some(y)) if x < y) && d.is_some_and(|d| d > 10.0))
+                    .filter(move |(ua, d)| {
+                        matches!((a, ua), (Some(x), Some(y)) if x < y) && d.is_some_and(|d| d > 10.0)
+                    })
                     .map(move |(ua, _)| vec![d_int(*a), d_int(*ua)])
             })
             .collect();
@@ -256,7 +265,11 @@ fn set_operations_distinct_order_limit_cte_values() {
         for (sql, f2) in cases {
             assert_eq!(f.db.query_sorted(sql), sorted(expand(f2)), "{sql} seed {seed}");
         }
-        assert_eq!(f.db.query_sorted("SELECT DISTINCT a FROM t"), sorted(expand(&|x, _| (x > 0) as i64)), "seed {seed}");
+        assert_eq!(
+            f.db.query_sorted("SELECT DISTINCT a FROM t"),
+            sorted(expand(&|x, _| (x > 0) as i64)),
+            "seed {seed}"
+        );
 
         // ORDER BY with NULLS, LIMIT/OFFSET, by a column not selected.
         let got = f.db.query("SELECT c FROM t ORDER BY b DESC NULLS LAST, c LIMIT 5 OFFSET 2");
@@ -270,7 +283,9 @@ fn set_operations_distinct_order_limit_cte_values() {
         assert_eq!(got, want, "seed {seed}");
 
         // A view-like subquery with LIMIT is a TopK.
-        let got = f.db.query_sorted("WITH top AS (SELECT a, b FROM t WHERE b IS NOT NULL ORDER BY b DESC, a LIMIT 3) SELECT b FROM top");
+        let got = f.db.query_sorted(
+            "WITH top AS (SELECT a, b FROM t WHERE b IS NOT NULL ORDER BY b DESC, a LIMIT 3) SELECT b FROM top",
+        );
         let mut bs: Vec<(i64, Option<i64>)> = f.t.iter().filter_map(|r| r.1.map(|b| (b, r.0))).collect();
         bs.sort_by(|x, y| y.0.cmp(&x.0).then((x.1.is_none(), x.1).cmp(&(y.1.is_none(), y.1))));
         let want = sorted(bs.iter().take(3).map(|(b, _)| vec![int(*b)]).collect());
@@ -281,7 +296,10 @@ fn set_operations_distinct_order_limit_cte_values() {
         db.query("SELECT column1 + 1, column2 FROM (VALUES (1, 'a'), (2, NULL), (3.5, 'c')) ORDER BY 1"),
         vec![vec![float(2.0), text("a")], vec![float(3.0), Datum::Null], vec![float(4.5), text("c")]]
     );
-    assert_eq!(db.query("SELECT 1 + 2 * 3, 7 / 2, 7 % 3, 7.0 / 2, -(2)"), vec![vec![int(7), int(3), int(1), float(3.5), int(-2)]]);
+    assert_eq!(
+        db.query("SELECT 1 + 2 * 3, 7 / 2, 7 % 3, 7.0 / 2, -(2)"),
+        vec![vec![int(7), int(3), int(1), float(3.5), int(-2)]]
+    );
 }
 
 #[test]
@@ -311,10 +329,14 @@ fn subqueries_in_exists_scalar() {
 
         // Correlated EXISTS / NOT EXISTS.
         let got = f.db.query_sorted("SELECT a, b FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.a = t.a AND u.d > t.b)");
-        let matches = |r: &T| u.iter().any(|(ua, d)| r.0.is_some() && *ua == r.0 && matches!((d, r.1), (Some(d), Some(b)) if *d > b as f64));
+        let matches = |r: &T| {
+            u.iter()
+                .any(|(ua, d)| r.0.is_some() && *ua == r.0 && matches!((d, r.1), (Some(d), Some(b)) if *d > b as f64))
+        };
         let want = sorted(t.iter().filter(|r| matches(r)).map(|r| vec![d_int(r.0), d_int(r.1)]).collect());
         assert_eq!(got, want, "seed {seed}");
-        let got = f.db.query_sorted("SELECT a, b FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.a = t.a AND u.d > t.b)");
+        let got =
+            f.db.query_sorted("SELECT a, b FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.a = t.a AND u.d > t.b)");
         let want = sorted(t.iter().filter(|r| !matches(r)).map(|r| vec![d_int(r.0), d_int(r.1)]).collect());
         assert_eq!(got, want, "seed {seed}");
 
@@ -327,7 +349,8 @@ fn subqueries_in_exists_scalar() {
             t.iter()
                 .map(|r| {
                     let ds: Vec<Option<f64>> = u.iter().filter(|x| r.0.is_some() && x.0 == r.0).map(|x| x.1).collect();
-                    let max = ds.iter().flatten().copied().fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
+                    let max =
+                        ds.iter().flatten().copied().fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
                     vec![d_int(r.0), int(ds.len() as i64), d_float(max)]
                 })
                 .collect(),
@@ -340,7 +363,12 @@ fn subqueries_in_exists_scalar() {
             let v: Vec<i64> = u.iter().filter_map(|r| r.0).collect();
             (!v.is_empty()).then(|| v.iter().sum::<i64>() as f64 / v.len() as f64)
         };
-        let want = sorted(t.iter().filter(|r| matches!((r.0, avg), (Some(a), Some(m)) if a as f64 > m)).map(|r| vec![d_int(r.0)]).collect());
+        let want = sorted(
+            t.iter()
+                .filter(|r| matches!((r.0, avg), (Some(a), Some(m)) if a as f64 > m))
+                .map(|r| vec![d_int(r.0)])
+                .collect(),
+        );
         assert_eq!(got, want, "seed {seed}");
     }
 }
@@ -356,8 +384,23 @@ fn functions() {
     assert_eq!(
         row,
         vec![vec![
-            text("abc"), text("X"), int(5), text("bcd"), text("cdef"), Datum::Null, text("a2"), text("a-b-"), text("x"), int(3),
-            int(3), float(3.0), float(3.14), float(2.0), float(-2.0), int(5), float(1.0),
+            text("abc"),
+            text("X"),
+            int(5),
+            text("bcd"),
+            text("cdef"),
+            Datum::Null,
+            text("a2"),
+            text("a-b-"),
+            text("x"),
+            int(3),
+            int(3),
+            float(3.0),
+            float(3.14),
+            float(2.0),
+            float(-2.0),
+            int(5),
+            float(1.0),
         ]]
     );
     let row = db.query(
@@ -374,7 +417,8 @@ fn functions() {
     assert_eq!(row[0][6], text("object"));
     assert_eq!(db.query("SELECT now() > TIMESTAMP '2020-01-01'"), vec![vec![Datum::Bool(true)]]);
     // Column names as Postgres gives them.
-    let p = viewcast_sql::parse("SELECT 1, (SELECT count(*) FROM t), 1::int, x.y, y + 1 FROM (SELECT 1 AS y) x").unwrap();
+    let p =
+        viewcast_sql::parse("SELECT 1, (SELECT count(*) FROM t), 1::int, x.y, y + 1 FROM (SELECT 1 AS y) x").unwrap();
     db.run("CREATE TABLE t (a int)").unwrap();
     let viewcast_sql::Statement::Select { desc, .. } = viewcast_sql::plan(&p[0], &db).unwrap() else { panic!() };
     assert_eq!(desc.names, ["?column?", "count", "int4", "y", "?column?"]);

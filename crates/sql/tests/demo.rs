@@ -53,11 +53,14 @@ fn demo_plans_and_evaluates() {
 
     assert_eq!(db.query("SELECT * FROM counter"), vec![vec![int(31)]]);
     let first = db.query("SELECT user, bot, delta, r_ts FROM recentchanges WHERE title = 'Page u3' ORDER BY delta");
-    assert_eq!(first, vec![
-        vec![text("u3"), Datum::Bool(false), int(3), float(1_700_000_003.5)],
-        vec![text("u3"), Datum::Bool(true), int(15), float(1_700_000_015.5)],
-        vec![text("u3"), Datum::Bool(false), int(27), float(1_700_000_027.5)],
-    ]);
+    assert_eq!(
+        first,
+        vec![
+            vec![text("u3"), Datum::Bool(false), int(3), float(1_700_000_003.5)],
+            vec![text("u3"), Datum::Bool(true), int(15), float(1_700_000_015.5)],
+            vec![text("u3"), Datum::Bool(false), int(27), float(1_700_000_027.5)],
+        ]
+    );
     // The event without lengths: NULL delta, NULL user grouped as its own group.
     let nulls = db.query("SELECT user, bot, delta FROM recentchanges WHERE user IS NULL");
     assert_eq!(nulls, vec![vec![Datum::Null, Datum::Null, Datum::Null]]);
@@ -78,7 +81,9 @@ fn demo_plans_and_evaluates() {
 fn create_source_options() {
     let db = Db::new();
     let p = parse("CREATE SOURCE IF NOT EXISTS w FROM LOAD GENERATOR WIKIPEDIA (EVENTS PER SECOND 200, SEED 7, MAX EVENTS 1000, TICK INTERVAL '250ms')").unwrap();
-    let Statement::CreateSource { name, if_not_exists, connector: SourceConnector::LoadGenerator(g), desc } = plan(&p[0], &db).unwrap() else {
+    let Statement::CreateSource { name, if_not_exists, connector: SourceConnector::LoadGenerator(g), desc } =
+        plan(&p[0], &db).unwrap()
+    else {
         panic!("not a source")
     };
     assert_eq!(name, "w");
@@ -97,7 +102,8 @@ fn create_source_options() {
         ("create source w from load generator wikipedia (max speed, total events 5)", Some(0.0)),
     ] {
         let p = parse(sql).unwrap();
-        let Statement::CreateSource { connector: SourceConnector::LoadGenerator(g), .. } = plan(&p[0], &db).unwrap() else {
+        let Statement::CreateSource { connector: SourceConnector::LoadGenerator(g), .. } = plan(&p[0], &db).unwrap()
+        else {
             panic!("not a source")
         };
         assert_eq!(g.events_per_second, rate, "{sql}");
@@ -113,11 +119,13 @@ fn create_source_options() {
 #[test]
 fn other_connectors_sinks_and_subscribe() {
     let db = Db::new();
-    db.run("CREATE SOURCE s FROM SSE 'https://example.com/stream'; CREATE SOURCE h FROM WEBHOOK BODY FORMAT JSON;
+    db.run(
+        "CREATE SOURCE s FROM SSE 'https://example.com/stream'; CREATE SOURCE h FROM WEBHOOK BODY FORMAT JSON;
             CREATE SOURCE f FROM FILE '/var/log/x' WITH (TAIL = true) FORMAT REGEX '(?P<ip>\\S+) (?<path>\\S+)';
             CREATE SOURCE t FROM FILE '/tmp/t' FORMAT TEXT;
-            CREATE VIEW v AS SELECT data->>'a' AS a FROM s")
-        .unwrap();
+            CREATE VIEW v AS SELECT data->>'a' AS a FROM s",
+    )
+    .unwrap();
     assert_eq!(db.desc("f").names, ["ip", "path"]);
     assert_eq!(db.desc("t").names, ["text"]);
     assert_eq!(db.desc("h").names, ["data"]);
@@ -125,12 +133,20 @@ fn other_connectors_sinks_and_subscribe() {
     assert!(matches!(plan(&p[0], &db).unwrap(), Statement::CreateSink { from, .. } if from == db.id("v")));
     let p = parse("SUBSCRIBE TO v ENVELOPE UPSERT (KEY (a)) WITH (SNAPSHOT = false, PROGRESS) AS OF 5 UP TO 10; TAIL (SELECT 1 AS one)").unwrap();
     let Statement::Subscribe(s) = plan(&p[0], &db).unwrap() else { panic!() };
-    assert_eq!((s.upsert_key, s.snapshot, s.progress, s.as_of, s.up_to), (Some(vec![0]), false, true, Some(5), Some(10)));
+    assert_eq!(
+        (s.upsert_key, s.snapshot, s.progress, s.as_of, s.up_to),
+        (Some(vec![0]), false, true, Some(5), Some(10))
+    );
     let Statement::Subscribe(s) = plan(&p[1], &db).unwrap() else { panic!() };
     assert_eq!(s.desc.names, ["one"]);
     assert_eq!(p[1].sql(), "TAIL (SELECT 1 AS one)");
-    let p = parse("SHOW SOURCES; SHOW MATERIALIZED VIEWS; SHOW COLUMNS FROM v; DROP SOURCE IF EXISTS s, h CASCADE; DROP VIEW v").unwrap();
-    assert!(matches!(plan(&p[3], &db).unwrap(), Statement::Drop { names, if_exists: true, cascade: true, .. } if names == ["s", "h"]));
+    let p = parse(
+        "SHOW SOURCES; SHOW MATERIALIZED VIEWS; SHOW COLUMNS FROM v; DROP SOURCE IF EXISTS s, h CASCADE; DROP VIEW v",
+    )
+    .unwrap();
+    assert!(
+        matches!(plan(&p[3], &db).unwrap(), Statement::Drop { names, if_exists: true, cascade: true, .. } if names == ["s", "h"])
+    );
     assert!(matches!(plan(&p[2], &db).unwrap(), Statement::Show(viewcast_sql::Show::Columns { .. })));
 }
 
@@ -138,12 +154,14 @@ fn other_connectors_sinks_and_subscribe() {
 fn explain_prints_the_plan() {
     let db = Db::new();
     db.run(DEMO).unwrap();
-    let p = parse("EXPLAIN SELECT user, count(*) FROM recentchanges WHERE bot GROUP BY user ORDER BY 2 DESC LIMIT 3").unwrap();
+    let p = parse("EXPLAIN SELECT user, count(*) FROM recentchanges WHERE bot GROUP BY user ORDER BY 2 DESC LIMIT 3")
+        .unwrap();
     let Statement::Explain { text } = plan(&p[0], &db).unwrap() else { panic!() };
     assert!(text.contains("Reduce group_by=[#0] aggregates=[count(true)]"), "{text}");
     assert!(text.contains("Filter"), "{text}");
     assert!(text.contains("Finish order_by=[#1 desc] limit=3"), "{text}");
-    let p = parse("EXPLAIN CREATE MATERIALIZED VIEW t AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10").unwrap();
+    let p =
+        parse("EXPLAIN CREATE MATERIALIZED VIEW t AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10").unwrap();
     let Statement::Explain { text } = plan(&p[0], &db).unwrap() else { panic!() };
     assert!(text.starts_with("TopK group_by=[] order_by=[#1 desc] limit=10"), "{text}");
 }

@@ -177,7 +177,11 @@ fn placeholder(ty: ScalarType) -> Datum {
 impl Planner<'_> {
     /// Plans a query with its own ORDER BY / LIMIT folded in as a relation; returns the outer
     /// columns it read.
-    pub(crate) fn plan_query_rel(&self, q: &ast::Query, outer: Option<&Outer>) -> Result<(Rel, BTreeSet<usize>), SqlError> {
+    pub(crate) fn plan_query_rel(
+        &self,
+        q: &ast::Query,
+        outer: Option<&Outer>,
+    ) -> Result<(Rel, BTreeSet<usize>), SqlError> {
         let qcx = Qcx { n_outer: outer.map(|o| o.cols.len()).unwrap_or(0), used: RefCell::default() };
         let planned = self.plan_query(q, outer, &qcx)?;
         Ok((planned.into_rel(), qcx.used.into_inner()))
@@ -282,7 +286,12 @@ impl Planner<'_> {
 
     /// Resolves an ORDER BY item that names an output column: an ordinal, an output name, or an
     /// expression identical to a select item. Positions are relative to `outputs`.
-    pub(crate) fn output_column(&self, e: &Expr, outputs: &[Col], items: &[Option<&Expr>]) -> Result<Option<usize>, SqlError> {
+    pub(crate) fn output_column(
+        &self,
+        e: &Expr,
+        outputs: &[Col],
+        items: &[Option<&Expr>],
+    ) -> Result<Option<usize>, SqlError> {
         if let Expr::Value(v) = e {
             if let ast::Value::Number(n, _) = &v.value {
                 return match n.parse::<usize>() {
@@ -339,8 +348,9 @@ impl Planner<'_> {
                 let op_name = op.to_string().to_uppercase();
                 let pos = self.pos_of(body);
                 if l.arity() != r.arity() {
-                    return Err(SqlError::syntax(format!("each {op_name} query must have the same number of columns"))
-                        .at(pos));
+                    return Err(
+                        SqlError::syntax(format!("each {op_name} query must have the same number of columns")).at(pos)
+                    );
                 }
                 let mut targets = Vec::new();
                 for i in l.n_outer..l.arity() {
@@ -387,8 +397,7 @@ impl Planner<'_> {
                 };
                 Ok(Rel { expr, cols, n_outer })
             }
-            other => Err(SqlError::unsupported(format!("{}", first_words(&other.to_string())))
-                .at(self.pos_of(other))),
+            other => Err(SqlError::unsupported(format!("{}", first_words(&other.to_string()))).at(self.pos_of(other))),
         }
     }
 
@@ -403,7 +412,9 @@ impl Planner<'_> {
             }
             if let Some(first) = rows.first() {
                 if first.len() != out.len() {
-                    return Err(SqlError::syntax("VALUES lists must all be the same length").at(self.pos_of(&row.content[0])));
+                    return Err(
+                        SqlError::syntax("VALUES lists must all be the same length").at(self.pos_of(&row.content[0]))
+                    );
                 }
             }
             rows.push(out);
@@ -422,9 +433,7 @@ impl Planner<'_> {
             for (c, t) in row.into_iter().enumerate() {
                 let pos = self.pos_of(&values.rows[r].content[c]);
                 let e = self.coerce(t, cols[c].ty.scalar, pos)?;
-                let d = e.eval(&[]).map_err(|err| {
-                    SqlError::new(err.sqlstate(), err.to_string()).at(pos)
-                })?;
+                let d = e.eval(&[]).map_err(|err| SqlError::new(err.sqlstate(), err.to_string()).at(pos))?;
                 datums.push(d);
             }
             consts.push((Row::new(datums), 1));
@@ -806,7 +815,12 @@ impl Planner<'_> {
         }
     }
 
-    fn plan_aggregate(&self, f: &ast::Function, rel: &mut Rel, qcx: &Qcx) -> Result<(AggregateExpr, ColumnType), SqlError> {
+    fn plan_aggregate(
+        &self,
+        f: &ast::Function,
+        rel: &mut Rel,
+        qcx: &Qcx,
+    ) -> Result<(AggregateExpr, ColumnType), SqlError> {
         use viewcast_plan::AggregateFunc as A;
         let pos = self.pos_of(f);
         let name = self.object_name(&f.name)?;
@@ -843,8 +857,11 @@ impl Planner<'_> {
         };
         let no_such = |args: &[Typed]| {
             let types: Vec<&str> = args.iter().map(|t| t.ty.scalar.name()).collect();
-            Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("function {name}({}) does not exist", types.join(", ")))
-                .at(pos))
+            Err(SqlError::new(
+                code::UNDEFINED_FUNCTION,
+                format!("function {name}({}) does not exist", types.join(", ")),
+            )
+            .at(pos))
         };
         let true_lit = || ScalarExpr::literal(Datum::Bool(true), ScalarType::Bool);
         let (func, expr, ty) = match (name.as_str(), star, args.len()) {
@@ -964,7 +981,8 @@ impl Planner<'_> {
             ast::JoinConstraint::None => {}
             ast::JoinConstraint::On(e) => {
                 let qcx = Qcx::default();
-                let mut combined = Rel { expr: RelExpr::Constant { rows: vec![], arity: cols.len() }, cols: cols.clone(), n_outer: 0 };
+                let mut combined =
+                    Rel { expr: RelExpr::Constant { rows: vec![], arity: cols.len() }, cols: cols.clone(), n_outer: 0 };
                 let t = self.bind(&Ecx::new(&qcx, "JOIN/ON"), &mut combined, e)?;
                 predicates = split_conjuncts(self.coerce_bool(t, "JOIN/ON", self.pos_of(e))?);
             }
@@ -1009,12 +1027,18 @@ impl Planner<'_> {
                     let nullable = rel.cols[l].ty.nullable && rel.cols[la + r].ty.nullable;
                     let merged = ScalarExpr::CallVariadic {
                         func: VariadicFunc::Coalesce,
-                        exprs: vec![cast_if(ScalarExpr::column(l), rel.cols[l].ty.scalar, ty), cast_if(ScalarExpr::column(la + r), rel.cols[la + r].ty.scalar, ty)],
+                        exprs: vec![
+                            cast_if(ScalarExpr::column(l), rel.cols[l].ty.scalar, ty),
+                            cast_if(ScalarExpr::column(la + r), rel.cols[la + r].ty.scalar, ty),
+                        ],
                     };
                     let name = rel.cols[l].name.clone();
                     rel.cols[l].hidden = true;
                     rel.cols[la + r].hidden = true;
-                    rel.map(merged, Col { table: None, name, ty: ColumnType::new(ty, nullable), hidden: false, depth: 0 });
+                    rel.map(
+                        merged,
+                        Col { table: None, name, ty: ColumnType::new(ty, nullable), hidden: false, depth: 0 },
+                    );
                 }
             }
         }
@@ -1044,11 +1068,30 @@ impl Planner<'_> {
     fn plan_table_factor(&self, tf: &ast::TableFactor) -> Result<Rel, SqlError> {
         let pos = self.pos_of(tf);
         match tf {
-            ast::TableFactor::Table { name, alias, args, with_hints, version, with_ordinality, partitions, json_path, sample, index_directives, .. } => {
+            ast::TableFactor::Table {
+                name,
+                alias,
+                args,
+                with_hints,
+                version,
+                with_ordinality,
+                partitions,
+                json_path,
+                sample,
+                index_directives,
+                ..
+            } => {
                 if args.is_some() {
                     return Err(SqlError::unsupported("table functions").at(pos));
                 }
-                if !with_hints.is_empty() || version.is_some() || *with_ordinality || !partitions.is_empty() || json_path.is_some() || sample.is_some() || !index_directives.is_empty() {
+                if !with_hints.is_empty()
+                    || version.is_some()
+                    || *with_ordinality
+                    || !partitions.is_empty()
+                    || json_path.is_some()
+                    || sample.is_some()
+                    || !index_directives.is_empty()
+                {
                     return Err(SqlError::unsupported("table modifiers").at(pos));
                 }
                 let table = self.object_name(name)?;
@@ -1065,15 +1108,14 @@ impl Planner<'_> {
                                 .at(self.pos_of(name))
                         })?;
                         if item.kind == crate::ItemKind::Sink {
-                            return Err(SqlError::new(code::WRONG_OBJECT_TYPE, format!("\"{table}\" is a sink, not a relation")).at(pos));
+                            return Err(SqlError::new(
+                                code::WRONG_OBJECT_TYPE,
+                                format!("\"{table}\" is a sink, not a relation"),
+                            )
+                            .at(pos));
                         }
-                        let cols = item
-                            .desc
-                            .names
-                            .iter()
-                            .zip(&item.desc.types)
-                            .map(|(n, t)| Col::named(n, *t))
-                            .collect();
+                        let cols =
+                            item.desc.names.iter().zip(&item.desc.types).map(|(n, t)| Col::named(n, *t)).collect();
                         Rel { expr: RelExpr::Get { id: item.id, arity: item.desc.arity() }, cols, n_outer: 0 }
                     }
                 };
@@ -1206,7 +1248,13 @@ pub(crate) fn attach(rel: &mut Rel, keys: &[usize], sub: Rel) -> usize {
     let (nl, nr) = (left_extra.len(), right_extra.len());
     let left = wrap(std::mem::replace(&mut rel.expr, RelExpr::Constant { rows: vec![], arity: 0 }), left_extra);
     let right = wrap(sub.expr, right_extra);
-    let join = RelExpr::Join { left: Box::new(left), right: Box::new(right), kind: JoinKind::LeftOuter, equi, predicate: None };
+    let join = RelExpr::Join {
+        left: Box::new(left),
+        right: Box::new(right),
+        kind: JoinKind::LeftOuter,
+        equi,
+        predicate: None,
+    };
     let mut outputs: Vec<usize> = (0..la).collect();
     outputs.extend((k..sa).map(|j| la + nl + j));
     let _ = nr;
@@ -1243,7 +1291,9 @@ fn column_order(column: usize, o: &ast::OrderByOptions) -> ColumnOrder {
 
 pub(crate) fn split_conjuncts(e: ScalarExpr) -> Vec<ScalarExpr> {
     match e {
-        ScalarExpr::CallVariadic { func: VariadicFunc::And, exprs } => exprs.into_iter().flat_map(split_conjuncts).collect(),
+        ScalarExpr::CallVariadic { func: VariadicFunc::And, exprs } => {
+            exprs.into_iter().flat_map(split_conjuncts).collect()
+        }
         other => vec![other],
     }
 }
@@ -1257,7 +1307,12 @@ fn combine_and(mut preds: Vec<ScalarExpr>) -> Option<ScalarExpr> {
 }
 
 fn same_key_type(a: ScalarType, b: ScalarType) -> bool {
-    a == b || a.is_integer() && b.is_integer() || matches!((a, b), (ScalarType::Timestamp | ScalarType::TimestampTz, ScalarType::Timestamp | ScalarType::TimestampTz))
+    a == b
+        || a.is_integer() && b.is_integer()
+        || matches!(
+            (a, b),
+            (ScalarType::Timestamp | ScalarType::TimestampTz, ScalarType::Timestamp | ScalarType::TimestampTz)
+        )
 }
 
 /// Splits `col_l = col_r` conjuncts across the join boundary `la` into hashable equi pairs.

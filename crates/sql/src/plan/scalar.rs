@@ -200,11 +200,8 @@ impl Planner<'_> {
         if t.ty.scalar == ScalarType::Text || t.is_unknown() {
             return self.coerce(t, ScalarType::Text, pos);
         }
-        Err(SqlError::new(
-            code::UNDEFINED_FUNCTION,
-            format!("function {func}({}) does not exist", t.ty.scalar.name()),
-        )
-        .at(pos))
+        Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("function {func}({}) does not exist", t.ty.scalar.name()))
+            .at(pos))
     }
 
     /// The common type of `items` (unknown literals adapt to the others; all-unknown is text).
@@ -225,7 +222,12 @@ impl Planner<'_> {
         Ok(acc.unwrap_or(ScalarType::Text))
     }
 
-    fn coerce_all(&self, what: &str, items: Vec<Typed>, pos: Option<usize>) -> Result<(Vec<ScalarExpr>, ColumnType), SqlError> {
+    fn coerce_all(
+        &self,
+        what: &str,
+        items: Vec<Typed>,
+        pos: Option<usize>,
+    ) -> Result<(Vec<ScalarExpr>, ColumnType), SqlError> {
         let refs: Vec<&Typed> = items.iter().collect();
         let ty = self.unify(what, &refs, pos)?;
         let nullable = items.iter().any(|t| t.ty.nullable);
@@ -252,7 +254,10 @@ impl Planner<'_> {
             if let Some((i, _)) = hits.next() {
                 if hits.next().is_some() {
                     let shown = table.map(|t| format!("{t}.{name}")).unwrap_or_else(|| name.to_string());
-                    return Err(SqlError::new(code::AMBIGUOUS_COLUMN, format!("column reference \"{shown}\" is ambiguous")));
+                    return Err(SqlError::new(
+                        code::AMBIGUOUS_COLUMN,
+                        format!("column reference \"{shown}\" is ambiguous"),
+                    ));
                 }
                 found = Some(i);
                 break;
@@ -261,7 +266,10 @@ impl Planner<'_> {
         let Some(i) = found else {
             if let Some(t) = table {
                 if !cols.iter().any(|c| c.table.as_deref() == Some(t)) {
-                    return Err(SqlError::new(code::UNDEFINED_TABLE, format!("missing FROM-clause entry for table \"{t}\"")));
+                    return Err(SqlError::new(
+                        code::UNDEFINED_TABLE,
+                        format!("missing FROM-clause entry for table \"{t}\""),
+                    ));
                 }
                 return Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column {t}.{name} does not exist")));
             }
@@ -311,12 +319,19 @@ impl Planner<'_> {
                     ast::Value::SingleQuotedString(s) => s.clone(),
                     _ => return unsupported("this typed literal"),
                 };
-                let t = Typed { expr: lit(Datum::text(&text), ScalarType::Text), ty: ColumnType::new(ScalarType::Text, false), lit: Lit::String };
+                let t = Typed {
+                    expr: lit(Datum::text(&text), ScalarType::Text),
+                    ty: ColumnType::new(ScalarType::Text, false),
+                    lit: Lit::String,
+                };
                 let expr = self.coerce(t, to, pos)?;
                 Ok(Typed::new(expr, to, false))
             }
             Expr::Interval(iv) => {
-                if iv.leading_precision.is_some() || iv.last_field.is_some() || iv.fractional_seconds_precision.is_some() {
+                if iv.leading_precision.is_some()
+                    || iv.last_field.is_some()
+                    || iv.fractional_seconds_precision.is_some()
+                {
                     return unsupported("this INTERVAL form");
                 }
                 let text = match &*iv.value {
@@ -332,7 +347,10 @@ impl Planner<'_> {
                     None => text,
                 };
                 let d = viewcast_plan::datetime::parse(&text, ScalarType::Interval).ok_or_else(|| {
-                    SqlError::new(code::INVALID_TEXT_REPRESENTATION, format!("invalid input syntax for type interval: \"{text}\""))
+                    SqlError::new(
+                        code::INVALID_TEXT_REPRESENTATION,
+                        format!("invalid input syntax for type interval: \"{text}\""),
+                    )
                 })?;
                 Ok(Typed::new(lit(d, ScalarType::Interval), ScalarType::Interval, false))
             }
@@ -362,7 +380,10 @@ impl Planner<'_> {
                     let t = self.bind(ecx, rel, expr)?;
                     let ty = if t.is_unknown() { ScalarType::Float64 } else { t.ty.scalar };
                     if !ty.is_numeric() && ty != ScalarType::Interval {
-                        return Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("operator does not exist: - {}", ty.name())));
+                        return Err(SqlError::new(
+                            code::UNDEFINED_FUNCTION,
+                            format!("operator does not exist: - {}", ty.name()),
+                        ));
                     }
                     let nullable = t.ty.nullable;
                     let x = self.coerce(t, ty, pos)?;
@@ -371,7 +392,10 @@ impl Planner<'_> {
                 UnaryOperator::Plus => {
                     let t = self.bind(ecx, rel, expr)?;
                     if !t.ty.scalar.is_numeric() && !t.is_unknown() {
-                        return Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("operator does not exist: + {}", t.ty.scalar.name())));
+                        return Err(SqlError::new(
+                            code::UNDEFINED_FUNCTION,
+                            format!("operator does not exist: + {}", t.ty.scalar.name()),
+                        ));
                     }
                     Ok(t)
                 }
@@ -384,7 +408,12 @@ impl Planner<'_> {
                 let expr = if matches!(e, Expr::IsNull(_)) { is_null } else { is_null.call_unary(UnaryFunc::Not) };
                 Ok(Typed::new(expr, ScalarType::Bool, false))
             }
-            Expr::IsTrue(x) | Expr::IsNotTrue(x) | Expr::IsFalse(x) | Expr::IsNotFalse(x) | Expr::IsUnknown(x) | Expr::IsNotUnknown(x) => {
+            Expr::IsTrue(x)
+            | Expr::IsNotTrue(x)
+            | Expr::IsFalse(x)
+            | Expr::IsNotFalse(x)
+            | Expr::IsUnknown(x)
+            | Expr::IsNotUnknown(x) => {
                 let t = self.bind(ecx, rel, x)?;
                 let b = self.coerce_bool(t, "IS", pos)?;
                 let expr = match e {
@@ -428,7 +457,11 @@ impl Planner<'_> {
                             let (l, r) = self.comparable(x.clone(), y, "=", self.pos_of(item))?;
                             ors.push(l.call_binary(BinaryFunc::Eq, r));
                         }
-                        Typed::new(ScalarExpr::CallVariadic { func: VariadicFunc::Or, exprs: ors }, ScalarType::Bool, nullable)
+                        Typed::new(
+                            ScalarExpr::CallVariadic { func: VariadicFunc::Or, exprs: ors },
+                            ScalarType::Bool,
+                            nullable,
+                        )
                     }
                     ast::InTarget::Subquery(q) => self.bind_in_subquery(ecx, rel, expr, q, pos)?,
                     _ => return unsupported("this IN form"),
@@ -439,7 +472,8 @@ impl Planner<'_> {
                     result
                 })
             }
-            Expr::Like { negated, any, expr, pattern, escape_char } | Expr::ILike { negated, any, expr, pattern, escape_char } => {
+            Expr::Like { negated, any, expr, pattern, escape_char }
+            | Expr::ILike { negated, any, expr, pattern, escape_char } => {
                 if *any || escape_char.is_some() {
                     return unsupported("LIKE ANY / ESCAPE");
                 }
@@ -475,7 +509,11 @@ impl Planner<'_> {
                 let has_else = else_result.is_some();
                 match else_result {
                     Some(x) => results.push(self.bind(ecx, rel, x)?),
-                    None => results.push(Typed { expr: lit(Datum::Null, ScalarType::Text), ty: ColumnType::new(ScalarType::Text, true), lit: Lit::Null }),
+                    None => results.push(Typed {
+                        expr: lit(Datum::Null, ScalarType::Text),
+                        ty: ColumnType::new(ScalarType::Text, true),
+                        lit: Lit::Null,
+                    }),
                 }
                 let (mut exprs, mut ty) = self.coerce_all("CASE", results, pos)?;
                 if !has_else {
@@ -587,7 +625,14 @@ impl Planner<'_> {
 
     /// `x IN (SELECT y ...)` with SQL's three-valued result: true if some `y = x`; else NULL if
     /// `x` or some `y` is NULL and the subquery is not empty; else false.
-    fn bind_in_subquery(&self, ecx: &Ecx, rel: &mut Rel, expr: &Expr, q: &ast::Query, pos: Option<usize>) -> Result<Typed, SqlError> {
+    fn bind_in_subquery(
+        &self,
+        ecx: &Ecx,
+        rel: &mut Rel,
+        expr: &Expr,
+        q: &ast::Query,
+        pos: Option<usize>,
+    ) -> Result<Typed, SqlError> {
         self.check_subqueries(ecx, pos)?;
         let x = self.bind(ecx, rel, expr)?;
         let xty = x.ty;
@@ -608,7 +653,11 @@ impl Planner<'_> {
         let eq = ScalarExpr::column(xpos).call_binary(BinaryFunc::Eq, ScalarExpr::column(k));
         let aggs = vec![
             AggregateExpr { func: AggregateFunc::BoolOr, expr: eq.clone(), distinct: false },
-            AggregateExpr { func: AggregateFunc::Count, expr: lit(Datum::Bool(true), ScalarType::Bool), distinct: false },
+            AggregateExpr {
+                func: AggregateFunc::Count,
+                expr: lit(Datum::Bool(true), ScalarType::Bool),
+                distinct: false,
+            },
             AggregateExpr { func: AggregateFunc::Count, expr: eq, distinct: false },
         ];
         let mut cols: Vec<Col> = sub.cols[..k].to_vec();
@@ -639,11 +688,19 @@ impl Planner<'_> {
     fn bind_value(&self, v: &ast::Value, pos: Option<usize>) -> Result<Typed, SqlError> {
         match v {
             ast::Value::Number(n, _) => self.bind_number(n, pos),
-            ast::Value::SingleQuotedString(s) | ast::Value::EscapedStringLiteral(s) | ast::Value::DollarQuotedString(ast::DollarQuotedString { value: s, .. }) => {
-                Ok(Typed { expr: lit(Datum::text(s), ScalarType::Text), ty: ColumnType::new(ScalarType::Text, false), lit: Lit::String })
-            }
+            ast::Value::SingleQuotedString(s)
+            | ast::Value::EscapedStringLiteral(s)
+            | ast::Value::DollarQuotedString(ast::DollarQuotedString { value: s, .. }) => Ok(Typed {
+                expr: lit(Datum::text(s), ScalarType::Text),
+                ty: ColumnType::new(ScalarType::Text, false),
+                lit: Lit::String,
+            }),
             ast::Value::Boolean(b) => Ok(Typed::new(lit(Datum::Bool(*b), ScalarType::Bool), ScalarType::Bool, false)),
-            ast::Value::Null => Ok(Typed { expr: lit(Datum::Null, ScalarType::Text), ty: ColumnType::new(ScalarType::Text, true), lit: Lit::Null }),
+            ast::Value::Null => Ok(Typed {
+                expr: lit(Datum::Null, ScalarType::Text),
+                ty: ColumnType::new(ScalarType::Text, true),
+                lit: Lit::Null,
+            }),
             ast::Value::Placeholder(p) => Err(SqlError::unsupported(format!("parameter {p}")).at(pos)),
             other => Err(SqlError::unsupported(format!("literal {other}")).at(pos)),
         }
@@ -657,21 +714,32 @@ impl Planner<'_> {
             }
         }
         match n.parse::<f64>() {
-            Ok(f) if f.is_finite() => Ok(Typed::new(lit(Datum::float(f), ScalarType::Numeric), ScalarType::Numeric, false)),
+            Ok(f) if f.is_finite() => {
+                Ok(Typed::new(lit(Datum::float(f), ScalarType::Numeric), ScalarType::Numeric, false))
+            }
             _ => Err(SqlError::new(code::INVALID_TEXT_REPRESENTATION, format!("invalid number \"{n}\"")).at(pos)),
         }
     }
 
     /// Coerces the two sides of a comparison to comparable types.
-    fn comparable(&self, l: Typed, r: Typed, op: &str, pos: Option<usize>) -> Result<(ScalarExpr, ScalarExpr), SqlError> {
+    fn comparable(
+        &self,
+        l: Typed,
+        r: Typed,
+        op: &str,
+        pos: Option<usize>,
+    ) -> Result<(ScalarExpr, ScalarExpr), SqlError> {
         let (lt, rt) = (l.ty.scalar, r.ty.scalar);
         let target = match (l.is_unknown(), r.is_unknown()) {
             (true, true) => ScalarType::Text,
             (true, false) => rt,
             (false, true) => lt,
             (false, false) => unify_scalar(lt, rt).ok_or_else(|| {
-                SqlError::new(code::UNDEFINED_FUNCTION, format!("operator does not exist: {} {op} {}", lt.name(), rt.name()))
-                    .at(pos)
+                SqlError::new(
+                    code::UNDEFINED_FUNCTION,
+                    format!("operator does not exist: {} {op} {}", lt.name(), rt.name()),
+                )
+                .at(pos)
             })?,
         };
         if target == ScalarType::Jsonb && op != "=" && op != "<>" && op != "IS DISTINCT FROM" {
@@ -684,7 +752,15 @@ impl Planner<'_> {
         Ok((l, r))
     }
 
-    fn bind_binary(&self, ecx: &Ecx, rel: &mut Rel, left: &Expr, op: &BinaryOperator, right: &Expr, pos: Option<usize>) -> Result<Typed, SqlError> {
+    fn bind_binary(
+        &self,
+        ecx: &Ecx,
+        rel: &mut Rel,
+        left: &Expr,
+        op: &BinaryOperator,
+        right: &Expr,
+        pos: Option<usize>,
+    ) -> Result<Typed, SqlError> {
         let l = self.bind(ecx, rel, left)?;
         let r = self.bind(ecx, rel, right)?;
         let nullable = l.ty.nullable || r.ty.nullable;
@@ -711,14 +787,20 @@ impl Planner<'_> {
             BinaryOperator::LtEq => cmp(BinaryFunc::Lte, "<="),
             BinaryOperator::Gt => cmp(BinaryFunc::Gt, ">"),
             BinaryOperator::GtEq => cmp(BinaryFunc::Gte, ">="),
-            BinaryOperator::Plus | BinaryOperator::Minus | BinaryOperator::Multiply | BinaryOperator::Divide | BinaryOperator::Modulo => {
-                self.arithmetic(op, l, r, nullable, pos)
-            }
+            BinaryOperator::Plus
+            | BinaryOperator::Minus
+            | BinaryOperator::Multiply
+            | BinaryOperator::Divide
+            | BinaryOperator::Modulo => self.arithmetic(op, l, r, nullable, pos),
             BinaryOperator::StringConcat => {
                 if l.ty.scalar == ScalarType::Jsonb && r.ty.scalar == ScalarType::Jsonb {
                     return Err(SqlError::unsupported("jsonb || jsonb").at(pos));
                 }
-                if l.ty.scalar != ScalarType::Text && r.ty.scalar != ScalarType::Text && !l.is_unknown() && !r.is_unknown() {
+                if l.ty.scalar != ScalarType::Text
+                    && r.ty.scalar != ScalarType::Text
+                    && !l.is_unknown()
+                    && !r.is_unknown()
+                {
                     return Err(SqlError::new(
                         code::UNDEFINED_FUNCTION,
                         format!("operator does not exist: {} || {}", l.ty.scalar.name(), r.ty.scalar.name()),
@@ -757,7 +839,14 @@ impl Planner<'_> {
         }
     }
 
-    fn arithmetic(&self, op: &BinaryOperator, l: Typed, r: Typed, nullable: bool, pos: Option<usize>) -> Result<Typed, SqlError> {
+    fn arithmetic(
+        &self,
+        op: &BinaryOperator,
+        l: Typed,
+        r: Typed,
+        nullable: bool,
+        pos: Option<usize>,
+    ) -> Result<Typed, SqlError> {
         use ScalarType::*;
         let func = match op {
             BinaryOperator::Plus => BinaryFunc::Add,
@@ -833,7 +922,12 @@ impl Planner<'_> {
     fn datetime_call(&self, func: BinaryFunc, unit: &str, x: Typed, pos: Option<usize>) -> Result<Typed, SqlError> {
         let ty = if x.is_unknown() { ScalarType::Timestamp } else { x.ty.scalar };
         if !matches!(ty, ScalarType::Date | ScalarType::Timestamp | ScalarType::TimestampTz) {
-            return Err(SqlError::unsupported(format!("{} of {}", if func == BinaryFunc::Extract { "extract" } else { "date_trunc" }, ty.name())).at(pos));
+            return Err(SqlError::unsupported(format!(
+                "{} of {}",
+                if func == BinaryFunc::Extract { "extract" } else { "date_trunc" },
+                ty.name()
+            ))
+            .at(pos));
         }
         let probe = Datum::Timestamp(0);
         let check = match func {
@@ -859,14 +953,24 @@ impl Planner<'_> {
         let mut exprs = vec![self.coerce_text(s, "substr", pos)?];
         for a in args {
             if !a.ty.scalar.is_integer() && !a.is_unknown() {
-                return Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("function substr(text, {}) does not exist", a.ty.scalar.name())).at(pos));
+                return Err(SqlError::new(
+                    code::UNDEFINED_FUNCTION,
+                    format!("function substr(text, {}) does not exist", a.ty.scalar.name()),
+                )
+                .at(pos));
             }
             exprs.push(self.coerce(a, ScalarType::Int64, pos)?);
         }
         Ok(Typed::new(ScalarExpr::CallVariadic { func: VariadicFunc::Substr, exprs }, ScalarType::Text, nullable))
     }
 
-    fn bind_function(&self, ecx: &Ecx, rel: &mut Rel, f: &ast::Function, pos: Option<usize>) -> Result<Typed, SqlError> {
+    fn bind_function(
+        &self,
+        ecx: &Ecx,
+        rel: &mut Rel,
+        f: &ast::Function,
+        pos: Option<usize>,
+    ) -> Result<Typed, SqlError> {
         let name = self.object_name(&f.name)?;
         if f.over.is_some() {
             return Err(SqlError::unsupported("window functions").at(pos));
@@ -880,7 +984,11 @@ impl Planner<'_> {
                     let ty = rel.cols[*col].ty;
                     Ok(Typed::new(ScalarExpr::column(*col), ty.scalar, ty.nullable))
                 }
-                None => Err(SqlError::new(code::GROUPING_ERROR, format!("aggregate functions are not allowed in {}", ecx.clause)).at(pos)),
+                None => Err(SqlError::new(
+                    code::GROUPING_ERROR,
+                    format!("aggregate functions are not allowed in {}", ecx.clause),
+                )
+                .at(pos)),
             };
         }
         let args: Vec<&Expr> = match &f.args {
@@ -897,12 +1005,20 @@ impl Planner<'_> {
                         Ok(Typed::new(lit(Datum::text("viewcast"), ScalarType::Text), ScalarType::Text, false))
                     }
                     "current_timestamp" | "localtimestamp" => self.now(pos),
-                    _ => Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{name}\" does not exist")).at(pos)),
+                    _ => {
+                        Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{name}\" does not exist")).at(pos))
+                    }
                 };
             }
-            ast::FunctionArguments::Subquery(_) => return Err(SqlError::unsupported("subquery function arguments").at(pos)),
+            ast::FunctionArguments::Subquery(_) => {
+                return Err(SqlError::unsupported("subquery function arguments").at(pos))
+            }
             ast::FunctionArguments::List(list) => {
-                if list.duplicate_treatment.is_some() || !list.clauses.is_empty() || f.filter.is_some() || !f.within_group.is_empty() {
+                if list.duplicate_treatment.is_some()
+                    || !list.clauses.is_empty()
+                    || f.filter.is_some()
+                    || !f.within_group.is_empty()
+                {
                     return Err(SqlError::unsupported(format!("DISTINCT/ORDER BY/FILTER in {name}")).at(pos));
                 }
                 let mut out = Vec::new();
@@ -920,8 +1036,13 @@ impl Planner<'_> {
             bound.push(self.bind(ecx, rel, a)?);
         }
         let no_such = |bound: &[Typed]| {
-            let types: Vec<&str> = bound.iter().map(|t| if t.is_unknown() { "unknown" } else { t.ty.scalar.name() }).collect();
-            Err(SqlError::new(code::UNDEFINED_FUNCTION, format!("function {name}({}) does not exist", types.join(", "))).at(pos))
+            let types: Vec<&str> =
+                bound.iter().map(|t| if t.is_unknown() { "unknown" } else { t.ty.scalar.name() }).collect();
+            Err(SqlError::new(
+                code::UNDEFINED_FUNCTION,
+                format!("function {name}({}) does not exist", types.join(", ")),
+            )
+            .at(pos))
         };
         let nullable = bound.iter().any(|t| t.ty.nullable);
         let n = bound.len();
@@ -933,7 +1054,9 @@ impl Planner<'_> {
         match (name.as_str(), n) {
             ("lower", 1) => text_unary(UnaryFunc::Lower, ScalarType::Text, bound),
             ("upper", 1) => text_unary(UnaryFunc::Upper, ScalarType::Text, bound),
-            ("length" | "char_length" | "character_length", 1) => text_unary(UnaryFunc::CharLength, ScalarType::Int32, bound),
+            ("length" | "char_length" | "character_length", 1) => {
+                text_unary(UnaryFunc::CharLength, ScalarType::Int32, bound)
+            }
             ("btrim" | "trim", 1) => text_unary(UnaryFunc::Trim, ScalarType::Text, bound),
             ("ltrim", 1) => text_unary(UnaryFunc::LTrim, ScalarType::Text, bound),
             ("rtrim", 1) => text_unary(UnaryFunc::RTrim, ScalarType::Text, bound),
@@ -964,10 +1087,15 @@ impl Planner<'_> {
             ("substr" | "substring", 2 | 3) => self.call_substr(bound, pos),
             ("replace", 3) => {
                 let exprs = bound.into_iter().map(|t| self.coerce_text(t, "replace", pos)).collect::<Result<_, _>>()?;
-                Ok(Typed::new(ScalarExpr::CallVariadic { func: VariadicFunc::Replace, exprs }, ScalarType::Text, nullable))
+                Ok(Typed::new(
+                    ScalarExpr::CallVariadic { func: VariadicFunc::Replace, exprs },
+                    ScalarType::Text,
+                    nullable,
+                ))
             }
             ("concat", _) => {
-                let exprs = bound.into_iter().map(|t| self.coerce(t, ScalarType::Text, pos)).collect::<Result<_, _>>()?;
+                let exprs =
+                    bound.into_iter().map(|t| self.coerce(t, ScalarType::Text, pos)).collect::<Result<_, _>>()?;
                 Ok(Typed::new(ScalarExpr::CallVariadic { func: VariadicFunc::Concat, exprs }, ScalarType::Text, false))
             }
             ("coalesce" | "greatest" | "least", 1..) => {
@@ -1011,8 +1139,15 @@ impl Planner<'_> {
                 Ok(Typed::new(e.call_unary(UnaryFunc::JsonbTypeof), ScalarType::Text, nullable))
             }
             ("jsonb_build_array", _) => {
-                let exprs = bound.into_iter().map(|t| if t.is_unknown() { self.coerce(t, ScalarType::Text, pos) } else { Ok(t.expr) }).collect::<Result<_, _>>()?;
-                Ok(Typed::new(ScalarExpr::CallVariadic { func: VariadicFunc::JsonbBuildArray, exprs }, ScalarType::Jsonb, false))
+                let exprs = bound
+                    .into_iter()
+                    .map(|t| if t.is_unknown() { self.coerce(t, ScalarType::Text, pos) } else { Ok(t.expr) })
+                    .collect::<Result<_, _>>()?;
+                Ok(Typed::new(
+                    ScalarExpr::CallVariadic { func: VariadicFunc::JsonbBuildArray, exprs },
+                    ScalarType::Jsonb,
+                    false,
+                ))
             }
             ("now" | "current_timestamp", 0) => self.now(pos),
             ("mz_now", 0) => Err(SqlError::unsupported("mz_now() temporal filters").at(pos)),
@@ -1028,7 +1163,9 @@ impl Planner<'_> {
                 ScalarType::TimestampTz,
                 false,
             )),
-            None => Err(SqlError::unsupported("now() outside a one-shot SELECT (use mz_now() temporal filters)").at(pos)),
+            None => {
+                Err(SqlError::unsupported("now() outside a one-shot SELECT (use mz_now() temporal filters)").at(pos))
+            }
         }
     }
 }

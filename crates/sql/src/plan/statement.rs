@@ -27,16 +27,26 @@ impl Planner<'_> {
             Ast::CreateSource(cs) => {
                 let name = self.object_name(&cs.name)?;
                 let (connector, desc) = match &cs.connector {
-                    ConnectorAst::LoadGenerator(g) => (SourceConnector::LoadGenerator(g.clone()), format_desc(&Format::Json)),
-                    ConnectorAst::Sse { url } => (SourceConnector::Sse { url: url.clone() }, format_desc(&Format::Json)),
-                    ConnectorAst::Webhook { format } => (SourceConnector::Webhook { format: format.clone() }, format_desc(format)),
-                    ConnectorAst::File { path, tail, format } => {
-                        (SourceConnector::File { path: path.clone(), tail: *tail, format: format.clone() }, format_desc(format))
+                    ConnectorAst::LoadGenerator(g) => {
+                        (SourceConnector::LoadGenerator(g.clone()), format_desc(&Format::Json))
                     }
+                    ConnectorAst::Sse { url } => {
+                        (SourceConnector::Sse { url: url.clone() }, format_desc(&Format::Json))
+                    }
+                    ConnectorAst::Webhook { format } => {
+                        (SourceConnector::Webhook { format: format.clone() }, format_desc(format))
+                    }
+                    ConnectorAst::File { path, tail, format } => (
+                        SourceConnector::File { path: path.clone(), tail: *tail, format: format.clone() },
+                        format_desc(format),
+                    ),
                 };
                 if desc.arity() == 0 {
-                    return Err(SqlError::new(code::INVALID_PARAMETER_VALUE, "FORMAT REGEX needs at least one named capture group (?P<name>...)")
-                        .at(self.pos_of(&cs.name)));
+                    return Err(SqlError::new(
+                        code::INVALID_PARAMETER_VALUE,
+                        "FORMAT REGEX needs at least one named capture group (?P<name>...)",
+                    )
+                    .at(self.pos_of(&cs.name)));
                 }
                 Ok(Statement::CreateSource { name, if_not_exists: cs.if_not_exists, connector, desc })
             }
@@ -44,7 +54,8 @@ impl Planner<'_> {
                 let name = self.object_name(&cs.name)?;
                 let from = self.resolve(&cs.from)?;
                 if from.kind == ItemKind::Sink {
-                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot create a sink from a sink").at(self.pos_of(&cs.from)));
+                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot create a sink from a sink")
+                        .at(self.pos_of(&cs.from)));
                 }
                 Ok(Statement::CreateSink {
                     name,
@@ -74,7 +85,8 @@ impl Planner<'_> {
                     SubscribeTargetAst::Name(name) => {
                         let item = self.resolve(name)?;
                         if item.kind == ItemKind::Sink {
-                            return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot subscribe to a sink").at(self.pos_of(name)));
+                            return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot subscribe to a sink")
+                                .at(self.pos_of(name)));
                         }
                         (SubscribeTarget::Item(item.id), item.desc)
                     }
@@ -124,8 +136,12 @@ impl Planner<'_> {
         let planned = self.plan_query(q, None, &qcx)?;
         let n_out = planned.n_out;
         let desc = RelationDesc::new(planned.rel.cols[..n_out].iter().map(|c| (c.name.clone(), c.ty)));
-        let finishing =
-            Finishing { order_by: planned.order, limit: planned.limit, offset: planned.offset, project: (0..n_out).collect() };
+        let finishing = Finishing {
+            order_by: planned.order,
+            limit: planned.limit,
+            offset: planned.offset,
+            project: (0..n_out).collect(),
+        };
         Ok(Statement::Select { plan: planned.rel.expr, desc, finishing })
     }
 
@@ -134,8 +150,15 @@ impl Planner<'_> {
         match s {
             ast::Statement::Query(q) => self.plan_select_statement(q),
             ast::Statement::CreateView(cv) => {
-                if cv.or_alter || cv.secure || cv.temporary || cv.to.is_some() || cv.params.is_some() || !cv.cluster_by.is_empty()
-                    || cv.comment.is_some() || cv.with_no_schema_binding || cv.copy_grants
+                if cv.or_alter
+                    || cv.secure
+                    || cv.temporary
+                    || cv.to.is_some()
+                    || cv.params.is_some()
+                    || !cv.cluster_by.is_empty()
+                    || cv.comment.is_some()
+                    || cv.with_no_schema_binding
+                    || cv.copy_grants
                     || !matches!(cv.options, ast::CreateTableOptions::None)
                 {
                     return Err(SqlError::unsupported("these CREATE VIEW options").at(pos));
@@ -172,7 +195,13 @@ impl Planner<'_> {
                 })
             }
             ast::Statement::CreateTable(ct) => {
-                if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() || ct.or_replace || ct.temporary || ct.external {
+                if ct.query.is_some()
+                    || ct.like.is_some()
+                    || ct.clone.is_some()
+                    || ct.or_replace
+                    || ct.temporary
+                    || ct.external
+                {
                     return Err(SqlError::unsupported("these CREATE TABLE options").at(pos));
                 }
                 if !ct.constraints.is_empty() {
@@ -184,7 +213,8 @@ impl Planner<'_> {
                 for c in &ct.columns {
                     let cname = normalize_ident(&c.name);
                     if !seen.insert(cname.clone()) {
-                        return Err(SqlError::new("42701", format!("column \"{cname}\" specified more than once")).at(self.pos(c.name.span)));
+                        return Err(SqlError::new("42701", format!("column \"{cname}\" specified more than once"))
+                            .at(self.pos(c.name.span)));
                     }
                     let ty = scalar_type_of(&c.data_type).map_err(|e| e.at(self.pos(c.name.span)))?;
                     let mut nullable = true;
@@ -192,7 +222,10 @@ impl Planner<'_> {
                         match o.option {
                             ast::ColumnOption::Null => nullable = true,
                             ast::ColumnOption::NotNull => nullable = false,
-                            _ => return Err(SqlError::unsupported(format!("column option {}", o.option)).at(self.pos(c.name.span))),
+                            _ => {
+                                return Err(SqlError::unsupported(format!("column option {}", o.option))
+                                    .at(self.pos(c.name.span)))
+                            }
                         }
                     }
                     cols.push((cname, ColumnType::new(ty, nullable)));
@@ -201,7 +234,13 @@ impl Planner<'_> {
             }
             ast::Statement::Insert(ins) => self.plan_insert(ins, pos),
             ast::Statement::Delete(del) => {
-                if del.tables.len() > 0 || del.using.is_some() || del.returning.is_some() || !del.order_by.is_empty() || del.limit.is_some() || del.output.is_some() {
+                if del.tables.len() > 0
+                    || del.using.is_some()
+                    || del.returning.is_some()
+                    || !del.order_by.is_empty()
+                    || del.limit.is_some()
+                    || del.output.is_some()
+                {
                     return Err(SqlError::unsupported("these DELETE options").at(pos));
                 }
                 let from = match &del.from {
@@ -220,7 +259,13 @@ impl Planner<'_> {
                 Ok(Statement::Delete { id, changes: RelExpr::Negate { input: Box::new(old) } })
             }
             ast::Statement::Update(up) => {
-                if up.from.is_some() || up.returning.is_some() || up.output.is_some() || !up.order_by.is_empty() || up.limit.is_some() || up.or.is_some() {
+                if up.from.is_some()
+                    || up.returning.is_some()
+                    || up.output.is_some()
+                    || !up.order_by.is_empty()
+                    || up.limit.is_some()
+                    || up.or.is_some()
+                {
                     return Err(SqlError::unsupported("these UPDATE options").at(pos));
                 }
                 if !up.table.joins.is_empty() {
@@ -234,11 +279,17 @@ impl Planner<'_> {
                 for a in &up.assignments {
                     let target = match &a.target {
                         ast::AssignmentTarget::ColumnName(n) => n,
-                        ast::AssignmentTarget::Tuple(_) => return Err(SqlError::unsupported("tuple assignment").at(pos)),
+                        ast::AssignmentTarget::Tuple(_) => {
+                            return Err(SqlError::unsupported("tuple assignment").at(pos))
+                        }
                     };
                     let cname = self.object_name(target)?;
                     let Some(i) = filtered.cols[..arity].iter().position(|c| c.name == cname) else {
-                        return Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{cname}\" does not exist")).at(self.pos_of(target)));
+                        return Err(SqlError::new(
+                            code::UNDEFINED_COLUMN,
+                            format!("column \"{cname}\" does not exist"),
+                        )
+                        .at(self.pos_of(target)));
                     };
                     let t = self.bind(&Ecx::new(&qcx, "UPDATE").subqueries(), &mut filtered, &a.value)?;
                     let ty = filtered.cols[i].ty;
@@ -248,7 +299,10 @@ impl Planner<'_> {
                 }
                 let old = filtered.clone().project((0..arity).collect()).expr;
                 let new = filtered.project(new_cols).expr;
-                Ok(Statement::Update { id, changes: RelExpr::Union { inputs: vec![RelExpr::Negate { input: Box::new(old) }, new] } })
+                Ok(Statement::Update {
+                    id,
+                    changes: RelExpr::Union { inputs: vec![RelExpr::Negate { input: Box::new(old) }, new] },
+                })
             }
             ast::Statement::Explain { analyze, statement, describe_alias, .. } => {
                 if *analyze {
@@ -272,14 +326,16 @@ impl Planner<'_> {
                         text
                     }
                     Statement::CreateView { plan, .. } => plan.explain(),
-                    Statement::Insert { changes, .. } | Statement::Delete { changes, .. } | Statement::Update { changes, .. } => changes.explain(),
+                    Statement::Insert { changes, .. }
+                    | Statement::Delete { changes, .. }
+                    | Statement::Update { changes, .. } => changes.explain(),
                     _ => return Err(SqlError::unsupported("EXPLAIN of this statement").at(pos)),
                 };
                 Ok(Statement::Explain { text })
             }
             other => {
                 let words: Vec<String> = other.to_string().split_whitespace().take(2).map(str::to_uppercase).collect();
-                Err(SqlError::unsupported(words.join(" ")).at(pos))
+                Err(SqlError::unsupported(words.join(" ")).at(self.parsed.start()))
             }
         }
     }
@@ -326,7 +382,15 @@ impl Planner<'_> {
     }
 
     fn plan_insert(&self, ins: &ast::Insert, pos: Option<usize>) -> Result<Statement, SqlError> {
-        if ins.on.is_some() || ins.returning.is_some() || ins.or.is_some() || ins.ignore || ins.overwrite || !ins.assignments.is_empty() || ins.partitioned.is_some() || ins.output.is_some() {
+        if ins.on.is_some()
+            || ins.returning.is_some()
+            || ins.or.is_some()
+            || ins.ignore
+            || ins.overwrite
+            || !ins.assignments.is_empty()
+            || ins.partitioned.is_some()
+            || ins.output.is_some()
+        {
             return Err(SqlError::unsupported("these INSERT options").at(pos));
         }
         let name = match &ins.table {
@@ -352,10 +416,12 @@ impl Planner<'_> {
             for c in &ins.columns {
                 let cname = self.object_name(c)?;
                 let i = desc.names.iter().position(|n| *n == cname).ok_or_else(|| {
-                    SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{cname}\" of relation does not exist")).at(self.pos_of(c))
+                    SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{cname}\" of relation does not exist"))
+                        .at(self.pos_of(c))
                 })?;
                 if out.contains(&i) {
-                    return Err(SqlError::new("42701", format!("column \"{cname}\" specified more than once")).at(self.pos_of(c)));
+                    return Err(SqlError::new("42701", format!("column \"{cname}\" specified more than once"))
+                        .at(self.pos_of(c)));
                 }
                 out.push(i);
             }

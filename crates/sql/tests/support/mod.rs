@@ -127,7 +127,9 @@ impl Db {
                 let id = self.register(name, desc, kind);
                 self.views.borrow_mut().insert(id, plan);
             }
-            Statement::Insert { id, changes } | Statement::Delete { id, changes } | Statement::Update { id, changes } => {
+            Statement::Insert { id, changes }
+            | Statement::Delete { id, changes }
+            | Statement::Update { id, changes } => {
                 let diffs = evaluate(&changes, &|i| self.contents(i))?;
                 let mut data = self.data.borrow_mut();
                 let rows = data.entry(id).or_default();
@@ -139,7 +141,11 @@ impl Db {
                 let out = evaluate(&plan, &|i| self.contents(i))?;
                 return Ok(Some(finishing.apply(out).into_iter().map(|r| r.0).collect()));
             }
-            Statement::Subscribe(_) | Statement::Explain { .. } | Statement::Show(_) | Statement::Drop { .. } | Statement::CreateSink { .. } => {}
+            Statement::Subscribe(_)
+            | Statement::Explain { .. }
+            | Statement::Show(_)
+            | Statement::Drop { .. }
+            | Statement::CreateSink { .. } => {}
         }
         Ok(None)
     }
