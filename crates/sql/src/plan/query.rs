@@ -397,7 +397,7 @@ impl Planner<'_> {
                 };
                 Ok(Rel { expr, cols, n_outer })
             }
-            other => Err(SqlError::unsupported(format!("{}", first_words(&other.to_string()))).at(self.pos_of(other))),
+            other => Err(SqlError::unsupported(first_words(&other.to_string())).at(self.pos_of(other))),
         }
     }
 

@@ -234,7 +234,7 @@ impl Planner<'_> {
             }
             ast::Statement::Insert(ins) => self.plan_insert(ins, pos),
             ast::Statement::Delete(del) => {
-                if del.tables.len() > 0
+                if !del.tables.is_empty()
                     || del.using.is_some()
                     || del.returning.is_some()
                     || !del.order_by.is_empty()
