@@ -17,6 +17,8 @@ pub enum EvalError {
     InvalidInput { ty: String, text: String },
     #[error("cannot cast jsonb {from} to type {to}")]
     JsonCast { from: String, to: String },
+    #[error("null value in column violates not-null constraint")]
+    NotNullViolation,
     #[error("{0}")]
     Other(String),
 }
@@ -29,6 +31,7 @@ impl EvalError {
             EvalError::OutOfRange(_) => "22003",
             EvalError::InvalidInput { .. } => "22P02",
             EvalError::JsonCast { .. } => "22023",
+            EvalError::NotNullViolation => "23502",
             EvalError::Other(_) => "XX000",
         }
     }
@@ -69,6 +72,24 @@ pub enum UnaryFunc {
     Neg,
     /// Cast to the given type; the source type is known from the value.
     Cast(ScalarType),
+    Lower,
+    Upper,
+    /// Length in characters.
+    CharLength,
+    Abs,
+    Ceil,
+    Floor,
+    /// Rounds half away from zero, as Postgres' `round(numeric)`.
+    Round,
+    Sqrt,
+    /// Trims spaces from both ends.
+    Trim,
+    LTrim,
+    RTrim,
+    /// `jsonb_typeof`.
+    JsonbTypeof,
+    /// Passes a value through; NULL is an error (a `NOT NULL` column being written).
+    AssertNotNull,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,6 +112,21 @@ pub enum BinaryFunc {
     JsonGetText,
     /// `||` on text.
     Concat,
+    /// `LIKE` with `\\` as escape; right is the pattern.
+    Like,
+    /// `ILIKE`: case-insensitive `LIKE`.
+    ILike,
+    /// `round(x, digits)`.
+    RoundDigits,
+    Power,
+    /// `date_trunc(unit, ts)`: left is the unit text.
+    DateTrunc,
+    /// `extract(field FROM value)` / `date_part`: left is the field text; result `double precision`.
+    Extract,
+    /// `position(needle IN haystack)`: left is the needle; 1-based, 0 when absent.
+    Position,
+    /// `IS NOT DISTINCT FROM`: equality where NULL equals NULL; never NULL itself.
+    IsNotDistinctFrom,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,6 +136,16 @@ pub enum VariadicFunc {
     /// Three-valued OR.
     Or,
     Coalesce,
+    /// `substr(text, from [, count])`, 1-based as Postgres.
+    Substr,
+    Greatest,
+    Least,
+    /// `concat(...)`: text concatenation skipping NULLs.
+    Concat,
+    /// `replace(text, from, to)`.
+    Replace,
+    /// `jsonb_build_array(...)`.
+    JsonbBuildArray,
 }
 
 impl ScalarExpr {
@@ -191,6 +237,8 @@ fn eval_unary(func: UnaryFunc, d: Datum) -> Result<Datum, EvalError> {
         UnaryFunc::IsNull => Ok(Datum::Bool(d.is_null())),
         UnaryFunc::IsTrue => Ok(Datum::Bool(matches!(d, Datum::Bool(true)))),
         UnaryFunc::IsFalse => Ok(Datum::Bool(matches!(d, Datum::Bool(false)))),
+        UnaryFunc::AssertNotNull if d.is_null() => Err(EvalError::NotNullViolation),
+        UnaryFunc::AssertNotNull => Ok(d),
         _ if d.is_null() => Ok(Datum::Null),
         UnaryFunc::Not => match d {
             Datum::Bool(b) => Ok(Datum::Bool(!b)),
@@ -202,6 +250,44 @@ fn eval_unary(func: UnaryFunc, d: Datum) -> Result<Datum, EvalError> {
             other => Err(EvalError::Other(format!("cannot negate {other}"))),
         },
         UnaryFunc::Cast(to) => cast(d, to),
+        UnaryFunc::Lower => Ok(Datum::text(&text_of(&d)?.to_lowercase())),
+        UnaryFunc::Upper => Ok(Datum::text(&text_of(&d)?.to_uppercase())),
+        UnaryFunc::CharLength => Ok(Datum::Int(text_of(&d)?.chars().count() as i64)),
+        UnaryFunc::Trim => Ok(Datum::text(text_of(&d)?.trim_matches(' '))),
+        UnaryFunc::LTrim => Ok(Datum::text(text_of(&d)?.trim_start_matches(' '))),
+        UnaryFunc::RTrim => Ok(Datum::text(text_of(&d)?.trim_end_matches(' '))),
+        UnaryFunc::Abs => match d {
+            Datum::Int(i) => i.checked_abs().map(Datum::Int).ok_or_else(|| EvalError::OutOfRange("bigint".into())),
+            Datum::Float(f) => Ok(Datum::float(f.0.abs())),
+            other => Err(EvalError::Other(format!("abs of non-number {other}"))),
+        },
+        UnaryFunc::Ceil | UnaryFunc::Floor | UnaryFunc::Round | UnaryFunc::Sqrt => {
+            let x = match d {
+                // Integers are already whole; only sqrt changes them.
+                Datum::Int(i) if func != UnaryFunc::Sqrt => return Ok(Datum::Int(i)),
+                Datum::Int(i) => i as f64,
+                Datum::Float(f) => f.0,
+                other => return Err(EvalError::Other(format!("{func:?} of non-number {other}"))),
+            };
+            Ok(Datum::float(match func {
+                UnaryFunc::Ceil => x.ceil(),
+                UnaryFunc::Floor => x.floor(),
+                UnaryFunc::Round => x.round(),
+                _ if x < 0.0 => return Err(EvalError::Other("cannot take square root of a negative number".into())),
+                _ => x.sqrt(),
+            }))
+        }
+        UnaryFunc::JsonbTypeof => match d {
+            Datum::Jsonb(j) => Ok(Datum::text(json_type_name(j.value()))),
+            other => Err(EvalError::Other(format!("jsonb_typeof of non-jsonb {other}"))),
+        },
+    }
+}
+
+fn text_of(d: &Datum) -> Result<&str, EvalError> {
+    match d {
+        Datum::Text(t) => Ok(t),
+        other => Err(EvalError::Other(format!("expected text, got {other}"))),
     }
 }
 
@@ -250,6 +336,16 @@ pub fn cast(d: Datum, to: ScalarType) -> Result<Datum, EvalError> {
             };
             Ok(Datum::float(f))
         }
+        (Datum::Text(t), ScalarType::Date | ScalarType::Timestamp | ScalarType::TimestampTz | ScalarType::Interval) => {
+            crate::datetime::parse(&t, to).ok_or_else(|| invalid(t.to_string()))
+        }
+        (Datum::Timestamp(us), ScalarType::Date) => Ok(Datum::Date(us.div_euclid(86_400_000_000) as i32)),
+        (Datum::Date(d), ScalarType::Timestamp | ScalarType::TimestampTz) => {
+            Ok(Datum::Timestamp(d as i64 * 86_400_000_000))
+        }
+        (Datum::Timestamp(us), ScalarType::Timestamp | ScalarType::TimestampTz) => Ok(Datum::Timestamp(us)),
+        (Datum::Date(d), ScalarType::Date) => Ok(Datum::Date(d)),
+        (i @ Datum::Interval { .. }, ScalarType::Interval) => Ok(i),
         (Datum::Int(i), to) if to.is_integer() => int_range(to, i),
         (Datum::Int(i), ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric) => Ok(Datum::float(i as f64)),
         (Datum::Int(i), ScalarType::Bool) => Ok(Datum::Bool(i != 0)),
@@ -368,8 +464,20 @@ fn arith(func: BinaryFunc, a: Datum, b: Datum) -> Result<Datum, EvalError> {
 }
 
 fn eval_binary(func: BinaryFunc, a: Datum, b: Datum) -> Result<Datum, EvalError> {
+    if func == BinaryFunc::IsNotDistinctFrom {
+        return Ok(Datum::Bool(match (a.is_null(), b.is_null()) {
+            (true, true) => true,
+            (false, false) => sql_cmp(&a, &b).is_eq(),
+            _ => false,
+        }));
+    }
     if a.is_null() || b.is_null() {
         return Ok(Datum::Null);
+    }
+    if matches!(func, BinaryFunc::Add | BinaryFunc::Sub) {
+        if let Some(r) = crate::datetime::arith(func == BinaryFunc::Add, &a, &b) {
+            return r;
+        }
     }
     let cmp = |f: fn(Ordering) -> bool| Ok(Datum::Bool(f(sql_cmp(&a, &b))));
     match func {
@@ -396,6 +504,39 @@ fn eval_binary(func: BinaryFunc, a: Datum, b: Datum) -> Result<Datum, EvalError>
             })
         }
         BinaryFunc::Concat => Ok(Datum::text(&format!("{a}{b}"))),
+        BinaryFunc::Like | BinaryFunc::ILike => {
+            let (t, p) = (text_of(&a)?, text_of(&b)?);
+            let matched = if func == BinaryFunc::ILike {
+                like_match(&t.to_lowercase(), &p.to_lowercase())
+            } else {
+                like_match(t, p)
+            };
+            Ok(Datum::Bool(matched))
+        }
+        BinaryFunc::RoundDigits => {
+            let Datum::Int(digits) = b else {
+                return Err(EvalError::Other(format!("round digits must be an integer, got {b}")));
+            };
+            let x = as_f64(&a).ok_or_else(|| EvalError::Other(format!("round of non-number {a}")))?;
+            let scale = 10f64.powi(digits.clamp(-300, 300) as i32);
+            Ok(Datum::float((x * scale).round() / scale))
+        }
+        BinaryFunc::Power => {
+            let (Some(x), Some(y)) = (as_f64(&a), as_f64(&b)) else {
+                return Err(EvalError::Other(format!("power of non-numbers {a}, {b}")));
+            };
+            if x == 0.0 && y < 0.0 {
+                return Err(EvalError::Other("zero raised to a negative power is undefined".into()));
+            }
+            Ok(Datum::float(x.powf(y)))
+        }
+        BinaryFunc::DateTrunc => crate::datetime::date_trunc(text_of(&a)?, &b),
+        BinaryFunc::Extract => crate::datetime::extract(text_of(&a)?, &b),
+        BinaryFunc::Position => {
+            let (needle, hay) = (text_of(&a)?, text_of(&b)?);
+            Ok(Datum::Int(hay.find(needle).map(|i| hay[..i].chars().count() as i64 + 1).unwrap_or(0)))
+        }
+        BinaryFunc::IsNotDistinctFrom => unreachable!("handled before the NULL check"),
     }
 }
 
@@ -422,7 +563,130 @@ fn eval_variadic(func: VariadicFunc, exprs: &[ScalarExpr], row: &[Datum]) -> Res
             }
             Ok(Datum::Null)
         }
+        VariadicFunc::Greatest | VariadicFunc::Least => {
+            let mut best: Option<Datum> = None;
+            for e in exprs {
+                let d = e.eval(row)?;
+                if d.is_null() {
+                    continue;
+                }
+                let better = match &best {
+                    None => true,
+                    Some(b) if func == VariadicFunc::Greatest => sql_cmp(&d, b).is_gt(),
+                    Some(b) => sql_cmp(&d, b).is_lt(),
+                };
+                if better {
+                    best = Some(d);
+                }
+            }
+            Ok(best.unwrap_or(Datum::Null))
+        }
+        VariadicFunc::Concat => {
+            let mut out = String::new();
+            for e in exprs {
+                match e.eval(row)? {
+                    Datum::Null => {}
+                    d => out.push_str(&d.to_string()),
+                }
+            }
+            Ok(Datum::text(&out))
+        }
+        VariadicFunc::JsonbBuildArray => {
+            let mut out = Vec::with_capacity(exprs.len());
+            for e in exprs {
+                out.push(e.eval(row)?.to_json());
+            }
+            Ok(Datum::Jsonb(Jsonb::new(serde_json::Value::Array(out))))
+        }
+        VariadicFunc::Substr | VariadicFunc::Replace => {
+            let mut args = Vec::with_capacity(exprs.len());
+            for e in exprs {
+                let d = e.eval(row)?;
+                if d.is_null() {
+                    return Ok(Datum::Null);
+                }
+                args.push(d);
+            }
+            if func == VariadicFunc::Replace {
+                let [s, from, to] = &args[..] else {
+                    return Err(EvalError::Other("replace takes three arguments".into()));
+                };
+                let (s, from, to) = (text_of(s)?, text_of(from)?, text_of(to)?);
+                return Ok(Datum::text(&if from.is_empty() { s.to_string() } else { s.replace(from, to) }));
+            }
+            substr(&args)
+        }
     }
+}
+
+/// Postgres' `substr(s, from [, count])`: positions before 1 still count toward `count`.
+fn substr(args: &[Datum]) -> Result<Datum, EvalError> {
+    let (s, from, count) = match args {
+        [s, Datum::Int(f)] => (text_of(s)?, *f, None),
+        [s, Datum::Int(f), Datum::Int(c)] => (text_of(s)?, *f, Some(*c)),
+        _ => return Err(EvalError::Other("substr takes (text, integer [, integer])".into())),
+    };
+    let end = match count {
+        Some(c) if c < 0 => return Err(EvalError::Other("negative substring length not allowed".into())),
+        Some(c) => from.saturating_add(c),
+        None => i64::MAX,
+    };
+    let start = from.max(1);
+    if end <= start {
+        return Ok(Datum::text(""));
+    }
+    let skip = usize::try_from(start - 1).unwrap_or(usize::MAX);
+    let take = usize::try_from(end - start).unwrap_or(usize::MAX);
+    Ok(Datum::text(&s.chars().skip(skip).take(take).collect::<String>()))
+}
+
+/// SQL `LIKE`: `%` matches any run, `_` one character, `\\` escapes the next character.
+pub fn like_match(text: &str, pattern: &str) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Any,
+        One,
+        Char(char),
+    }
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        toks.push(match c {
+            '%' => Tok::Any,
+            '_' => Tok::One,
+            '\\' => Tok::Char(chars.next().unwrap_or('\\')),
+            c => Tok::Char(c),
+        });
+    }
+    let text: Vec<char> = text.chars().collect();
+    // Greedy matching with backtracking to the last `%`: linear in the common case, never exponential.
+    let (mut t, mut p) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match toks.get(p) {
+            Some(Tok::Any) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(Tok::One) => {
+                t += 1;
+                p += 1;
+            }
+            Some(Tok::Char(c)) if *c == text[t] => {
+                t += 1;
+                p += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[p..].iter().all(|t| *t == Tok::Any)
 }
 
 /// An aggregate over one group.
@@ -448,6 +712,11 @@ pub enum AggregateFunc {
     Avg,
     BoolAnd,
     BoolOr,
+    /// `string_agg(value, sep)`: `expr` yields `jsonb_build_array(value, sep)`; NULL values are skipped.
+    /// Values are joined in ascending text order (Postgres leaves the order unspecified without
+    /// `ORDER BY`; a fixed order keeps incremental and one-shot results equal), each but the first
+    /// preceded by its own separator.
+    StringAgg,
 }
 
 impl AggregateFunc {
@@ -502,6 +771,38 @@ impl AggregateFunc {
                     });
                 }
                 Ok(acc.map(Datum::Bool).unwrap_or(Datum::Null))
+            }
+            AggregateFunc::StringAgg => {
+                let mut parts: Vec<(String, String, Diff)> = Vec::new();
+                for (d, n) in non_null {
+                    let Datum::Jsonb(j) = d else {
+                        return Err(EvalError::Other(format!("string_agg expects a (value, separator) pair, got {d}")));
+                    };
+                    let text = |v: Option<&serde_json::Value>| match v {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(v) => Some(v.to_string()),
+                    };
+                    if let Some(value) = text(j.value().get(0)) {
+                        parts.push((value, text(j.value().get(1)).unwrap_or_default(), n));
+                    }
+                }
+                if parts.is_empty() {
+                    return Ok(Datum::Null);
+                }
+                parts.sort();
+                let mut out = String::new();
+                let mut first = true;
+                for (value, sep, n) in parts {
+                    for _ in 0..n.max(0) {
+                        if !first {
+                            out.push_str(&sep);
+                        }
+                        first = false;
+                        out.push_str(&value);
+                    }
+                }
+                Ok(Datum::text(&out))
             }
         }
     }

@@ -129,7 +129,7 @@ impl fmt::Display for Datum {
                     let frac = m % 1_000_000;
                     let mut s = format!("{sign}{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
                     if frac != 0 {
-                        s.push_str(&format!(".{frac:06}").trim_end_matches('0').to_string());
+                        s.push_str(format!(".{frac:06}").trim_end_matches('0'));
                     }
                     parts.push(s);
                 }
