@@ -11,11 +11,13 @@
 mod error;
 pub mod loadgen;
 mod source;
+pub mod sse;
 mod stats;
 
 pub use error::SourceError;
 pub use loadgen::{EventClock, LoadGenConfig, LoadGenerator, WikipediaGenerator};
 pub use source::{json_row, Batch, BatchSink, SinkClosed, SourceHandle, StopSignal};
+pub use sse::{SseConfig, SseEvent, SseParser, SseSource};
 pub use stats::{SourceStats, SourceStatsSnapshot};
 
 #[doc(no_inline)]

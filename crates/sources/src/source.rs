@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use viewcast_repr::{Datum, Jsonb, Row};
 
 use crate::{SourceError, SourceStats};
@@ -33,6 +33,8 @@ struct StopInner {
     /// Dropped on stop, which disconnects `rx` and wakes every waiter.
     tx: Mutex<Option<Sender<()>>>,
     rx: Receiver<()>,
+    /// Wakes async waiters.
+    notify: tokio::sync::Notify,
 }
 
 impl Default for StopSignal {
@@ -44,12 +46,34 @@ impl Default for StopSignal {
 impl StopSignal {
     pub fn new() -> StopSignal {
         let (tx, rx) = crossbeam_channel::bounded(0);
-        StopSignal { inner: Arc::new(StopInner { stopped: AtomicBool::new(false), tx: Mutex::new(Some(tx)), rx }) }
+        StopSignal {
+            inner: Arc::new(StopInner {
+                stopped: AtomicBool::new(false),
+                tx: Mutex::new(Some(tx)),
+                rx,
+                notify: tokio::sync::Notify::new(),
+            }),
+        }
     }
 
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Completes once the signal is stopped.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a stop between the check and the await still wakes us.
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -98,6 +122,27 @@ impl BatchSink {
         crossbeam_channel::select! {
             send(self.tx, batch) -> res => res.map_err(|_| SinkClosed::ReceiverGone),
             recv(self.stop.receiver()) -> _ => Err(SinkClosed::Stopped),
+        }
+    }
+
+    /// Like [`BatchSink::send_blocking`] for async code: never blocks the executor thread; while
+    /// the channel is full it retries with a short, growing sleep (at most 20 ms).
+    pub async fn send_async(&self, mut batch: Batch) -> Result<(), SinkClosed> {
+        let mut wait = Duration::from_micros(200);
+        loop {
+            if self.stop.is_stopped() {
+                return Err(SinkClosed::Stopped);
+            }
+            match self.tx.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(SinkClosed::ReceiverGone),
+                Err(TrySendError::Full(b)) => batch = b,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.stopped() => return Err(SinkClosed::Stopped),
+            }
+            wait = (wait * 2).min(Duration::from_millis(20));
         }
     }
 

@@ -7,7 +7,7 @@
 //! English Wikipedia) above a tail of smaller ones, popular pages edited again and again.
 
 mod data;
-mod rng;
+pub(crate) mod rng;
 mod runner;
 mod sampler;
 
