@@ -6,28 +6,13 @@ use viewcast_hub::ViewSummary;
 use viewcast_plan::{GlobalId, RelExpr};
 use viewcast_repr::{Diff, RelationDesc, Row, Timestamp};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ItemKind {
-    Source,
-    Table,
-    View,
-}
-
-impl ItemKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ItemKind::Source => "source",
-            ItemKind::Table => "table",
-            ItemKind::View => "view",
-        }
-    }
-}
+pub use viewcast_sql::ItemKind;
 
 /// A running source: its rows arrive in a bounded queue drained once per tick.
 pub(crate) struct SourceRuntime {
     pub rows: crossbeam_channel::Receiver<Vec<Row>>,
     /// Stops the source's producer when dropped.
-    pub guard: Box<dyn Send>,
+    pub handle: viewcast_sources::SourceHandle,
     /// Rows taken from the queue but not yet sent (over the per-tick limit).
     pub carry: Vec<Row>,
 }
@@ -37,6 +22,10 @@ pub(crate) struct Item {
     pub kind: ItemKind,
     pub desc: RelationDesc,
     pub plan: Option<RelExpr>,
+    /// The statement that created it, for `SHOW CREATE`.
+    pub create_sql: String,
+    /// For a table: the engine input its writes go to (the item itself is the published view of it).
+    pub input: Option<GlobalId>,
     pub depends_on: Vec<GlobalId>,
     pub source: Option<SourceRuntime>,
     /// Hidden items (transient query dataflows) are not listed and cannot be named.
@@ -173,5 +162,19 @@ impl Catalog {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// The planner's view of the catalog.
+pub(crate) struct PlannerCatalog<'a>(pub &'a Catalog);
+
+impl viewcast_sql::Catalog for PlannerCatalog<'_> {
+    fn resolve(&self, name: &str) -> Option<viewcast_sql::CatalogItem> {
+        let (id, item) = self.0.resolve(name)?;
+        Some(viewcast_sql::CatalogItem { id, desc: item.desc.clone(), kind: item.kind })
+    }
+
+    fn now(&self) -> Option<Timestamp> {
+        Some(crate::clock::now_ms())
     }
 }

@@ -71,6 +71,7 @@ pub(crate) fn tick_loop(shared: &Shared) {
             updates.push((w.id, w.updates));
             done.extend(w.done);
         }
+        shared.tick_sent.lock().expect("latency lock").push_back((ts, Instant::now()));
         if let Err(e) = shared.engine.tick(ts, updates) {
             tracing::error!(error = %e, "engine refused a tick; stopping the clock");
             return;

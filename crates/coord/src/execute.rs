@@ -2,10 +2,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use viewcast_plan::{ColumnOrder, GlobalId, RelExpr};
-use viewcast_repr::{Diff, RelationDesc, Row};
+use viewcast_plan::{GlobalId, RelExpr};
+use viewcast_repr::{ColumnType, Datum, Diff, RelationDesc, Row, ScalarType};
+use viewcast_sources::{LoadGenConfig, LoadGenerator};
+use viewcast_sql::{Finishing, ItemKind, LoadGenerator as LoadGenSpec, Show, SourceConnector, SqlError, Statement};
 
-use crate::catalog::{Item, ItemKind, SourceRuntime};
+use crate::catalog::{Item, PlannerCatalog, SourceRuntime};
 use crate::Shared;
 
 /// An error of one statement, as the SQL API and pgwire report it.
@@ -25,6 +27,18 @@ impl StatementError {
     }
 }
 
+impl From<SqlError> for StatementError {
+    fn from(e: SqlError) -> Self {
+        StatementError { message: e.message, code: e.code.to_string(), position: e.position }
+    }
+}
+
+impl From<viewcast_plan::EvalError> for StatementError {
+    fn from(e: viewcast_plan::EvalError) -> Self {
+        StatementError::new(e.to_string(), e.sqlstate(), None)
+    }
+}
+
 /// The outcome of one statement.
 #[derive(Clone, Debug)]
 pub enum ExecuteResult {
@@ -33,20 +47,25 @@ pub enum ExecuteResult {
     Error(StatementError),
 }
 
+fn ok(tag: &str) -> Result<ExecuteResult, StatementError> {
+    Ok(ExecuteResult::Ok { tag: tag.to_string() })
+}
+
 pub(crate) async fn execute(shared: &Shared, sql: &str) -> Vec<ExecuteResult> {
-    let statements = match crate::sql_glue::plan_all(shared, sql) {
-        Ok(s) => s,
-        Err(e) => return vec![ExecuteResult::Error(e)],
+    let parsed = match viewcast_sql::parse(sql) {
+        Ok(p) => p,
+        Err(e) => return vec![ExecuteResult::Error(e.into())],
     };
     let mut results = Vec::new();
-    for stmt in statements {
-        // Later statements are planned against the catalog as the earlier ones left it.
-        let r = match stmt {
-            crate::sql_glue::Pending::Planned(p) => crate::sql_glue::execute_planned(shared, p).await,
-            crate::sql_glue::Pending::Deferred(text) => match crate::sql_glue::plan_one(shared, &text) {
-                Ok(p) => crate::sql_glue::execute_planned(shared, p).await,
-                Err(e) => Err(e),
-            },
+    for stmt in &parsed {
+        // Each statement is planned against the catalog as the earlier ones left it.
+        let planned = {
+            let cat = shared.catalog.lock().expect("catalog lock");
+            viewcast_sql::plan(stmt, &PlannerCatalog(&cat))
+        };
+        let r = match planned {
+            Ok(p) => execute_planned(shared, p, stmt.sql()).await,
+            Err(e) => Err(e.into()),
         };
         match r {
             Ok(r) => results.push(r),
@@ -59,18 +78,96 @@ pub(crate) async fn execute(shared: &Shared, sql: &str) -> Vec<ExecuteResult> {
     results
 }
 
+async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<ExecuteResult, StatementError> {
+    match stmt {
+        Statement::CreateSource { name, if_not_exists, connector, desc } => {
+            if if_not_exists && exists(shared, &name) {
+                return ok("CREATE SOURCE");
+            }
+            create_source(shared, &name, connector, desc, sql)
+        }
+        Statement::CreateView { name, if_not_exists, or_replace, plan, desc, materialized } => {
+            if exists(shared, &name) {
+                if if_not_exists {
+                    return ok("CREATE VIEW");
+                }
+                if or_replace {
+                    return Err(StatementError::new("CREATE OR REPLACE of an existing view", "0A000", None));
+                }
+            }
+            let kind = if materialized { ItemKind::MaterializedView } else { ItemKind::View };
+            create_view(shared, &name, plan, desc, kind, sql, false).await?;
+            ok(if materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" })
+        }
+        Statement::CreateTable { name, if_not_exists, desc } => {
+            if if_not_exists && exists(shared, &name) {
+                return ok("CREATE TABLE");
+            }
+            create_table(shared, &name, desc, sql).await
+        }
+        Statement::Insert { id, changes } => write(shared, id, changes, "INSERT 0").await,
+        Statement::Update { id, changes } => write(shared, id, changes, "UPDATE").await,
+        Statement::Delete { id, changes } => write(shared, id, changes, "DELETE").await,
+        Statement::Drop { kind, names, if_exists, cascade } => drop_named(shared, kind, &names, if_exists, cascade),
+        Statement::Select { plan, desc, finishing } => select(shared, plan, desc, &finishing).await,
+        Statement::Explain { text } => Ok(text_rows("QUERY PLAN", text.lines().map(str::to_string).collect())),
+        Statement::Show(show) => show_rows(shared, show),
+        Statement::CreateSink { .. } => Err(StatementError::new("CREATE SINK is not supported yet", "0A000", None)),
+        Statement::Subscribe(_) => Err(StatementError::new(
+            "SUBSCRIBE needs a streaming connection: use GET /api/v1/stream/{view} (WebSocket or SSE)",
+            "0A000",
+            None,
+        )),
+    }
+}
+
+fn exists(shared: &Shared, name: &str) -> bool {
+    shared.catalog.lock().expect("catalog lock").resolve(name).is_some()
+}
+
 fn already_exists(name: &str) -> StatementError {
     StatementError::new(format!("catalog item '{name}' already exists"), "42710", None)
 }
 
-/// Registers a new source fed by `rows`; `guard` stops its producer when dropped.
-pub(crate) fn create_source(
+fn unsupported(what: &str) -> StatementError {
+    StatementError::new(format!("{what} is not supported yet"), "0A000", None)
+}
+
+fn text_rows(column: &str, lines: Vec<String>) -> ExecuteResult {
+    let desc = RelationDesc::new([(column.to_string(), ColumnType::new(ScalarType::Text, false))]);
+    let rows: Vec<Row> = lines.into_iter().map(|l| Row::new(vec![Datum::text(&l)])).collect();
+    ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
+}
+
+fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
+    Item {
+        name: name.to_string(),
+        kind,
+        desc,
+        plan: None,
+        create_sql: sql.to_string(),
+        input: None,
+        depends_on: vec![],
+        source: None,
+        hidden: false,
+        errors: 0,
+        last_error: None,
+    }
+}
+
+/// Rows queued between a source's producer and the tick loop: the bound of ingestion backpressure.
+const SOURCE_QUEUE_BATCHES: usize = 64;
+
+fn create_source(
     shared: &Shared,
     name: &str,
+    connector: SourceConnector,
     desc: RelationDesc,
-    rows: crossbeam_channel::Receiver<Vec<Row>>,
-    guard: Box<dyn Send>,
+    sql: &str,
 ) -> Result<ExecuteResult, StatementError> {
+    let SourceConnector::LoadGenerator(LoadGenSpec { events_per_second, seed, max_events, .. }) = connector else {
+        return Err(unsupported("this source connector"));
+    };
     // Lock order: clock, then catalog (as the tick loop does).
     let _clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
@@ -78,62 +175,50 @@ pub(crate) fn create_source(
         return Err(already_exists(name));
     }
     let id = cat.allocate_id();
-    shared.engine.create_input(id, desc.arity()).map_err(engine_error)?;
-    let source = Some(SourceRuntime { rows, guard, carry: Vec::new() });
-    cat.insert(
-        id,
-        Item {
-            name: name.to_string(),
-            kind: ItemKind::Source,
-            desc,
-            plan: None,
-            depends_on: vec![],
-            source,
-            hidden: false,
-            errors: 0,
-            last_error: None,
+    let (tx, rx) = crossbeam_channel::bounded(SOURCE_QUEUE_BATCHES);
+    let config = LoadGenConfig {
+        seed: seed.unwrap_or(0),
+        events_per_second: match events_per_second {
+            None => Some(100.0),
+            Some(r) if r <= 0.0 => None,
+            Some(r) => Some(r),
         },
-    );
-    Ok(ExecuteResult::Ok { tag: "CREATE SOURCE".into() })
+        max_events,
+        ..LoadGenConfig::default()
+    };
+    let handle = LoadGenerator::spawn(config, tx).map_err(|e| StatementError::new(e.to_string(), "XX000", None))?;
+    shared.engine.create_input(id, desc.arity()).map_err(engine_error)?;
+    let mut item = new_item(name, ItemKind::Source, desc, sql);
+    item.source = Some(SourceRuntime { rows: rx, handle, carry: Vec::new() });
+    cat.insert(id, item);
+    ok("CREATE SOURCE")
 }
 
-/// Creates a table: an input written by INSERT/UPDATE/DELETE, published so it can be read and streamed.
-pub(crate) async fn create_table(
+/// A table is an engine input (written by INSERT/UPDATE/DELETE) plus a published identity view
+/// of it under the table's name, so it has a change log, streams and answers SELECTs like a view.
+async fn create_table(
     shared: &Shared,
     name: &str,
     desc: RelationDesc,
+    sql: &str,
 ) -> Result<ExecuteResult, StatementError> {
-    let as_of = {
-        let clock = shared.clock.lock().expect("clock lock");
+    let input = {
+        let _clock = shared.clock.lock().expect("clock lock");
         let mut cat = shared.catalog.lock().expect("catalog lock");
         if cat.resolve(name).is_some() {
             return Err(already_exists(name));
         }
-        let id = cat.allocate_id();
-        shared.engine.create_input(id, desc.arity()).map_err(engine_error)?;
-        // The table is published through an identity view so it has a change log like any view.
-        let view_id = id;
-        let as_of = clock.next_ts();
-        shared.hub.register(view_id, name, desc.clone(), as_of);
-        cat.insert(
-            id,
-            Item {
-                name: name.to_string(),
-                kind: ItemKind::Table,
-                desc,
-                plan: None,
-                depends_on: vec![],
-                source: None,
-                hidden: false,
-                errors: 0,
-                last_error: None,
-            },
-        );
-        shared.engine.set_publish(id, true).map_err(engine_error)?;
-        as_of
+        let input = cat.allocate_id();
+        shared.engine.create_input(input, desc.arity()).map_err(engine_error)?;
+        let mut item = new_item(&format!("__input_{name}"), ItemKind::Source, desc.clone(), sql);
+        item.hidden = true;
+        cat.insert(input, item);
+        input
     };
-    shared.hub.wait_for(as_of + 1).await;
-    Ok(ExecuteResult::Ok { tag: "CREATE TABLE".into() })
+    let plan = RelExpr::Get { id: input, arity: desc.arity() };
+    let id = create_view(shared, name, plan, desc, ItemKind::Table, sql, false).await?;
+    shared.catalog.lock().expect("catalog lock").items.get_mut(&id).expect("just created").input = Some(input);
+    ok("CREATE TABLE")
 }
 
 /// Creates a maintained view and returns once its initial contents are sealed.
@@ -142,6 +227,8 @@ pub(crate) async fn create_view(
     name: &str,
     plan: RelExpr,
     desc: RelationDesc,
+    kind: ItemKind,
+    sql: &str,
     hidden: bool,
 ) -> Result<GlobalId, StatementError> {
     let (id, as_of) = {
@@ -158,27 +245,74 @@ pub(crate) async fn create_view(
             shared.hub.unregister(id);
             return Err(engine_error(e));
         }
-        cat.insert(
-            id,
-            Item {
-                name: name.to_string(),
-                kind: ItemKind::View,
-                desc,
-                plan: Some(plan),
-                depends_on,
-                source: None,
-                hidden,
-                errors: 0,
-                last_error: None,
-            },
-        );
+        let mut item = new_item(name, kind, desc, sql);
+        item.plan = Some(plan);
+        item.depends_on = depends_on;
+        item.hidden = hidden;
+        cat.insert(id, item);
         (id, as_of)
     };
     shared.hub.wait_for(as_of + 1).await;
     Ok(id)
 }
 
-/// Drops `ids` (already in a safe order: dependents first).
+fn drop_named(
+    shared: &Shared,
+    kind: ItemKind,
+    names: &[String],
+    if_exists: bool,
+    cascade: bool,
+) -> Result<ExecuteResult, StatementError> {
+    let mut order = Vec::new();
+    {
+        let cat = shared.catalog.lock().expect("catalog lock");
+        for name in names {
+            let Some((id, item)) = cat.resolve(name) else {
+                if if_exists {
+                    continue;
+                }
+                return Err(StatementError::new(format!("unknown catalog item '{name}'"), "42P01", None));
+            };
+            let kind_matches = item.kind == kind
+                || matches!((item.kind, kind), (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView));
+            if !kind_matches {
+                return Err(StatementError::new(
+                    format!("\"{name}\" is a {}, not a {}", item.kind.name(), kind.name()),
+                    "42809",
+                    None,
+                ));
+            }
+            let closure = cat.dependents_closure(id);
+            let visible_dependents: Vec<String> = closure
+                .iter()
+                .filter(|d| **d != id && !cat.items[d].hidden)
+                .map(|d| cat.items[d].name.clone())
+                .collect();
+            if !cascade && !visible_dependents.is_empty() {
+                return Err(StatementError::new(
+                    format!("cannot drop {name}: still depended upon by {}", visible_dependents.join(", ")),
+                    "2BP01",
+                    None,
+                ));
+            }
+            for d in closure {
+                if !order.contains(&d) {
+                    order.push(d);
+                }
+                // A table's hidden input goes with it.
+                if let Some(input) = cat.items.get(&d).and_then(|i| i.input) {
+                    if !order.contains(&input) {
+                        order.push(input);
+                    }
+                }
+            }
+        }
+    }
+    drop_items(shared, &order)?;
+    ok(&format!("DROP {}", kind.name().to_uppercase()))
+}
+
+/// Drops `ids` (in a safe order: dependents first).
 pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), StatementError> {
     let _clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
@@ -190,51 +324,126 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
     Ok(())
 }
 
-/// Writes `updates` to table `id` in one timestamp; returns once that timestamp is sealed.
-pub(crate) async fn write_table(shared: &Shared, id: GlobalId, updates: Vec<(Row, Diff)>) -> Result<(), StatementError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared.clock.lock().expect("clock lock").pending.push(crate::clock::PendingWrite { id, updates, done: Some(tx) });
-    let ts = rx.await.map_err(|_| StatementError::new("server is shutting down", "57P01", None))?;
-    shared.hub.wait_for(ts + 1).await;
-    Ok(())
+/// Evaluates a write's `changes` over the table's current contents and applies them at one timestamp.
+async fn write(shared: &Shared, id: GlobalId, changes: RelExpr, verb: &str) -> Result<ExecuteResult, StatementError> {
+    // One write at a time, so each reads the contents the previous one left.
+    let _writer = shared.write_lock.lock().await;
+    let input = shared
+        .catalog
+        .lock()
+        .expect("catalog lock")
+        .items
+        .get(&id)
+        .and_then(|i| i.input)
+        .ok_or_else(|| StatementError::new("only tables can be written", "42809", None))?;
+    let mut updates = evaluate(shared, &changes).await?;
+    viewcast_repr::consolidate_updates(&mut updates);
+    let affected: Diff = if verb == "DELETE" {
+        updates.iter().filter(|(_, d)| *d < 0).map(|(_, d)| -d).sum()
+    } else {
+        updates.iter().filter(|(_, d)| *d > 0).map(|(_, d)| *d).sum()
+    };
+    if !updates.is_empty() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.clock.lock().expect("clock lock").pending.push(crate::clock::PendingWrite {
+            id: input,
+            updates,
+            done: Some(tx),
+        });
+        let ts = rx.await.map_err(|_| StatementError::new("server is shutting down", "57P01", None))?;
+        shared.hub.wait_for(ts + 1).await;
+    }
+    ok(&format!("{verb} {affected}"))
 }
 
 static TRANSIENT: AtomicU64 = AtomicU64::new(0);
 
-/// Evaluates a query at the latest sealed timestamp. Over published relations only, the reference
-/// interpreter reads the hub's logs at one common timestamp; otherwise a transient dataflow computes it.
-pub(crate) async fn select(
+/// Evaluates a plan at the latest sealed timestamp. Over published relations only, the reference
+/// interpreter reads the hub's logs at one common timestamp; otherwise (raw sources) a transient
+/// dataflow computes it.
+async fn evaluate(shared: &Shared, plan: &RelExpr) -> Result<Vec<(Row, Diff)>, StatementError> {
+    let deps = plan.depends_on();
+    if deps.iter().all(|id| shared.hub.is_ready(*id)) {
+        return shared.hub.read(|_ts, get| {
+            viewcast_plan::interpret::evaluate(plan, &|id| {
+                get(id).ok_or_else(|| viewcast_plan::EvalError::Other(format!("relation {id} was dropped")))
+            })
+            .map_err(StatementError::from)
+        });
+    }
+    let name = format!("__query_{}", TRANSIENT.fetch_add(1, Ordering::Relaxed));
+    let arity = plan.arity();
+    let desc = RelationDesc::new((0..arity).map(|i| (format!("c{i}"), ColumnType::new(ScalarType::Text, true))));
+    let id = create_view(shared, &name, plan.clone(), desc, ItemKind::View, "", true).await?;
+    let rows = shared.hub.read(|_ts, get| get(id).unwrap_or_default());
+    drop_items(shared, &[id])?;
+    Ok(rows)
+}
+
+async fn select(
     shared: &Shared,
     plan: RelExpr,
     desc: RelationDesc,
-    order_by: &[ColumnOrder],
-    limit: Option<usize>,
-    offset: usize,
+    finishing: &Finishing,
 ) -> Result<ExecuteResult, StatementError> {
-    let deps = plan.depends_on();
-    let rows = if deps.iter().all(|id| shared.hub.is_ready(*id)) {
-        shared.hub.read(|_ts, get| {
-            viewcast_plan::interpret::evaluate(&plan, &|id| {
-                get(id).ok_or_else(|| viewcast_plan::EvalError::Other(format!("relation {id} is gone")))
-            })
-        })
-    } else {
-        let name = format!("__query_{}", TRANSIENT.fetch_add(1, Ordering::Relaxed));
-        let id = create_view(shared, &name, plan, desc.clone(), true).await?;
-        let rows = shared.hub.read(|_ts, get| get(id).unwrap_or_default());
-        drop_items(shared, &[id])?;
-        Ok(rows)
-    }
-    .map_err(|e| StatementError::new(e.to_string(), e.sqlstate(), None))?;
-    let mut out: Vec<Row> = Vec::new();
-    for (row, diff) in rows {
-        for _ in 0..diff.max(0) {
-            out.push(row.clone());
+    let rows = finishing.apply(evaluate(shared, &plan).await?);
+    Ok(ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows })
+}
+
+fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementError> {
+    let cat = shared.catalog.lock().expect("catalog lock");
+    let text = |s: &str| Datum::text(s);
+    let col = |n: &str| (n.to_string(), ColumnType::new(ScalarType::Text, false));
+    let listing = |filter: &dyn Fn(ItemKind) -> bool| {
+        let mut rows: Vec<Row> = cat
+            .items
+            .values()
+            .filter(|i| !i.hidden && filter(i.kind))
+            .map(|i| Row::new(vec![text(&i.name), text(i.kind.name())]))
+            .collect();
+        rows.sort();
+        let desc = RelationDesc::new([col("name"), col("type")]);
+        ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
+    };
+    Ok(match show {
+        Show::Items(kind) => listing(&|k| {
+            k == kind || matches!((k, kind), (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView))
+        }),
+        Show::Objects => listing(&|_| true),
+        Show::Columns { desc, .. } => {
+            let rows: Vec<Row> = desc
+                .names
+                .iter()
+                .zip(&desc.types)
+                .map(|(n, t)| Row::new(vec![text(n), Datum::Bool(t.nullable), text(t.scalar.name())]))
+                .collect();
+            let desc = RelationDesc::new([
+                col("name"),
+                ("nullable".to_string(), ColumnType::new(ScalarType::Bool, false)),
+                col("type"),
+            ]);
+            ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
         }
-    }
-    out.sort_by(|a, b| viewcast_plan::relation::compare_rows(order_by, a, b));
-    let out: Vec<Row> = out.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
-    Ok(ExecuteResult::Rows { tag: format!("SELECT {}", out.len()), desc, rows: out })
+        Show::Create { name, .. } => {
+            let (_, item) = cat
+                .resolve(&name)
+                .ok_or_else(|| StatementError::new(format!("unknown catalog item '{name}'"), "42P01", None))?;
+            let desc = RelationDesc::new([col("name"), col("create_sql")]);
+            let rows = vec![Row::new(vec![text(&name), text(&item.create_sql)])];
+            ExecuteResult::Rows { tag: "SELECT 1".into(), desc, rows }
+        }
+        Show::Variable(v) => {
+            let value = match v.as_str() {
+                "server_version" => "9.5.0",
+                "client_encoding" | "server_encoding" => "UTF8",
+                "datestyle" => "ISO, MDY",
+                "timezone" => "UTC",
+                "transaction_isolation" => "strict serializable",
+                _ => return Err(StatementError::new(format!("unrecognized configuration parameter \"{v}\""), "42704", None)),
+            };
+            text_rows(&v, vec![value.to_string()])
+        }
+    })
 }
 
 fn engine_error(e: viewcast_engine::EngineError) -> StatementError {

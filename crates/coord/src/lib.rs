@@ -18,6 +18,7 @@ use viewcast_hub::{Hub, HubConfig};
 use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
+pub use viewcast_sources::SourceStatsSnapshot;
 pub use execute::{ExecuteResult, StatementError};
 
 /// Settings of one viewcast instance.
@@ -55,7 +56,16 @@ pub(crate) struct Shared {
     pub catalog: Mutex<catalog::Catalog>,
     pub clock: Mutex<clock::Clock>,
     pub stop: std::sync::atomic::AtomicBool,
+    /// Serializes table writes so each reads what the previous one wrote.
+    pub write_lock: tokio::sync::Mutex<()>,
+    /// When each in-flight tick was sent, to measure tick-to-sealed latency.
+    pub tick_sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
+    /// Tick-to-sealed latencies in microseconds, most recent last (bounded).
+    pub latencies_us: Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Latency samples kept for [`Coordinator::take_tick_latencies`].
+const MAX_LATENCY_SAMPLES: usize = 100_000;
 
 /// A running viewcast instance (engine, hub, catalog). Dropping it stops every thread.
 pub struct Coordinator {
@@ -75,6 +85,9 @@ impl Coordinator {
             catalog: Mutex::new(catalog::Catalog::default()),
             clock: Mutex::new(clock::Clock::new()),
             stop: std::sync::atomic::AtomicBool::new(false),
+            write_lock: tokio::sync::Mutex::new(()),
+            tick_sent: Mutex::new(Default::default()),
+            latencies_us: Mutex::new(Default::default()),
         });
         let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({
             let shared = shared.clone();
@@ -113,6 +126,12 @@ impl Coordinator {
         }
     }
 
+    /// Takes the recorded latencies from sending a tick to the engine to receiving its sealed output,
+    /// in microseconds (at most the last 100,000).
+    pub fn take_tick_latencies(&self) -> Vec<u64> {
+        self.shared.latencies_us.lock().expect("latency lock").drain(..).collect()
+    }
+
     /// The last timestamp whose output is applied to every view.
     pub fn sealed_ts(&self) -> u64 {
         self.shared.hub.frontier().saturating_sub(1)
@@ -133,7 +152,10 @@ fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>)
     use std::sync::atomic::Ordering;
     while !shared.stop.load(Ordering::SeqCst) {
         match events.recv_timeout(std::time::Duration::from_millis(100)) {
-            Ok(EngineEvent::Sealed { upto, changes }) => shared.hub.apply(upto, changes),
+            Ok(EngineEvent::Sealed { upto, changes }) => {
+                record_latency(shared, upto);
+                shared.hub.apply(upto, changes)
+            }
             Ok(EngineEvent::Error { id, message }) => {
                 let name = shared.catalog.lock().expect("catalog lock").name_of(id);
                 tracing::warn!(view = %name, %message, "row dropped: evaluation error in view");
@@ -142,5 +164,21 @@ fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>)
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
+    }
+}
+
+fn record_latency(shared: &Shared, upto: u64) {
+    let now = std::time::Instant::now();
+    let mut sent = shared.tick_sent.lock().expect("latency lock");
+    let mut lat = shared.latencies_us.lock().expect("latency lock");
+    while let Some((ts, at)) = sent.front().copied() {
+        if ts >= upto {
+            break;
+        }
+        sent.pop_front();
+        if lat.len() == MAX_LATENCY_SAMPLES {
+            lat.pop_front();
+        }
+        lat.push_back(now.duration_since(at).as_micros() as u64);
     }
 }
