@@ -248,7 +248,8 @@ impl Engine {
                 match st.items.get(dep) {
                     None => bad = bad.clone().or(Some(EngineError::UnknownId(*dep))),
                     Some(info) if info.arity != *arity => {
-                        bad = bad.clone().or(Some(EngineError::PlanArity { id: *dep, expected: info.arity, got: *arity }))
+                        bad =
+                            bad.clone().or(Some(EngineError::PlanArity { id: *dep, expected: info.arity, got: *arity }))
                     }
                     Some(_) => {}
                 }

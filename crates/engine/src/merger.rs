@@ -16,11 +16,20 @@ use crate::{EngineEvent, Shared};
 pub(crate) enum MergerMsg {
     /// Sent by the handle before the tick's commands: one `Sealed` is owed for `ts`, and these are
     /// the tick's changes to published inputs.
-    Tick { ts: Timestamp, inputs: Vec<(GlobalId, Vec<Update>)> },
+    Tick {
+        ts: Timestamp,
+        inputs: Vec<(GlobalId, Vec<Update>)>,
+    },
     /// A worker's captured changes since its last report, and its local frontier.
-    Progress { worker: usize, frontier: Timestamp, changes: Vec<(GlobalId, Vec<Update>)> },
+    Progress {
+        worker: usize,
+        frontier: Timestamp,
+        changes: Vec<(GlobalId, Vec<Update>)>,
+    },
     /// `id` was dropped: forget its buffered changes and ignore late ones.
-    Dropped { id: GlobalId },
+    Dropped {
+        id: GlobalId,
+    },
     Shutdown,
 }
 

@@ -72,13 +72,10 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         if let Some(c) = self.gets.get(&id) {
             return c.clone();
         }
-        let coll = if let Some(input) = self.items.inputs.get(&id) {
-            let (mut session, coll) = self.scope.new_collection::<Row, Diff>();
-            session.advance_to(self.as_of);
-            for (row, diff) in &input.history {
-                session.update(row.clone(), *diff);
-            }
-            session.flush();
+        let coll = if self.items.inputs.contains_key(&id) {
+            // Fed its history by the worker once the dataflow is built: timely loses progress
+            // made on an input handle while its dataflow is still under construction.
+            let (session, coll) = self.scope.new_collection::<Row, Diff>();
             self.sessions.push((id, session));
             coll
         } else {
@@ -107,11 +104,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
     pub(crate) fn render(&mut self, plan: &RelExpr) -> Coll<'s> {
         match plan {
             RelExpr::Get { id, .. } => self.get(*id),
-            RelExpr::Constant { rows, .. } => {
-                let as_of = self.as_of;
-                let rows: Vec<(Row, Timestamp, Diff)> = rows.iter().map(|(r, d)| (r.clone(), as_of, *d)).collect();
-                rows.to_stream(self.scope).as_collection()
-            }
+            RelExpr::Constant { rows, .. } => self.constant(rows.clone()),
             RelExpr::Map { .. } | RelExpr::Filter { .. } | RelExpr::Project { .. } => self.render_mfp(plan),
             RelExpr::Union { inputs } => {
                 let parts: Vec<Coll<'s>> = inputs.iter().map(|i| self.render(i)).collect();
@@ -136,6 +129,14 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                 self.render_join(l, r, la, ra, *kind, equi.clone(), predicate.clone())
             }
         }
+    }
+
+    /// Literal rows at `as_of`, introduced by worker 0 only.
+    fn constant(&self, rows: Vec<(Row, Diff)>) -> Coll<'s> {
+        let as_of = self.as_of;
+        let rows: Vec<(Row, Timestamp, Diff)> =
+            if self.scope.index() == 0 { rows.into_iter().map(|(r, d)| (r, as_of, d)).collect() } else { Vec::new() };
+        rows.to_stream(self.scope).as_collection()
     }
 
     /// A chain of Map/Filter/Project, fused into one pass over each row.
@@ -182,22 +183,23 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         let rk = key_by(r.clone(), rcols);
         let (errors, id) = (self.errors.clone(), self.id);
         let pred = predicate.clone();
-        let inner = lk.clone().arrange_by_key().join_core(rk.clone().arrange_by_key(), move |_k, lrow: &Row, rrow: &Row| {
-            let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
-            datums.extend_from_slice(lrow.datums());
-            datums.extend_from_slice(rrow.datums());
-            if let Some(p) = &pred {
-                match scalar::eval(p, &datums) {
-                    Ok(Datum::Bool(true)) => {}
-                    Ok(_) => return None,
-                    Err(e) => {
-                        errors.report(id, &e);
-                        return None;
+        let inner =
+            lk.clone().arrange_by_key().join_core(rk.clone().arrange_by_key(), move |_k, lrow: &Row, rrow: &Row| {
+                let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
+                datums.extend_from_slice(lrow.datums());
+                datums.extend_from_slice(rrow.datums());
+                if let Some(p) = &pred {
+                    match scalar::eval(p, &datums) {
+                        Ok(Datum::Bool(true)) => {}
+                        Ok(_) => return None,
+                        Err(e) => {
+                            errors.report(id, &e);
+                            return None;
+                        }
                     }
                 }
-            }
-            Some(Row::new(datums))
-        });
+                Some(Row::new(datums))
+            });
         let mut result = inner.clone();
         let left_outer = matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter);
         let right_outer = matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter);
@@ -253,7 +255,8 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         } else if accumulable {
             let key_cols = group_key.clone();
             let aggs = aggregates.clone();
-            let slots = 1 + aggregates.iter().map(|a| if a.func == AggregateFunc::Count { 1 } else { 2 }).sum::<usize>();
+            let slots =
+                1 + aggregates.iter().map(|a| if a.func == AggregateFunc::Count { 1 } else { 2 }).sum::<usize>();
             let exploded = input
                 .inner
                 .unary::<CapacityContainerBuilder<Vec<(Row, Timestamp, Vec<Diff>)>>, _, _, _>(
@@ -345,8 +348,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         }
         // A global aggregate has exactly one row: the default row while the reduction has none.
         let default = Row::new(aggregates.iter().map(|a| a.func.default_value()).collect());
-        let as_of = self.as_of;
-        let default_stream = vec![(default.clone(), as_of, 1 as Diff)].to_stream(self.scope).as_collection();
+        let default_stream = self.constant(vec![(default.clone(), 1)]);
         let retract = output.clone().map(move |_| default.clone()).negate();
         output.concat(default_stream).concat(retract)
     }
@@ -357,7 +359,12 @@ fn is_count_star(a: &AggregateExpr) -> bool {
 }
 
 /// The accumulator of one input row with multiplicity `diff`: `[rows, (non-null count[, sum]) per aggregate]`.
-fn accumulate(aggs: &[AggregateExpr], row: &Row, diff: Diff, slots: usize) -> Result<Vec<Diff>, viewcast_plan::EvalError> {
+fn accumulate(
+    aggs: &[AggregateExpr],
+    row: &Row,
+    diff: Diff,
+    slots: usize,
+) -> Result<Vec<Diff>, viewcast_plan::EvalError> {
     let mut acc = Vec::with_capacity(slots);
     acc.push(diff);
     for a in aggs {
@@ -367,9 +374,9 @@ fn accumulate(aggs: &[AggregateExpr], row: &Row, diff: Diff, slots: usize) -> Re
         if a.func == AggregateFunc::SumInt {
             match d {
                 Datum::Null => acc.push(0),
-                Datum::Int(i) => acc.push(
-                    i.checked_mul(diff).ok_or_else(|| viewcast_plan::EvalError::OutOfRange("bigint".into()))?,
-                ),
+                Datum::Int(i) => {
+                    acc.push(i.checked_mul(diff).ok_or_else(|| viewcast_plan::EvalError::OutOfRange("bigint".into()))?)
+                }
                 other => return Err(viewcast_plan::EvalError::Other(format!("sum of non-integer {other}"))),
             }
         }

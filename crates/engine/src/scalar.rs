@@ -161,7 +161,8 @@ mod tests {
             get(c.clone(), "n").call_unary(UnaryFunc::Cast(ScalarType::Int32)),
             get(c.clone(), "user").call_unary(UnaryFunc::Cast(ScalarType::Text)),
             get(get(c.clone(), "length"), "new"),
-            get(c.clone(), "a").call_binary(BinaryFunc::JsonGetText, ScalarExpr::literal(Datum::Int(-1), ScalarType::Int64)),
+            get(c.clone(), "a")
+                .call_binary(BinaryFunc::JsonGetText, ScalarExpr::literal(Datum::Int(-1), ScalarType::Int64)),
             c.clone().call_binary(BinaryFunc::JsonGet, ScalarExpr::literal(Datum::Int(1), ScalarType::Int64)),
             c.clone().call_binary(BinaryFunc::JsonGet, ScalarExpr::literal(Datum::Null, ScalarType::Text)),
         ];

@@ -89,13 +89,15 @@ pub(crate) fn render<'s>(
 ) -> Coll<'s> {
     let order: Rc<[ColumnOrder]> = order_key.into();
     let key_for_exchange = group_key.clone();
-    let exchange = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| {
-        if key_for_exchange.is_empty() {
-            0
-        } else {
-            hash_key(row, &key_for_exchange)
-        }
-    });
+    let exchange = Exchange::new(
+        move |(row, _t, _d): &(Row, Timestamp, Diff)| {
+            if key_for_exchange.is_empty() {
+                0
+            } else {
+                hash_key(row, &key_for_exchange)
+            }
+        },
+    );
     input
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Timestamp, Diff)>>, _, _, _>(
@@ -109,8 +111,7 @@ pub(crate) fn render<'s>(
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (row, time, diff) in data.drain(..) {
-                            let entry =
-                                stash.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
+                            let entry = stash.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
                             entry.1.push((row, diff));
                         }
                     });

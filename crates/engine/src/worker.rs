@@ -184,6 +184,14 @@ impl WorkerState {
                     });
                     (ctx.sessions, trace)
                 });
+                let mut sessions = sessions;
+                for (input, session) in sessions.iter_mut() {
+                    session.advance_to(as_of);
+                    for (row, diff) in &self.items.inputs[input].history {
+                        session.update(row.clone(), *diff);
+                    }
+                    session.flush();
+                }
                 let mut trace = trace;
                 if let Some(t) = trace.as_mut() {
                     let f = Antichain::from_elem(self.compacted_to.max(0));
