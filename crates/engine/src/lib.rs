@@ -106,6 +106,9 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// Rows per input id, as one tick carries them.
+type TickUpdates = Vec<(GlobalId, Vec<(Row, Diff)>)>;
+
 /// What the handle remembers of each item, to validate commands.
 struct ItemInfo {
     arity: usize,
@@ -324,7 +327,7 @@ impl Engine {
         let _ = st.merger_tx.send(merger::MergerMsg::Tick { ts, inputs: published });
 
         let n = st.commands.len();
-        let mut shares: Vec<Vec<(GlobalId, Vec<(Row, Diff)>)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut shares: Vec<TickUpdates> = (0..n).map(|_| Vec::new()).collect();
         for (id, rows) in updates {
             if n == 1 {
                 shares[0].push((id, rows));

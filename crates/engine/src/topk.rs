@@ -46,6 +46,9 @@ impl Ord for SortKey {
 
 type Group = BTreeMap<SortKey, Diff>;
 
+/// Updates waiting for the frontier to pass their time, with a capability to emit at that time.
+type Stash = BTreeMap<Timestamp, (Capability<Timestamp>, Vec<(Row, Diff)>)>;
+
 /// The rows of `group` at ranks `offset .. offset + limit`, with their multiplicity in the window.
 fn window(group: &Group, offset: usize, limit: Option<usize>, out: &mut Vec<(Row, Diff)>, sign: Diff) {
     let mut skip = offset as i64;
@@ -104,7 +107,7 @@ pub(crate) fn render<'s>(
             exchange,
             "TopK",
             move |_cap, _info| {
-                let mut stash: BTreeMap<Timestamp, (Capability<Timestamp>, Vec<(Row, Diff)>)> = BTreeMap::new();
+                let mut stash: Stash = BTreeMap::new();
                 let mut groups: HashMap<Row, Group> = HashMap::new();
                 let mut touched: HashMap<Row, Vec<(Row, Diff)>> = HashMap::new();
                 let mut out: Vec<(Row, Diff)> = Vec::new();

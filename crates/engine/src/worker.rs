@@ -194,7 +194,7 @@ impl WorkerState {
                 }
                 let mut trace = trace;
                 if let Some(t) = trace.as_mut() {
-                    let f = Antichain::from_elem(self.compacted_to.max(0));
+                    let f = Antichain::from_elem(self.compacted_to);
                     t.set_logical_compaction(f.borrow());
                     t.set_physical_compaction(f.borrow());
                 }

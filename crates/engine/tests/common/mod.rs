@@ -9,6 +9,9 @@ use std::time::Duration;
 use viewcast_engine::{Engine, EngineConfig, EngineEvent, GlobalId};
 use viewcast_repr::{Diff, Row, Timestamp, Update};
 
+/// Every `Sealed` event as `(upto, changes)`, in order.
+pub type SealedLog = Vec<(Timestamp, Vec<(GlobalId, Vec<Update>)>)>;
+
 /// Drives an engine tick by tick, checking the sealing protocol and accumulating published output.
 pub struct Harness {
     pub engine: Engine,
@@ -18,7 +21,7 @@ pub struct Harness {
     pub last_upto: Option<Timestamp>,
     pub errors: Vec<(GlobalId, String)>,
     /// Every sealed batch's changes, in order (for comparing runs).
-    pub log: Vec<(Timestamp, Vec<(GlobalId, Vec<Update>)>)>,
+    pub log: SealedLog,
 }
 
 impl Harness {
