@@ -1,1 +1,403 @@
-//! placeholder
+//! The incremental engine: maintains views over live inputs with timely/differential dataflow.
+//!
+//! Owns: the timely worker threads, rendering a [`RelExpr`] into a dataflow, the retained history of
+//! every input, capture of published views' changes, and sealing them into [`EngineEvent::Sealed`]
+//! batches in timestamp order. This is the only crate that knows timely or differential dataflow.
+//! Never touches: SQL text, the catalog's names, async runtimes, I/O beyond its own channels.
+//!
+//! # How a tick flows
+//!
+//! [`Engine::tick`] partitions the tick's rows by hash across the workers and broadcasts one
+//! [`Command::Tick`] to every worker. Each worker appends its share to the input's history, feeds it
+//! to every dataflow that reads the input, and advances its inputs to `ts + 1`. Capture sinks at the
+//! end of published dataflows buffer `(row, time, diff)`; after each step a worker sends its buffered
+//! changes and its local frontier to the merger thread, which consolidates and emits one
+//! [`EngineEvent::Sealed`] per tick once every worker's frontier has passed it.
+//!
+//! # Views over views
+//!
+//! A view whose plan is *linear* (only Get/Constant/Map/Filter/Project/Union/Negate, reading inputs or
+//! other linear views) keeps no state: views that read it render its plan inline over the inputs'
+//! history. Every other view's output is arranged, and dependents import that arrangement.
+
+mod merger;
+mod render;
+mod scalar;
+mod topk;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{JoinHandle, Thread};
+
+use viewcast_plan::RelExpr;
+use viewcast_repr::{Diff, Row, Timestamp, Update};
+
+pub use viewcast_plan::GlobalId;
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Number of timely worker threads (at least 1).
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { workers: 1 }
+    }
+}
+
+/// What the engine reports to its consumer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    /// All changes of every *published* item at times in `[previous upto, upto)`, consolidated per
+    /// `(row, time)` and sorted by time. Emitted strictly in increasing `upto` order, exactly once
+    /// per tick (`upto = ts + 1`), with empty `changes` when nothing changed. `upto` is the global
+    /// sealed frontier: the minimum over all dataflows and all workers.
+    Sealed { upto: Timestamp, changes: Vec<(GlobalId, Vec<Update>)> },
+    /// A scalar evaluation error in a view's dataflow: the offending row was dropped. At most one
+    /// event per view per second per worker; `message` says how many rows were dropped since the last one.
+    Error { id: GlobalId, message: String },
+}
+
+/// Why a request to the engine failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown item {0}")]
+    UnknownId(GlobalId),
+    #[error("item {0} already exists")]
+    AlreadyExists(GlobalId),
+    #[error("item {0} is not an input")]
+    NotAnInput(GlobalId),
+    #[error("item {id} has dependents: {dependents:?}")]
+    HasDependents { id: GlobalId, dependents: Vec<GlobalId> },
+    #[error("tick time {ts} is not after the previous tick {previous}")]
+    TimeNotIncreasing { ts: Timestamp, previous: Timestamp },
+    #[error("row of arity {got} for input {id} of arity {expected}")]
+    ArityMismatch { id: GlobalId, expected: usize, got: usize },
+    #[error("plan arity {got} does not match item {id} of arity {expected}")]
+    PlanArity { id: GlobalId, expected: usize, got: usize },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// The protocol from the [`Engine`] handle to each worker. Every worker receives every command, in
+/// the same order; the handle validates commands before sending them, so workers never fail on one.
+#[derive(Clone, Debug)]
+pub(crate) enum Command {
+    /// A new input with `arity` columns. Invariant: `id` is unused; issued between ticks.
+    CreateInput { id: GlobalId, arity: usize },
+    /// A new view maintained by a dataflow rendered from `plan`, whose initial contents appear at
+    /// `as_of` (the time after the last tick). Invariant: `id` is unused and every id `plan` reads exists.
+    CreateView { id: GlobalId, plan: RelExpr, publish: bool, as_of: Timestamp },
+    /// Starts or stops capturing `id`'s changes, effective for times `>= from` (the time after the
+    /// last tick), so the consumer never sees a partial timestamp. Invariant: `id` exists.
+    SetPublish { id: GlobalId, publish: bool, from: Timestamp },
+    /// Drops `id`'s dataflow, trace and (for inputs) history. Invariant: nothing reads `id`.
+    Drop { id: GlobalId },
+    /// This worker's share of the updates at `ts`; afterwards every input is at `ts + 1`.
+    /// Invariant: `ts` is greater than every earlier tick's, every id is an input, arities match.
+    Tick { ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)> },
+    /// Stop the worker; it drops its dataflows and exits.
+    Shutdown,
+}
+
+/// Rows per input id, as one tick carries them.
+type TickUpdates = Vec<(GlobalId, Vec<(Row, Diff)>)>;
+
+/// What the handle remembers of each item, to validate commands.
+struct ItemInfo {
+    arity: usize,
+    input: bool,
+    depends_on: Vec<GlobalId>,
+    published: bool,
+}
+
+struct HandleState {
+    items: HashMap<GlobalId, ItemInfo>,
+    /// The last tick's time, if any.
+    last_tick: Option<Timestamp>,
+    commands: Vec<crossbeam_channel::Sender<Command>>,
+    threads: Vec<Thread>,
+    merger_tx: crossbeam_channel::Sender<merger::MergerMsg>,
+    timely_thread: Option<JoinHandle<()>>,
+    merger_thread: Option<JoinHandle<()>>,
+}
+
+/// A thread-safe handle over the engine's worker threads. Methods take `&self`; commands from
+/// concurrent callers are serialized in one order that every worker applies.
+pub struct Engine {
+    state: Mutex<HandleState>,
+    sealed: Arc<AtomicU64>,
+    stopped: Arc<AtomicBool>,
+    workers: usize,
+}
+
+/// State shared with the worker threads.
+pub(crate) struct Shared {
+    pub(crate) sealed: Arc<AtomicU64>,
+    pub(crate) events: crossbeam_channel::Sender<EngineEvent>,
+}
+
+impl Engine {
+    /// Starts `config.workers` timely workers and the merger; events go to `events`.
+    pub fn start(config: EngineConfig, events: crossbeam_channel::Sender<EngineEvent>) -> Result<Engine, EngineError> {
+        if config.workers == 0 {
+            return Err(EngineError::Config("workers must be at least 1".into()));
+        }
+        let workers = config.workers;
+        let sealed = Arc::new(AtomicU64::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared { sealed: sealed.clone(), events: events.clone() });
+
+        let (merger_tx, merger_rx) = crossbeam_channel::unbounded();
+        let merger_thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("viewcast-merger".into())
+                .spawn(move || merger::run(workers, merger_rx, shared))
+                .map_err(|e| EngineError::Config(format!("spawning merger: {e}")))?
+        };
+
+        let mut command_txs = Vec::with_capacity(workers);
+        let mut command_rxs = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            command_txs.push(tx);
+            command_rxs.push(Some(rx));
+        }
+        let command_rxs = Arc::new(Mutex::new(command_rxs));
+        let (thread_tx, thread_rx) = crossbeam_channel::unbounded::<(usize, Thread)>();
+
+        let timely_thread = {
+            let merger_tx = merger_tx.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("viewcast-timely".into())
+                .spawn(move || {
+                    let for_workers = shared.clone();
+                    let result = timely::execute(timely::Config::process(workers), move |worker| {
+                        let index = worker.index();
+                        let rx = command_rxs.lock().expect("command receivers poisoned")[index]
+                            .take()
+                            .expect("each worker takes its receiver once");
+                        let _ = thread_tx.send((index, std::thread::current()));
+                        worker::run(worker, rx, merger_tx.clone(), for_workers.clone());
+                    });
+                    match result {
+                        Ok(guards) => drop(guards.join()),
+                        Err(e) => {
+                            let _ = shared.events.send(EngineEvent::Error { id: 0, message: format!("timely: {e}") });
+                        }
+                    }
+                })
+                .map_err(|e| EngineError::Config(format!("spawning timely: {e}")))?
+        };
+
+        let mut threads: Vec<Option<Thread>> = vec![None; workers];
+        for _ in 0..workers {
+            let (i, t) = thread_rx.recv().map_err(|_| EngineError::Stopped)?;
+            threads[i] = Some(t);
+        }
+        let threads = threads.into_iter().map(|t| t.expect("every worker reported")).collect();
+
+        Ok(Engine {
+            state: Mutex::new(HandleState {
+                items: HashMap::new(),
+                last_tick: None,
+                commands: command_txs,
+                threads,
+                merger_tx,
+                timely_thread: Some(timely_thread),
+                merger_thread: Some(merger_thread),
+            }),
+            sealed,
+            stopped,
+            workers,
+        })
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// An input (a source or table) with `arity` columns. Its whole history is retained, so a view
+    /// created later sees every row ever inserted.
+    pub fn create_input(&self, id: GlobalId, arity: usize) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        if st.items.contains_key(&id) {
+            return Err(EngineError::AlreadyExists(id));
+        }
+        st.items.insert(id, ItemInfo { arity, input: true, depends_on: Vec::new(), published: false });
+        st.broadcast(Command::CreateInput { id, arity })
+    }
+
+    /// A view maintained by a new dataflow rendered from `plan`. If `publish`, its changes are
+    /// sent in [`EngineEvent::Sealed`]; its first changes (at the time after the last tick) are its
+    /// complete contents over all history of its inputs.
+    pub fn create_view(&self, id: GlobalId, plan: RelExpr, publish: bool) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        if st.items.contains_key(&id) {
+            return Err(EngineError::AlreadyExists(id));
+        }
+        let mut bad = None;
+        plan.visit(&mut |e| {
+            if let RelExpr::Get { id: dep, arity } = e {
+                match st.items.get(dep) {
+                    None => bad = bad.clone().or(Some(EngineError::UnknownId(*dep))),
+                    Some(info) if info.arity != *arity => {
+                        bad =
+                            bad.clone().or(Some(EngineError::PlanArity { id: *dep, expected: info.arity, got: *arity }))
+                    }
+                    Some(_) => {}
+                }
+            }
+        });
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        let as_of = st.next_time();
+        let depends_on = plan.depends_on();
+        st.items.insert(id, ItemInfo { arity: plan.arity(), input: false, depends_on, published: publish });
+        st.broadcast(Command::CreateView { id, plan, publish, as_of })
+    }
+
+    /// Starts or stops publishing `id`'s changes, from the time after the last tick. Turning it on
+    /// sends changes only: the consumer must already hold (or separately obtain) the contents.
+    pub fn set_publish(&self, id: GlobalId, publish: bool) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        let from = st.next_time();
+        let info = st.items.get_mut(&id).ok_or(EngineError::UnknownId(id))?;
+        info.published = publish;
+        if info.input {
+            // Inputs are captured by the handle itself, at tick time.
+            return Ok(());
+        }
+        st.broadcast(Command::SetPublish { id, publish, from })
+    }
+
+    /// Drops `id`'s dataflow and trace (or an input's history). Fails if another item reads it.
+    pub fn drop_item(&self, id: GlobalId) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        if !st.items.contains_key(&id) {
+            return Err(EngineError::UnknownId(id));
+        }
+        let mut dependents: Vec<GlobalId> =
+            st.items.iter().filter(|(_, info)| info.depends_on.contains(&id)).map(|(k, _)| *k).collect();
+        if !dependents.is_empty() {
+            dependents.sort_unstable();
+            return Err(EngineError::HasDependents { id, dependents });
+        }
+        st.items.remove(&id);
+        let _ = st.merger_tx.send(merger::MergerMsg::Dropped { id });
+        st.broadcast(Command::Drop { id })
+    }
+
+    /// Inserts `updates` (per input id) at time `ts`, then advances every input to `ts + 1`. `ts`
+    /// must increase from call to call; call it once per tick even with nothing to insert.
+    pub fn tick(&self, ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)>) -> Result<(), EngineError> {
+        let st = self.lock()?;
+        if let Some(previous) = st.last_tick {
+            if ts <= previous {
+                return Err(EngineError::TimeNotIncreasing { ts, previous });
+            }
+        }
+        for (id, rows) in &updates {
+            let info = st.items.get(id).ok_or(EngineError::UnknownId(*id))?;
+            if !info.input {
+                return Err(EngineError::NotAnInput(*id));
+            }
+            if let Some((row, _)) = rows.iter().find(|(r, _)| r.len() != info.arity) {
+                return Err(EngineError::ArityMismatch { id: *id, expected: info.arity, got: row.len() });
+            }
+        }
+        let mut st = st;
+        st.last_tick = Some(ts);
+        // Published inputs are captured here; the merger sees them before any worker's progress past `ts`.
+        let published: Vec<(GlobalId, Vec<Update>)> = updates
+            .iter()
+            .filter(|(id, rows)| !rows.is_empty() && st.items.get(id).is_some_and(|i| i.published))
+            .map(|(id, rows)| (*id, rows.iter().map(|(r, d)| (r.clone(), ts, *d)).collect()))
+            .collect();
+        let _ = st.merger_tx.send(merger::MergerMsg::Tick { ts, inputs: published });
+
+        let n = st.commands.len();
+        let mut shares: Vec<TickUpdates> = (0..n).map(|_| Vec::new()).collect();
+        for (id, rows) in updates {
+            if n == 1 {
+                shares[0].push((id, rows));
+                continue;
+            }
+            let mut parts: Vec<Vec<(Row, Diff)>> = (0..n).map(|_| Vec::with_capacity(rows.len() / n + 1)).collect();
+            for (row, diff) in rows {
+                let w = (worker::row_hash(&row) % n as u64) as usize;
+                parts[w].push((row, diff));
+            }
+            for (w, part) in parts.into_iter().enumerate() {
+                shares[w].push((id, part));
+            }
+        }
+        for (w, share) in shares.into_iter().enumerate() {
+            st.commands[w].send(Command::Tick { ts, updates: share }).map_err(|_| EngineError::Stopped)?;
+            st.threads[w].unpark();
+        }
+        Ok(())
+    }
+
+    /// All times below this are sealed and their [`EngineEvent::Sealed`] has been sent.
+    pub fn sealed_frontier(&self) -> Timestamp {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Stops the workers and the merger and joins their threads.
+    pub fn shutdown(self) {
+        // Drop does the work.
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HandleState>, EngineError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(EngineError::Stopped);
+        }
+        self.state.lock().map_err(|_| EngineError::Stopped)
+    }
+}
+
+impl HandleState {
+    fn next_time(&self) -> Timestamp {
+        self.last_tick.map(|t| t + 1).unwrap_or(0)
+    }
+
+    fn broadcast(&self, cmd: Command) -> Result<(), EngineError> {
+        for (tx, thread) in self.commands.iter().zip(&self.threads) {
+            tx.send(cmd.clone()).map_err(|_| EngineError::Stopped)?;
+            thread.unpark();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+        let mut st = match self.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (tx, thread) in st.commands.iter().zip(&st.threads) {
+            let _ = tx.send(Command::Shutdown);
+            thread.unpark();
+        }
+        if let Some(t) = st.timely_thread.take() {
+            let _ = t.join();
+        }
+        let _ = st.merger_tx.send(merger::MergerMsg::Shutdown);
+        if let Some(t) = st.merger_thread.take() {
+            let _ = t.join();
+        }
+    }
+}

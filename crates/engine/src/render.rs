@@ -1,0 +1,442 @@
+//! Renders a [`RelExpr`] into a differential collection of rows.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::operators::count::CountTotal;
+use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::ToStream;
+use timely::dataflow::Scope;
+use timely::progress::Antichain;
+use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr};
+use viewcast_repr::{Datum, Diff, Row, Timestamp};
+
+use crate::scalar;
+use crate::worker::{ErrorSink, Items, ViewState};
+
+/// A collection of rows with integer multiplicities.
+pub(crate) type Coll<'s> = VecCollection<'s, Timestamp, Row, Diff>;
+/// A view's arranged output.
+pub(crate) type RowTrace = TraceAgent<KeySpine<Row, Timestamp, Diff>>;
+
+/// Whether `plan` keeps no state: dependents can render it inline instead of importing it.
+pub(crate) fn is_linear(plan: &RelExpr, items: &Items) -> bool {
+    let mut linear = true;
+    plan.visit(&mut |e| match e {
+        RelExpr::Get { id, .. } => {
+            if let Some(view) = items.views.get(id) {
+                linear &= view.trace.is_none();
+            }
+        }
+        RelExpr::Constant { .. }
+        | RelExpr::Map { .. }
+        | RelExpr::Filter { .. }
+        | RelExpr::Project { .. }
+        | RelExpr::Union { .. }
+        | RelExpr::Negate { .. } => {}
+        _ => linear = false,
+    });
+    linear
+}
+
+pub(crate) struct RenderCtx<'s, 'a> {
+    scope: Scope<'s, Timestamp>,
+    as_of: Timestamp,
+    /// The view being rendered, named in error reports.
+    id: GlobalId,
+    errors: Rc<ErrorSink>,
+    items: &'a Items,
+    gets: HashMap<GlobalId, Coll<'s>>,
+    /// The input sessions this dataflow reads, fed by every tick.
+    pub(crate) sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
+}
+
+impl<'s, 'a> RenderCtx<'s, 'a> {
+    pub(crate) fn new(
+        scope: Scope<'s, Timestamp>,
+        as_of: Timestamp,
+        id: GlobalId,
+        errors: Rc<ErrorSink>,
+        items: &'a Items,
+    ) -> Self {
+        RenderCtx { scope, as_of, id, errors, items, gets: HashMap::new(), sessions: Vec::new() }
+    }
+
+    fn get(&mut self, id: GlobalId) -> Coll<'s> {
+        if let Some(c) = self.gets.get(&id) {
+            return c.clone();
+        }
+        let coll = if self.items.inputs.contains_key(&id) {
+            // Fed its history by the worker once the dataflow is built: timely loses progress
+            // made on an input handle while its dataflow is still under construction.
+            let (session, coll) = self.scope.new_collection::<Row, Diff>();
+            self.sessions.push((id, session));
+            coll
+        } else {
+            let view: &ViewState = self.items.views.get(&id).expect("the handle checked that every Get exists");
+            match &view.trace {
+                None => {
+                    let plan = view.plan.clone();
+                    self.render(&plan)
+                }
+                Some(trace) => {
+                    let mut trace = trace.clone();
+                    let (arranged, _button) = trace.import_frontier_core(
+                        self.scope,
+                        &format!("Import {id}"),
+                        Antichain::from_elem(self.as_of),
+                        Antichain::new(),
+                    );
+                    arranged.as_collection(|row: &Row, _: &()| row.clone())
+                }
+            }
+        };
+        self.gets.insert(id, coll.clone());
+        coll
+    }
+
+    pub(crate) fn render(&mut self, plan: &RelExpr) -> Coll<'s> {
+        match plan {
+            RelExpr::Get { id, .. } => self.get(*id),
+            RelExpr::Constant { rows, .. } => self.constant(rows.clone()),
+            RelExpr::Map { .. } | RelExpr::Filter { .. } | RelExpr::Project { .. } => self.render_mfp(plan),
+            RelExpr::Union { inputs } => {
+                let parts: Vec<Coll<'s>> = inputs.iter().map(|i| self.render(i)).collect();
+                differential_dataflow::collection::concatenate(self.scope, parts)
+            }
+            RelExpr::Negate { input } => self.render(input).negate(),
+            RelExpr::Distinct { input } => self.render(input).distinct_core::<Diff>(),
+            RelExpr::Threshold { input } => self.render(input).threshold(|_, r: &Diff| (*r).max(0)),
+            RelExpr::Reduce { input, group_key, aggregates } => {
+                let input = self.render(input);
+                self.render_reduce(input, group_key.clone(), aggregates.clone())
+            }
+            RelExpr::TopK { input, group_key, order_key, limit, offset } => {
+                let input = self.render(input);
+                crate::topk::render(input, group_key.clone(), order_key.clone(), *limit, *offset)
+            }
+            RelExpr::Join { left, right, kind, equi, predicate } => {
+                let la = left.arity();
+                let ra = right.arity();
+                let l = self.render(left);
+                let r = self.render(right);
+                self.render_join(l, r, la, ra, *kind, equi.clone(), predicate.clone())
+            }
+        }
+    }
+
+    /// Literal rows at `as_of`, introduced by worker 0 only.
+    fn constant(&self, rows: Vec<(Row, Diff)>) -> Coll<'s> {
+        let as_of = self.as_of;
+        let rows: Vec<(Row, Timestamp, Diff)> =
+            if self.scope.index() == 0 { rows.into_iter().map(|(r, d)| (r, as_of, d)).collect() } else { Vec::new() };
+        rows.to_stream(self.scope).as_collection()
+    }
+
+    /// A chain of Map/Filter/Project, fused into one pass over each row.
+    fn render_mfp(&mut self, plan: &RelExpr) -> Coll<'s> {
+        let mut ops = Vec::new();
+        let mut node = plan;
+        loop {
+            match node {
+                RelExpr::Map { input, scalars } => {
+                    ops.push(MfpOp::Map(scalars.clone()));
+                    node = input;
+                }
+                RelExpr::Filter { input, predicates } => {
+                    ops.push(MfpOp::Filter(predicates.clone()));
+                    node = input;
+                }
+                RelExpr::Project { input, outputs } => {
+                    ops.push(MfpOp::Project(outputs.clone()));
+                    node = input;
+                }
+                _ => break,
+            }
+        }
+        ops.reverse();
+        let input = self.render(node);
+        let (errors, id) = (self.errors.clone(), self.id);
+        input.flat_map(move |row: Row| apply_mfp(&ops, row, &errors, id))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn render_join(
+        &mut self,
+        l: Coll<'s>,
+        r: Coll<'s>,
+        la: usize,
+        ra: usize,
+        kind: JoinKind,
+        equi: Vec<(usize, usize)>,
+        predicate: Option<ScalarExpr>,
+    ) -> Coll<'s> {
+        let lcols: Rc<[usize]> = equi.iter().map(|(a, _)| *a).collect();
+        let rcols: Rc<[usize]> = equi.iter().map(|(_, b)| *b).collect();
+        let lk = key_by(l.clone(), lcols);
+        let rk = key_by(r.clone(), rcols);
+        let (errors, id) = (self.errors.clone(), self.id);
+        let pred = predicate.clone();
+        let inner =
+            lk.clone().arrange_by_key().join_core(rk.clone().arrange_by_key(), move |_k, lrow: &Row, rrow: &Row| {
+                let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
+                datums.extend_from_slice(lrow.datums());
+                datums.extend_from_slice(rrow.datums());
+                if let Some(p) = &pred {
+                    match scalar::eval(p, &datums) {
+                        Ok(Datum::Bool(true)) => {}
+                        Ok(_) => return None,
+                        Err(e) => {
+                            errors.report(id, &e);
+                            return None;
+                        }
+                    }
+                }
+                Some(Row::new(datums))
+            });
+        let mut result = inner.clone();
+        let left_outer = matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter);
+        let right_outer = matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter);
+        if left_outer {
+            let matched = if predicate.is_none() {
+                let keys = rk.clone().map(|(k, _)| k).distinct_core::<Diff>();
+                lk.clone().semijoin(keys).map(|(_, row)| row)
+            } else {
+                let rows = inner.clone().map(move |row| Row::new(row.datums()[..la].to_vec())).distinct_core::<Diff>();
+                l.clone().map(|row| (row, ())).semijoin(rows).map(|(row, ())| row)
+            };
+            let unmatched = l.concat(matched.negate());
+            result = result.concat(unmatched.map(move |row| {
+                let mut datums = row.0;
+                datums.resize(la + ra, Datum::Null);
+                Row::new(datums)
+            }));
+        }
+        if right_outer {
+            let matched = if predicate.is_none() {
+                let keys = lk.map(|(k, _)| k).distinct_core::<Diff>();
+                rk.semijoin(keys).map(|(_, row)| row)
+            } else {
+                let rows = inner.map(move |row| Row::new(row.datums()[la..].to_vec())).distinct_core::<Diff>();
+                r.clone().map(|row| (row, ())).semijoin(rows).map(|(row, ())| row)
+            };
+            let unmatched = r.concat(matched.negate());
+            result = result.concat(unmatched.map(move |row| {
+                let mut datums = vec![Datum::Null; la];
+                datums.extend(row.0);
+                Row::new(datums)
+            }));
+        }
+        result
+    }
+
+    fn render_reduce(&mut self, input: Coll<'s>, group_key: Vec<usize>, aggregates: Vec<AggregateExpr>) -> Coll<'s> {
+        let (errors, id) = (self.errors.clone(), self.id);
+        let global = group_key.is_empty();
+        let accumulable = aggregates.iter().all(|a| a.func.is_accumulable() && !a.distinct);
+        let output = if accumulable && aggregates.iter().all(is_count_star) {
+            // Every aggregate is the group's row count: the multiplicity itself.
+            let n = aggregates.len();
+            let key_cols = group_key.clone();
+            input
+                .map(move |row| Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect()))
+                .count_total_core::<Diff>()
+                .map(move |(key, count): (Row, Diff)| {
+                    let mut datums = key.0;
+                    datums.extend(std::iter::repeat_n(Datum::Int(count), n));
+                    Row::new(datums)
+                })
+        } else if accumulable {
+            let key_cols = group_key.clone();
+            let aggs = aggregates.clone();
+            let slots =
+                1 + aggregates.iter().map(|a| if a.func == AggregateFunc::Count { 1 } else { 2 }).sum::<usize>();
+            let exploded = input
+                .inner
+                .unary::<CapacityContainerBuilder<Vec<(Row, Timestamp, Vec<Diff>)>>, _, _, _>(
+                    Pipeline,
+                    "AccumulateAggregates",
+                    move |_, _| {
+                        move |input, output| {
+                            input.for_each(|cap, data| {
+                                let mut session = output.session(&cap);
+                                for (row, time, diff) in data.drain(..) {
+                                    match accumulate(&aggs, &row, diff, slots) {
+                                        Ok(acc) => {
+                                            let key = Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect());
+                                            session.give((key, time, acc));
+                                        }
+                                        Err(e) => errors.report(id, &e),
+                                    }
+                                }
+                            });
+                        }
+                    },
+                )
+                .as_collection();
+            let aggs = aggregates.clone();
+            exploded.count_total_core::<Diff>().map(move |(key, acc): (Row, Vec<Diff>)| {
+                let mut datums = key.0;
+                let mut slot = 1;
+                for a in &aggs {
+                    if a.func == AggregateFunc::Count {
+                        datums.push(Datum::Int(acc[slot]));
+                        slot += 1;
+                    } else {
+                        datums.push(if acc[slot] == 0 { Datum::Null } else { Datum::Int(acc[slot + 1]) });
+                        slot += 2;
+                    }
+                }
+                Row::new(datums)
+            })
+        } else {
+            let key_cols = group_key.clone();
+            let aggs = aggregates.clone();
+            let errors2 = errors.clone();
+            let keyed = input.flat_map(move |row: Row| {
+                let mut vals = Vec::with_capacity(aggs.len());
+                for a in &aggs {
+                    match scalar::eval(&a.expr, row.datums()) {
+                        Ok(d) => vals.push(d),
+                        Err(e) => {
+                            errors2.report(id, &e);
+                            return None;
+                        }
+                    }
+                }
+                let key = Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect());
+                Some((key, Row::new(vals)))
+            });
+            let aggs = aggregates.clone();
+            keyed
+                .reduce(move |_key: &Row, group: &[(&Row, Diff)], out: &mut Vec<(Row, Diff)>| {
+                    let mut datums = Vec::with_capacity(aggs.len());
+                    for (i, a) in aggs.iter().enumerate() {
+                        let result = if a.distinct {
+                            let mut values: Vec<&Datum> =
+                                group.iter().filter(|(_, n)| *n > 0).map(|(v, _)| v.get(i)).collect();
+                            values.sort();
+                            values.dedup();
+                            a.func.eval(values.into_iter().map(|d| (d, 1)))
+                        } else {
+                            a.func.eval(group.iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.get(i), *n)))
+                        };
+                        match result {
+                            Ok(d) => datums.push(d),
+                            Err(e) => {
+                                errors.report(id, &e);
+                                return;
+                            }
+                        }
+                    }
+                    out.push((Row::new(datums), 1));
+                })
+                .map(|(key, vals): (Row, Row)| {
+                    let mut datums = key.0;
+                    datums.extend(vals.0);
+                    Row::new(datums)
+                })
+        };
+        if !global {
+            return output;
+        }
+        // A global aggregate has exactly one row: the default row while the reduction has none.
+        let default = Row::new(aggregates.iter().map(|a| a.func.default_value()).collect());
+        let default_stream = self.constant(vec![(default.clone(), 1)]);
+        let retract = output.clone().map(move |_| default.clone()).negate();
+        output.concat(default_stream).concat(retract)
+    }
+}
+
+fn is_count_star(a: &AggregateExpr) -> bool {
+    a.func == AggregateFunc::Count && !a.distinct && matches!(&a.expr, ScalarExpr::Literal(d, _) if !d.is_null())
+}
+
+/// The accumulator of one input row with multiplicity `diff`: `[rows, (non-null count[, sum]) per aggregate]`.
+fn accumulate(
+    aggs: &[AggregateExpr],
+    row: &Row,
+    diff: Diff,
+    slots: usize,
+) -> Result<Vec<Diff>, viewcast_plan::EvalError> {
+    let mut acc = Vec::with_capacity(slots);
+    acc.push(diff);
+    for a in aggs {
+        let d = scalar::eval(&a.expr, row.datums())?;
+        let present = if d.is_null() { 0 } else { diff };
+        acc.push(present);
+        if a.func == AggregateFunc::SumInt {
+            match d {
+                Datum::Null => acc.push(0),
+                Datum::Int(i) => {
+                    acc.push(i.checked_mul(diff).ok_or_else(|| viewcast_plan::EvalError::OutOfRange("bigint".into()))?)
+                }
+                other => return Err(viewcast_plan::EvalError::Other(format!("sum of non-integer {other}"))),
+            }
+        }
+    }
+    Ok(acc)
+}
+
+/// Rows keyed by the `cols` columns; rows with a NULL key column never match and are left out.
+fn key_by<'s>(c: Coll<'s>, cols: Rc<[usize]>) -> VecCollection<'s, Timestamp, (Row, Row), Diff> {
+    c.flat_map(move |row: Row| {
+        let mut key = Vec::with_capacity(cols.len());
+        for &i in cols.iter() {
+            let d = row.get(i);
+            if d.is_null() {
+                return None;
+            }
+            key.push(d.clone());
+        }
+        Some((Row::new(key), row))
+    })
+}
+
+enum MfpOp {
+    Map(Vec<ScalarExpr>),
+    Filter(Vec<ScalarExpr>),
+    Project(Vec<usize>),
+}
+
+fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Option<Row> {
+    let mut datums = row.0;
+    for op in ops {
+        match op {
+            MfpOp::Map(scalars) => {
+                datums.reserve(scalars.len());
+                for s in scalars {
+                    match scalar::eval(s, &datums) {
+                        Ok(d) => datums.push(d),
+                        Err(e) => {
+                            errors.report(id, &e);
+                            return None;
+                        }
+                    }
+                }
+            }
+            MfpOp::Filter(predicates) => {
+                for p in predicates {
+                    match scalar::eval(p, &datums) {
+                        Ok(Datum::Bool(true)) => {}
+                        Ok(_) => return None,
+                        Err(e) => {
+                            errors.report(id, &e);
+                            return None;
+                        }
+                    }
+                }
+            }
+            MfpOp::Project(outputs) => {
+                datums = outputs.iter().map(|&i| datums[i].clone()).collect();
+            }
+        }
+    }
+    Some(Row::new(datums))
+}

@@ -1,0 +1,270 @@
+//! One timely worker: applies commands in order, steps its dataflows, reports to the merger.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::input::InputSession;
+use differential_dataflow::trace::TraceReader;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::progress::Antichain;
+use timely::worker::Worker;
+use viewcast_plan::{EvalError, GlobalId, RelExpr};
+use viewcast_repr::{Diff, Row, Timestamp, Update};
+
+use crate::merger::MergerMsg;
+use crate::render::{is_linear, RenderCtx, RowTrace};
+use crate::{Command, EngineEvent, Shared};
+
+/// How long an idle worker parks before looking at its command channel again. Commands unpark it,
+/// so this only bounds the delay of trace compaction.
+const PARK: Duration = Duration::from_millis(20);
+
+/// Hash used by the handle to partition rows across workers (equal rows land on one worker, so
+/// an input's history consolidates locally).
+pub(crate) fn row_hash(row: &Row) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
+}
+
+/// An input's retained history on this worker.
+pub(crate) struct InputState {
+    arity: usize,
+    /// Every row this worker received, with multiplicities; consolidated when it has doubled in
+    /// length since the last consolidation and has seen a retraction (append-only inputs never pay).
+    pub(crate) history: Vec<(Row, Diff)>,
+    consolidated_len: usize,
+    saw_retraction: bool,
+}
+
+/// A view's dataflow on this worker.
+pub(crate) struct ViewState {
+    pub(crate) plan: RelExpr,
+    /// The arranged output, for non-linear views (dependents import it).
+    pub(crate) trace: Option<RowTrace>,
+    dataflow: usize,
+    sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
+    capture: Rc<RefCell<Capture>>,
+}
+
+/// What a dataflow's capture sink has seen.
+struct Capture {
+    /// The sink's input frontier (as_of until the sink first runs; `u64::MAX` once complete).
+    frontier: Timestamp,
+    /// Changes at times in `[publish_from, publish_until)` are kept.
+    publish_from: Timestamp,
+    publish_until: Timestamp,
+    updates: Vec<Update>,
+}
+
+/// Every item this worker knows.
+#[derive(Default)]
+pub(crate) struct Items {
+    pub(crate) inputs: HashMap<GlobalId, InputState>,
+    pub(crate) views: HashMap<GlobalId, ViewState>,
+}
+
+/// Reports evaluation errors, at most one event per view per second on each worker.
+pub(crate) struct ErrorSink {
+    events: crossbeam_channel::Sender<EngineEvent>,
+    state: RefCell<HashMap<GlobalId, (Option<Instant>, u64)>>,
+}
+
+impl ErrorSink {
+    pub(crate) fn report(&self, id: GlobalId, err: &EvalError) {
+        let mut state = self.state.borrow_mut();
+        let entry = state.entry(id).or_insert((None, 0));
+        entry.1 += 1;
+        let now = Instant::now();
+        if entry.0.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1)) {
+            let message = format!("{err} (SQLSTATE {}); {} row(s) dropped", err.sqlstate(), entry.1);
+            let _ = self.events.send(EngineEvent::Error { id, message });
+            *entry = (Some(now), 0);
+        }
+    }
+}
+
+struct WorkerState {
+    items: Items,
+    /// The time every input of this worker is at: the last tick's time plus one.
+    next_time: Timestamp,
+    errors: Rc<ErrorSink>,
+    /// The global sealed frontier last applied to trace compaction.
+    compacted_to: Timestamp,
+    reported_frontier: Timestamp,
+}
+
+pub(crate) fn run(
+    worker: &mut Worker,
+    commands: crossbeam_channel::Receiver<Command>,
+    merger: crossbeam_channel::Sender<MergerMsg>,
+    shared: Arc<Shared>,
+) {
+    let index = worker.index();
+    let mut st = WorkerState {
+        items: Items::default(),
+        next_time: 0,
+        errors: Rc::new(ErrorSink { events: shared.events.clone(), state: RefCell::new(HashMap::new()) }),
+        compacted_to: 0,
+        reported_frontier: 0,
+    };
+    loop {
+        let mut worked = false;
+        while let Ok(cmd) = commands.try_recv() {
+            worked = true;
+            if !st.apply(worker, cmd) {
+                for (_, view) in st.items.views.drain() {
+                    worker.drop_dataflow(view.dataflow);
+                }
+                return;
+            }
+        }
+        if worked {
+            worker.step();
+        } else {
+            worker.step_or_park(Some(PARK));
+        }
+        st.report(index, &merger);
+        let sealed = shared.sealed.load(Ordering::Acquire);
+        if sealed > st.compacted_to {
+            st.compacted_to = sealed;
+            let frontier = Antichain::from_elem(sealed);
+            for view in st.items.views.values_mut() {
+                if let Some(trace) = view.trace.as_mut() {
+                    trace.set_logical_compaction(frontier.borrow());
+                    trace.set_physical_compaction(frontier.borrow());
+                }
+            }
+        }
+    }
+}
+
+impl WorkerState {
+    /// Applies one command; `false` means shut down.
+    fn apply(&mut self, worker: &mut Worker, cmd: Command) -> bool {
+        match cmd {
+            Command::CreateInput { id, arity } => {
+                self.items
+                    .inputs
+                    .insert(id, InputState { arity, history: Vec::new(), consolidated_len: 0, saw_retraction: false });
+            }
+            Command::CreateView { id, plan, publish, as_of } => {
+                let linear = is_linear(&plan, &self.items);
+                let capture = Rc::new(RefCell::new(Capture {
+                    frontier: as_of,
+                    publish_from: if publish { as_of } else { Timestamp::MAX },
+                    publish_until: Timestamp::MAX,
+                    updates: Vec::new(),
+                }));
+                let dataflow = worker.next_dataflow_index();
+                let items = &self.items;
+                let errors = self.errors.clone();
+                let sink_capture = capture.clone();
+                let (sessions, trace) = worker.dataflow_named::<Timestamp, _, _>(&format!("view {id}"), |scope| {
+                    let mut ctx = RenderCtx::new(scope, as_of, id, errors, items);
+                    let coll = ctx.render(&plan);
+                    let trace = if linear { None } else { Some(coll.clone().arrange_by_self().trace) };
+                    coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
+                        let mut cap = sink_capture.borrow_mut();
+                        let cap = &mut *cap;
+                        input.for_each(|_, data| {
+                            for (row, time, diff) in data.drain(..) {
+                                if time >= cap.publish_from && time < cap.publish_until {
+                                    cap.updates.push((row, time, diff));
+                                }
+                            }
+                        });
+                        cap.frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
+                    });
+                    (ctx.sessions, trace)
+                });
+                let mut sessions = sessions;
+                for (input, session) in sessions.iter_mut() {
+                    session.advance_to(as_of);
+                    for (row, diff) in &self.items.inputs[input].history {
+                        session.update(row.clone(), *diff);
+                    }
+                    session.flush();
+                }
+                let mut trace = trace;
+                if let Some(t) = trace.as_mut() {
+                    let f = Antichain::from_elem(self.compacted_to);
+                    t.set_logical_compaction(f.borrow());
+                    t.set_physical_compaction(f.borrow());
+                }
+                self.items.views.insert(id, ViewState { plan, trace, dataflow, sessions, capture });
+            }
+            Command::SetPublish { id, publish, from } => {
+                if let Some(view) = self.items.views.get(&id) {
+                    let mut cap = view.capture.borrow_mut();
+                    if publish {
+                        if cap.publish_from == Timestamp::MAX || cap.publish_until != Timestamp::MAX {
+                            cap.publish_from = from;
+                            cap.publish_until = Timestamp::MAX;
+                        }
+                    } else {
+                        cap.publish_until = cap.publish_until.min(from);
+                    }
+                }
+            }
+            Command::Drop { id } => {
+                if let Some(view) = self.items.views.remove(&id) {
+                    worker.drop_dataflow(view.dataflow);
+                }
+                self.items.inputs.remove(&id);
+            }
+            Command::Tick { ts, updates } => {
+                let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = updates.into_iter().collect();
+                for view in self.items.views.values_mut() {
+                    for (input, session) in view.sessions.iter_mut() {
+                        session.advance_to(ts);
+                        if let Some(rows) = by_input.get(input) {
+                            for (row, diff) in rows {
+                                session.update(row.clone(), *diff);
+                            }
+                        }
+                        session.advance_to(ts + 1);
+                        session.flush();
+                    }
+                }
+                for (id, input) in self.items.inputs.iter_mut() {
+                    if let Some(rows) = by_input.remove(id) {
+                        debug_assert!(rows.iter().all(|(r, _)| r.len() == input.arity), "the handle checks arities");
+                        input.saw_retraction |= rows.iter().any(|(_, d)| *d < 0);
+                        input.history.extend(rows);
+                        if input.saw_retraction && input.history.len() >= 2 * input.consolidated_len.max(1024) {
+                            viewcast_repr::consolidate_updates(&mut input.history);
+                            input.consolidated_len = input.history.len();
+                        }
+                    }
+                }
+                self.next_time = ts + 1;
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    /// Sends captured changes and the local frontier to the merger when either has moved.
+    fn report(&mut self, index: usize, merger: &crossbeam_channel::Sender<MergerMsg>) {
+        let mut frontier = self.next_time;
+        let mut changes = Vec::new();
+        for (id, view) in self.items.views.iter() {
+            let mut cap = view.capture.borrow_mut();
+            frontier = frontier.min(cap.frontier);
+            if !cap.updates.is_empty() {
+                changes.push((*id, std::mem::take(&mut cap.updates)));
+            }
+        }
+        if frontier != self.reported_frontier || !changes.is_empty() {
+            self.reported_frontier = frontier;
+            let _ = merger.send(MergerMsg::Progress { worker: index, frontier, changes });
+        }
+    }
+}

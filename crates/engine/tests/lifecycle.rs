@@ -1,0 +1,114 @@
+//! The command protocol: validation, late views, drops, publishing toggles, error reports, and one
+//! strictly increasing `Sealed` per tick.
+
+mod common;
+
+use common::Harness;
+use viewcast_engine::EngineError;
+use viewcast_plan::{BinaryFunc, RelExpr, ScalarExpr};
+use viewcast_repr::{Datum, Row, ScalarType};
+
+fn row(i: i64) -> Row {
+    Row::new(vec![Datum::Int(i)])
+}
+
+fn get(id: u64) -> Box<RelExpr> {
+    Box::new(RelExpr::Get { id, arity: 1 })
+}
+
+#[test]
+fn commands_are_validated() {
+    let h = Harness::new(1);
+    let e = &h.engine;
+    e.create_input(1, 1).unwrap();
+    assert_eq!(e.create_input(1, 1), Err(EngineError::AlreadyExists(1)));
+    assert_eq!(e.create_view(2, *get(9), true), Err(EngineError::UnknownId(9)));
+    assert!(matches!(
+        e.create_view(2, RelExpr::Get { id: 1, arity: 2 }, true),
+        Err(EngineError::PlanArity { id: 1, expected: 1, got: 2 })
+    ));
+    e.create_view(2, RelExpr::Distinct { input: get(1) }, true).unwrap();
+    assert_eq!(e.tick(5, vec![(2, vec![(row(1), 1)])]), Err(EngineError::NotAnInput(2)));
+    assert!(matches!(e.tick(5, vec![(1, vec![(Row::new(vec![]), 1)])]), Err(EngineError::ArityMismatch { .. })));
+    e.tick(5, vec![]).unwrap();
+    assert_eq!(e.tick(5, vec![]), Err(EngineError::TimeNotIncreasing { ts: 5, previous: 5 }));
+    assert!(matches!(e.drop_item(1), Err(EngineError::HasDependents { id: 1, .. })));
+    e.drop_item(2).unwrap();
+    e.drop_item(1).unwrap();
+    assert_eq!(e.drop_item(1), Err(EngineError::UnknownId(1)));
+}
+
+#[test]
+fn sealed_once_per_tick_late_views_and_drops() {
+    let mut h = Harness::new(2);
+    h.engine.create_input(1, 1).unwrap();
+    assert!(h.stray_events().is_empty(), "nothing is sealed before the first tick");
+    h.engine.create_view(10, RelExpr::Distinct { input: get(1) }, true).unwrap();
+    let mut ts = 1_700_000_000_000;
+    for i in 0..20 {
+        ts += 50;
+        let updates = if i % 3 == 0 { vec![] } else { vec![(1, vec![(row(i % 5), 1)])] };
+        h.tick(ts, updates);
+    }
+    assert_eq!(h.log.len(), 20, "one Sealed per tick");
+    assert!(h.log.windows(2).all(|w| w[0].0 < w[1].0), "strictly increasing");
+    assert!(h.log.iter().any(|(_, c)| c.is_empty()), "empty Sealed events are sent too");
+
+    // A view created after ticks starts with everything, at the time after the last tick.
+    h.engine.create_view(11, RelExpr::Negate { input: get(10) }, true).unwrap();
+    ts += 50;
+    h.tick(ts, vec![]);
+    let (_, changes) = h.log.last().unwrap();
+    let late = &changes.iter().find(|(id, _)| *id == 11).expect("late view's initial contents").1;
+    assert_eq!(late.len(), 5, "distinct values 0..=4");
+    assert!(late.iter().all(|(_, t, d)| *t == ts - 50 + 1 && *d == -1));
+    assert_eq!(h.contents(11).len(), 5);
+
+    // After a drop the view publishes nothing more.
+    h.engine.drop_item(11).unwrap();
+    ts += 50;
+    h.tick(ts, vec![(1, vec![(row(7), 1)])]);
+    let (_, changes) = h.log.last().unwrap();
+    assert!(changes.iter().all(|(id, _)| *id != 11));
+    assert_eq!(changes, &vec![(10, vec![(row(7), ts, 1)])]);
+    assert!(h.stray_events().is_empty(), "nothing is sealed between ticks");
+    h.engine.shutdown();
+}
+
+#[test]
+fn publishing_toggles_at_tick_boundaries() {
+    let mut h = Harness::new(1);
+    h.engine.create_input(1, 1).unwrap();
+    h.engine.create_view(10, RelExpr::Distinct { input: get(1) }, false).unwrap();
+    h.tick(100, vec![(1, vec![(row(1), 1)])]);
+    assert!(h.acc.is_empty(), "unpublished items send nothing");
+    h.engine.set_publish(10, true).unwrap();
+    h.engine.set_publish(1, true).unwrap();
+    h.tick(200, vec![(1, vec![(row(2), 1), (row(2), 1)])]);
+    assert_eq!(h.contents(10), vec![(row(2), 1)], "only changes from the toggle on");
+    assert_eq!(h.contents(1), vec![(row(2), 2)], "a published input sends its rows");
+    h.engine.set_publish(10, false).unwrap();
+    h.tick(300, vec![(1, vec![(row(3), 1)])]);
+    assert_eq!(h.contents(10), vec![(row(2), 1)]);
+    assert_eq!(h.engine.sealed_frontier(), 301);
+}
+
+#[test]
+fn evaluation_errors_drop_rows_and_are_rate_limited() {
+    let mut h = Harness::new(1);
+    h.engine.create_input(1, 1).unwrap();
+    let ten_div =
+        ScalarExpr::literal(Datum::Int(10), ScalarType::Int64).call_binary(BinaryFunc::Div, ScalarExpr::Column(0));
+    h.engine.create_view(10, RelExpr::Map { input: get(1), scalars: vec![ten_div] }, true).unwrap();
+    h.tick(1, vec![(1, vec![(row(0), 1), (row(2), 1), (row(0), 1)])]);
+    h.tick(2, vec![(1, vec![(row(0), 1), (row(5), 1)])]);
+    assert_eq!(
+        h.contents(10),
+        vec![(Row::new(vec![Datum::Int(2), Datum::Int(5)]), 1), (Row::new(vec![Datum::Int(5), Datum::Int(2)]), 1)]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    h.tick(3, vec![]);
+    assert_eq!(h.errors.len(), 1, "three bad rows within a second give one report: {:?}", h.errors);
+    assert_eq!(h.errors[0].0, 10);
+    assert!(h.errors[0].1.contains("division by zero"));
+}
