@@ -6,8 +6,7 @@
 use std::time::Instant;
 
 use viewcast_sources::loadgen::json_encoded_len;
-
-use viewcast_sources::{json_row, EventClock, LoadGenConfig, LoadGenerator, WikipediaGenerator};
+use viewcast_sources::{json_row, EventClock, LoadGenConfig, LoadGenerator, SseParser, WikipediaGenerator};
 
 fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2_000_000);
@@ -41,6 +40,20 @@ fn main() {
     let stats = handle.stats().snapshot();
     handle.join().expect("generator");
     report("runner -> channel", received as u64, clock, stats.bytes_in as usize);
+
+    // The SSE parser on the same events, framed as the real stream frames them.
+    let mut wire = Vec::new();
+    let events = n.min(200_000);
+    for (i, e) in WikipediaGenerator::new(2).take(events as usize).enumerate() {
+        wire.extend_from_slice(format!("event: message\nid: [{{\"offset\":{i}}}]\ndata: {e}\n\n").as_bytes());
+    }
+    let clock = start();
+    let mut parser = SseParser::new();
+    let mut parsed = 0u64;
+    for chunk in wire.chunks(16 * 1024) {
+        parser.feed(chunk, &mut |e| parsed += e.is_ok() as u64);
+    }
+    report("SSE parse (framing only)", parsed, clock, wire.len());
 }
 
 /// Nanoseconds this thread has run on a CPU (Linux), so a busy machine doesn't skew the rate.

@@ -9,8 +9,11 @@ use viewcast_repr::Timestamp;
 /// reader sees each counter current but not necessarily all counters from the same instant.
 #[derive(Debug, Default)]
 pub struct SourceStats {
+    /// Events turned into rows and delivered to the sink.
     events_in: AtomicU64,
+    /// The JSON text size of those events (not wire bytes: no framing, no compression).
     bytes_in: AtomicU64,
+    /// Rejected events and failed attempts (connects, HTTP errors, broken streams).
     errors: AtomicU64,
     /// Milliseconds since the Unix epoch; 0 until the first event.
     last_event_time: AtomicU64,

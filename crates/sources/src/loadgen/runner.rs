@@ -80,7 +80,7 @@ fn run(config: LoadGenConfig, sink: &BatchSink, stats: &SourceStats) {
         let mut bytes = 0u64;
         for _ in 0..n {
             let event = generator.next_event();
-            bytes += json_encoded_len(&event) as u64 + 1;
+            bytes += json_encoded_len(&event) as u64;
             batch.push(json_row(event));
         }
         if sink.send_blocking(batch).is_err() {
