@@ -55,19 +55,10 @@ async fn main() -> anyhow::Result<()> {
             // Warm up, then measure.
             tokio::time::sleep(Duration::from_secs(2)).await;
             coord.take_tick_latencies();
-            let count_at = |c: &Coordinator| {
-                let c = c;
-                async move {
-                    c.query("SELECT * FROM counter").await.ok().and_then(|(_, rows)| match rows[0].get(0) {
-                        viewcast_repr::Datum::Int(n) => Some(*n),
-                        _ => None,
-                    })
-                }
-            };
-            let start_count = count_at(&coord).await.unwrap_or(0);
+            let start_count = counter(&coord).await;
             let start = Instant::now();
             tokio::time::sleep(Duration::from_secs(seconds)).await;
-            let end_count = count_at(&coord).await.unwrap_or(0);
+            let end_count = counter(&coord).await;
             let elapsed = start.elapsed().as_secs_f64();
             let mut lat = coord.take_tick_latencies();
             lat.sort_unstable();
@@ -86,4 +77,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn counter(coord: &Coordinator) -> i64 {
+    match coord.query("SELECT * FROM counter").await {
+        Ok((_, rows)) => match rows.first().map(|r| r.get(0)) {
+            Some(viewcast_repr::Datum::Int(n)) => *n,
+            _ => 0,
+        },
+        Err(_) => 0,
+    }
 }

@@ -46,6 +46,8 @@ pub struct RelationInfo {
     pub rows: Option<i64>,
     pub sealed_ts: Option<Timestamp>,
     pub errors: u64,
+    /// For a source: what it has ingested and rejected so far.
+    pub source_stats: Option<viewcast_sources::SourceStatsSnapshot>,
 }
 
 #[derive(Default)]
@@ -157,6 +159,7 @@ impl Catalog {
                     rows: s.map(|s| s.rows),
                     sealed_ts: s.map(|s| s.sealed_ts),
                     errors: it.errors,
+                    source_stats: it.source.as_ref().map(|s| s.handle.stats().snapshot()),
                 }
             })
             .collect();

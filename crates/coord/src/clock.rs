@@ -35,7 +35,13 @@ impl Clock {
         Clock { last: None, in_flight: VecDeque::new(), pending: Vec::new() }
     }
 
-    /// The timestamp the next tick will carry, at least: what an item created now starts at.
+    /// The time at which an item created now has its initial contents: the engine's `as_of`,
+    /// right after the last tick (0 before the first).
+    pub fn as_of(&self) -> Timestamp {
+        self.last.map(|l| l + 1).unwrap_or(0)
+    }
+
+    /// The timestamp the next tick carries: wall-clock ms, strictly after the last tick.
     pub fn next_ts(&self) -> Timestamp {
         self.last.map(|l| l + 1).unwrap_or_else(now_ms).max(now_ms())
     }

@@ -238,7 +238,7 @@ pub(crate) async fn create_view(
             return Err(already_exists(name));
         }
         let id = cat.allocate_id();
-        let as_of = clock.next_ts();
+        let as_of = clock.as_of();
         shared.hub.register(id, name, desc.clone(), as_of);
         let depends_on = plan.depends_on();
         if let Err(e) = shared.engine.create_view(id, plan.clone(), true) {
@@ -274,7 +274,10 @@ fn drop_named(
                 return Err(StatementError::new(format!("unknown catalog item '{name}'"), "42P01", None));
             };
             let kind_matches = item.kind == kind
-                || matches!((item.kind, kind), (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView));
+                || matches!(
+                    (item.kind, kind),
+                    (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView)
+                );
             if !kind_matches {
                 return Err(StatementError::new(
                     format!("\"{name}\" is a {}, not a {}", item.kind.name(), kind.name()),
@@ -407,7 +410,11 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
     };
     Ok(match show {
         Show::Items(kind) => listing(&|k| {
-            k == kind || matches!((k, kind), (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView))
+            k == kind
+                || matches!(
+                    (k, kind),
+                    (ItemKind::MaterializedView, ItemKind::View) | (ItemKind::View, ItemKind::MaterializedView)
+                )
         }),
         Show::Objects => listing(&|_| true),
         Show::Columns { desc, .. } => {
@@ -439,7 +446,13 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
                 "datestyle" => "ISO, MDY",
                 "timezone" => "UTC",
                 "transaction_isolation" => "strict serializable",
-                _ => return Err(StatementError::new(format!("unrecognized configuration parameter \"{v}\""), "42704", None)),
+                _ => {
+                    return Err(StatementError::new(
+                        format!("unrecognized configuration parameter \"{v}\""),
+                        "42704",
+                        None,
+                    ))
+                }
             };
             text_rows(&v, vec![value.to_string()])
         }

@@ -18,8 +18,8 @@ use viewcast_hub::{Hub, HubConfig};
 use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
-pub use viewcast_sources::SourceStatsSnapshot;
 pub use execute::{ExecuteResult, StatementError};
+pub use viewcast_sources::SourceStatsSnapshot;
 
 /// Settings of one viewcast instance.
 #[derive(Clone, Debug)]
@@ -120,7 +120,9 @@ impl Coordinator {
     pub async fn query(&self, sql: &str) -> Result<(RelationDesc, Vec<Row>), StatementError> {
         match self.execute(sql).await.pop() {
             Some(ExecuteResult::Rows { desc, rows, .. }) => Ok((desc, rows)),
-            Some(ExecuteResult::Ok { tag }) => Ok((RelationDesc::default(), vec![Row::new(vec![viewcast_repr::Datum::text(&tag)])])),
+            Some(ExecuteResult::Ok { tag }) => {
+                Ok((RelationDesc::default(), vec![Row::new(vec![viewcast_repr::Datum::text(&tag)])]))
+            }
             Some(ExecuteResult::Error(e)) => Err(e),
             None => Err(StatementError::new("empty query", "42601", None)),
         }

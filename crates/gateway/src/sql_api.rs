@@ -14,11 +14,10 @@ pub(crate) struct SqlRequest {
 }
 
 /// Runs every statement of `query` in order, stopping at the first error; one result per statement run.
-pub(crate) async fn sql(
-    State(st): State<AppState>,
-    body: Result<Json<SqlRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("expected {{\"query\": \"...\"}}: {e}")))?;
+pub(crate) async fn sql(State(st): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    // Any content type is accepted (curl -d sends a form type); the body must be the JSON object.
+    let req: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("expected a JSON body {{\"query\": \"...\"}}: {e}")))?;
     let results: Vec<Value> = st.coord.execute(&req.query).await.into_iter().map(result_json).collect();
     Ok(Json(json!({ "results": results })))
 }
@@ -60,6 +59,11 @@ pub(crate) async fn views(State(st): State<AppState>) -> Json<Value> {
                 "streamable": r.streamable,
                 "rows": r.rows,
                 "ts": r.sealed_ts,
+                "errors": r.errors,
+                "source": r.source_stats.map(|s| json!({
+                    "events_in": s.events_in, "bytes_in": s.bytes_in, "errors": s.errors,
+                    "last_error": s.last_error, "last_event_time": s.last_event_time,
+                })),
             })
         })
         .collect();

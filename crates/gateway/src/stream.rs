@@ -73,10 +73,7 @@ fn subscribe(hub: &Hub, view: &str) -> Result<Subscription, ApiError> {
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -129,9 +126,7 @@ pub(crate) async fn stream(
         });
         return Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response());
     }
-    Err(ApiError::BadRequest(
-        "a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string(),
-    ))
+    Err(ApiError::BadRequest("a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string()))
 }
 
 pub(crate) fn sse_event(frame: &Frame) -> Event {

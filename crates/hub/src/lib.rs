@@ -166,10 +166,7 @@ impl Hub {
     }
 
     /// Runs `f` over the contents of the given views at one common sealed timestamp.
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(Timestamp, &dyn Fn(GlobalId) -> Option<Vec<(Row, Diff)>>) -> T,
-    ) -> T {
+    pub fn read<T>(&self, f: impl FnOnce(Timestamp, &dyn Fn(GlobalId) -> Option<Vec<(Row, Diff)>>) -> T) -> T {
         let st = self.state.read().expect("hub lock");
         let get = |id: GlobalId| st.views.get(&id).map(|v| v.log.rows().map(|(r, d)| (r.clone(), d)).collect());
         f(st.frontier.saturating_sub(1), &get)

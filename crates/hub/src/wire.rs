@@ -50,8 +50,7 @@ pub fn snapshot(view: &str, ts: Timestamp, desc: &RelationDesc, rows: &[(Row, Di
         columns: Vec<Column<'a>>,
         rows: Rows<'a>,
     }
-    let columns =
-        desc.names.iter().zip(&desc.types).map(|(name, t)| Column { name, ty: t.scalar.name() }).collect();
+    let columns = desc.names.iter().zip(&desc.types).map(|(name, t)| Column { name, ty: t.scalar.name() }).collect();
     frame(Some(ts), &Msg { ty: "snapshot", view, ts, columns, rows: Rows(rows) })
 }
 

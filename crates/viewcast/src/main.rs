@@ -93,7 +93,8 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     println!("viewcast is running: open http://{addr}/");

@@ -147,7 +147,8 @@ impl Replica {
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn ws_connect(addr: SocketAddr, view: &str) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/stream/{view}")).await.expect("ws connects");
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/stream/{view}")).await.expect("ws connects");
     ws
 }
 
