@@ -138,7 +138,7 @@ function openView(name) {
   $('detail-close').hidden = false;
   $('detail-empty').hidden = true;
   $('detail-body').hidden = false;
-  d.table = new LiveTable($('detail-table'), sub, { label: `Rows of ${name}` });
+  d.table = new LiveTable($('detail-table'), sub, { label: `Rows of ${name}`, pageSize: 12 });
   sub.onError((message) => showError($('detail-error'), message));
   let charted = false;
   sub.onChange(() => {

@@ -602,8 +602,9 @@ export class Client {
     for (const sub of targets) {
       try {
         sub.handle(msg);
-        if (msg.type === 'error' && this.transport?.kind === 'websocket' && sub.awaitingSnapshot) {
-          // An error before any data (unknown view, bad SQL): this subscription will not start.
+        if (msg.type === 'error' && this.transport?.kind === 'websocket' && (sub.awaitingSnapshot || sub.state !== 'live')) {
+          // An error before any data on this server-side subscription (unknown view, bad SQL, a
+          // view dropped while disconnected): it will not start.
           this.byId.delete(sub.id);
           sub.id = null;
           sub.setState('failed');

@@ -201,7 +201,8 @@ test('the open view and the featured panel equal SQL once the stream is quiet', 
   await page.screenshot({ path: join(OUT_DIR, 'dashboard.png'), fullPage: true });
   if (process.env.VIEWCAST_SCREENSHOTS) {
     await mkdir(DOCS_SCREENSHOTS, { recursive: true });
-    await page.screenshot({ path: join(DOCS_SCREENSHOTS, 'dashboard.png'), clip: { x: 0, y: 0, width: 1280, height: 1100 } });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: join(DOCS_SCREENSHOTS, 'dashboard.png'), fullPage: true, clip: { x: 0, y: 0, width: 1280, height: 1180 } });
   }
 });
 

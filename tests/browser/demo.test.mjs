@@ -8,6 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { startFakeServer } from './fake-server.mjs';
 import { OUT_DIR, launch, openPage, readPage, sql, canon, multisetDiff, poll } from './harness.mjs';
 
@@ -93,7 +95,13 @@ test('page equals SQL once the stream is quiet', async () => {
     return { ok, quiet, s, expected, expectedCounter, mismatched };
   }, { timeoutMs: QUIET_TIMEOUT_MS, intervalMs: 1000 });
 
-  await page.screenshot({ path: join(OUT_DIR, 'demo.png') });
+  await page.screenshot({ path: join(OUT_DIR, 'demo.png'), fullPage: true });
+  if (process.env.VIEWCAST_SCREENSHOTS) {
+    // The README's picture: VIEWCAST_SCREENSHOTS=1 refreshes docs/screenshots/.
+    const docs = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
+    await mkdir(docs, { recursive: true });
+    await page.screenshot({ path: join(docs, 'demo.png'), fullPage: true });
+  }
 
   if (!result.ok) {
     const lines = [`page and SQL never agreed at a quiet moment within ${QUIET_TIMEOUT_MS} ms (SQL quiet at the end: ${result.quiet})`];

@@ -48,7 +48,8 @@ mod tests {
         assert_eq!(root.bytes, index.bytes);
         assert_eq!(root.content_type, "text/html; charset=utf-8");
         let html = std::str::from_utf8(root.bytes).unwrap();
-        for script in ["/vendor/vega.min.js", "/vendor/vega-lite.min.js", "/vendor/vega-embed.min.js", "/dashboard.js"] {
+        for script in ["/vendor/vega.min.js", "/vendor/vega-lite.min.js", "/vendor/vega-embed.min.js", "/dashboard.js"]
+        {
             assert!(html.contains(script), "page loads {script}");
         }
     }
