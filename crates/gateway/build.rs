@@ -1,4 +1,4 @@
-//! Embeds the browser side (`web/`) into the gateway so the binary serves the demo page offline.
+//! Embeds the browser side (`web/`) into the gateway so the binary serves its pages offline.
 //!
 //! The Vega libraries come from the npm registry, pinned by `web/package-lock.json`. When the
 //! installed copies are missing or older than the lockfile, this script runs `npm ci` in `web/`
@@ -12,10 +12,15 @@ use std::process::Command;
 use std::time::SystemTime;
 
 /// Every served file: URL path and its location relative to `web/`.
-/// `assets.rs` derives content types from the URL path's extension.
+/// `assets.rs` derives content types from the URL path's extension (no extension: an HTML page).
 const SERVED: &[(&str, &str)] = &[
     ("/index.html", "index.html"),
-    ("/app.js", "app.js"),
+    ("/demo/wikipedia", "demo.html"),
+    // ES modules: the client library, and the pages built on it.
+    ("/viewcast.js", "viewcast.js"),
+    ("/panels.js", "panels.js"),
+    ("/dashboard.js", "dashboard.js"),
+    ("/demo.js", "demo.js"),
     ("/style.css", "style.css"),
     // UMD builds: each defines a global (`vega`, `vegaLite`, `vegaEmbed`) from a plain <script>.
     ("/vendor/vega.min.js", "node_modules/vega/build/vega.min.js"),
@@ -24,7 +29,17 @@ const SERVED: &[(&str, &str)] = &[
 ];
 
 /// Sources whose change must regenerate the table (node_modules is covered through the lockfile).
-const WATCHED: &[&str] = &["index.html", "app.js", "style.css", "package.json", "package-lock.json"];
+const WATCHED: &[&str] = &[
+    "index.html",
+    "demo.html",
+    "viewcast.js",
+    "panels.js",
+    "dashboard.js",
+    "demo.js",
+    "style.css",
+    "package.json",
+    "package-lock.json",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

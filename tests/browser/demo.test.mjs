@@ -1,5 +1,6 @@
-// The end-to-end demo in a real browser: the page, opened mid-stream, must end up showing exactly
-// what SQL says the views hold once the load generator has stopped.
+// The end-to-end demo in a real browser: the Wikipedia demo page (/demo/wikipedia), opened
+// mid-stream, must end up showing exactly what SQL says the views hold once the load generator
+// has stopped.
 //
 // VIEWCAST_URL=http://127.0.0.1:PORT points it at a running viewcast whose load generator stops
 // after a fixed number of events. Without it, the test starts tests/browser/fake-server.mjs.
@@ -7,6 +8,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { startFakeServer } from './fake-server.mjs';
 import { OUT_DIR, launch, openPage, readPage, sql, canon, multisetDiff, poll } from './harness.mjs';
 
@@ -28,7 +31,7 @@ before(async () => {
     console.log(`# VIEWCAST_URL not set; using the fake server at ${base}`);
   }
   browser = await launch();
-  ({ page, problems } = await openPage(browser, base));
+  ({ page, problems } = await openPage(browser, base, '/demo/wikipedia'));
 });
 
 after(async () => {
@@ -37,7 +40,7 @@ after(async () => {
   await fake?.close();
 });
 
-test('page connects to both streams and shows the counter', async () => {
+test('page connects and shows the counter', async () => {
   const state = await poll(async () => {
     const s = await readPage(page);
     return { ok: s.status === 'Live' && s.counter !== null, s };
@@ -92,7 +95,13 @@ test('page equals SQL once the stream is quiet', async () => {
     return { ok, quiet, s, expected, expectedCounter, mismatched };
   }, { timeoutMs: QUIET_TIMEOUT_MS, intervalMs: 1000 });
 
-  await page.screenshot({ path: join(OUT_DIR, 'demo.png') });
+  await page.screenshot({ path: join(OUT_DIR, 'demo.png'), fullPage: true });
+  if (process.env.VIEWCAST_SCREENSHOTS) {
+    // The README's picture: VIEWCAST_SCREENSHOTS=1 refreshes docs/screenshots/.
+    const docs = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
+    await mkdir(docs, { recursive: true });
+    await page.screenshot({ path: join(docs, 'demo.png'), fullPage: true });
+  }
 
   if (!result.ok) {
     const lines = [`page and SQL never agreed at a quiet moment within ${QUIET_TIMEOUT_MS} ms (SQL quiet at the end: ${result.quiet})`];

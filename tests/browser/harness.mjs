@@ -32,7 +32,7 @@ export async function launch() {
  * Opens the page and records what a person would miss: page errors, console errors, and any
  * request leaving the viewcast origin (the page must work offline).
  */
-export async function openPage(browser, base) {
+export async function openPage(browser, base, path = '/') {
   const page = await browser.newPage({ viewport: { width: 1280, height: 820 } });
   const problems = { pageErrors: [], consoleErrors: [], foreignRequests: [] };
   const origin = new URL(base).origin;
@@ -44,14 +44,30 @@ export async function openPage(browser, base) {
       problems.foreignRequests.push(url);
     }
   });
-  await page.goto(`${base}/`);
-  return { page, problems };
+  // Every frame the page's WebSockets send and receive, for protocol checks.
+  const frames = [];
+  page.on('websocket', (ws) => {
+    const socket = frames.filter((f) => f.dir === 'open').length;
+    frames.push({ dir: 'open', socket, url: ws.url() });
+    const record = (dir) => (f) => {
+      try {
+        frames.push({ dir, socket, msg: JSON.parse(f.payload), at: Date.now() });
+      } catch {
+        frames.push({ dir, socket, raw: String(f.payload) });
+      }
+    };
+    ws.on('framesent', record('sent'));
+    ws.on('framereceived', record('received'));
+    ws.on('close', () => frames.push({ dir: 'close', socket }));
+  });
+  await page.goto(`${base}${path}`);
+  return { page, problems, frames };
 }
 
-/** Everything the page shows for the two views, each read from its own source. */
+/** Everything the page (demo, or the dashboard's featured panel) shows for counter and top10. */
 export function readPage(page) {
   return page.evaluate(() => {
-    const s = window.viewcastState;
+    const s = window.viewcastState ?? { counter: null, top10: [], chartRows: [] };
     const view = window.viewcastChart;
     // Bars as rendered: the items of every rect mark in Vega's scenegraph.
     const bars = [];
@@ -81,6 +97,26 @@ export function readPage(page) {
       log: [...document.querySelectorAll('#log li')].map((li) => ({ level: li.className, text: li.textContent })),
     };
   });
+}
+
+/** Runs SQL; returns every result ({col_names, rows} | {ok} | {error}). */
+export async function sqlAll(base, query) {
+  const res = await fetch(`${base}/api/sql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ query }),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`POST /api/sql ${JSON.stringify(query)} -> ${res.status}: ${text}`);
+  return JSON.parse(text).results;
+}
+
+/** The base URL under test: VIEWCAST_URL, or a fake server started with `fakeOptions`. */
+export async function target(fakeOptions, startFakeServer) {
+  if (process.env.VIEWCAST_URL) return { base: process.env.VIEWCAST_URL.replace(/\/+$/, ''), fake: null };
+  const fake = await startFakeServer(fakeOptions);
+  console.log(`# VIEWCAST_URL not set; using the fake server at ${fake.url}`);
+  return { base: fake.url, fake };
 }
 
 /** Runs one SQL query; returns {col_names, rows} of its single result. */

@@ -1,4 +1,5 @@
-//! The browser side, compiled into the binary: the demo page and the Vega libraries it loads.
+//! The browser side, compiled into the binary: the dashboard, the Wikipedia demo page, the
+//! `viewcast.js` client library and the Vega libraries the pages load.
 //!
 //! Owns: the URL path -> embedded file mapping and each file's content type. The bytes come from
 //! `web/` through `build.rs`, so the page works with no network beyond the viewcast server.
@@ -23,7 +24,10 @@ pub fn asset(path: &str) -> Option<Asset> {
 }
 
 fn content_type(path: &str) -> &'static str {
-    match path.rsplit_once('.').map(|(_, ext)| ext) {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    match file.rsplit_once('.').map(|(_, ext)| ext) {
+        // Pages at extensionless paths (`/demo/wikipedia`).
+        None => "text/html; charset=utf-8",
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
@@ -44,15 +48,35 @@ mod tests {
         assert_eq!(root.bytes, index.bytes);
         assert_eq!(root.content_type, "text/html; charset=utf-8");
         let html = std::str::from_utf8(root.bytes).unwrap();
-        for script in ["/vendor/vega.min.js", "/vendor/vega-lite.min.js", "/vendor/vega-embed.min.js", "/app.js"] {
+        for script in ["/vendor/vega.min.js", "/vendor/vega-lite.min.js", "/vendor/vega-embed.min.js", "/dashboard.js"]
+        {
             assert!(html.contains(script), "page loads {script}");
         }
     }
 
     #[test]
+    fn demo_page_is_served_as_html() {
+        let demo = asset("/demo/wikipedia").expect("/demo/wikipedia is served");
+        assert_eq!(demo.content_type, "text/html; charset=utf-8");
+        let html = std::str::from_utf8(demo.bytes).unwrap();
+        assert!(html.contains("/demo.js"), "the demo page loads /demo.js");
+    }
+
+    #[test]
+    fn client_library_is_an_es_module() {
+        let lib = asset("/viewcast.js").expect("/viewcast.js is served");
+        assert_eq!(lib.content_type, "text/javascript; charset=utf-8");
+        let text = std::str::from_utf8(lib.bytes).unwrap();
+        assert!(text.contains("export function connect("), "viewcast.js exports connect()");
+        assert!(text.contains("/api/v1/ws"), "viewcast.js speaks the multiplexed protocol");
+    }
+
+    #[test]
     fn page_sources_and_vendored_libraries_are_served() {
         for (path, content_type, starts_with) in [
-            ("/app.js", "text/javascript; charset=utf-8", None),
+            ("/dashboard.js", "text/javascript; charset=utf-8", None),
+            ("/demo.js", "text/javascript; charset=utf-8", None),
+            ("/panels.js", "text/javascript; charset=utf-8", None),
             ("/style.css", "text/css; charset=utf-8", None),
             ("/vendor/vega.min.js", "text/javascript; charset=utf-8", Some(".vega=")),
             ("/vendor/vega-lite.min.js", "text/javascript; charset=utf-8", Some(".vegaLite=")),
@@ -76,7 +100,10 @@ mod tests {
             "/index",
             "/vendor/",
             "/vendor/vega.js",
-            "/app.js/",
+            "/viewcast.js/",
+            "/app.js",
+            "/demo/",
+            "/demo.html",
             "/../Cargo.toml",
             "/node_modules/vega/build/vega.min.js",
         ] {
