@@ -361,6 +361,32 @@ async fn write(shared: &Shared, id: GlobalId, changes: RelExpr, verb: &str) -> R
 
 static TRANSIENT: AtomicU64 = AtomicU64::new(0);
 
+/// Plans `query` as a view body and maintains it under a fresh hidden name.
+pub(crate) async fn create_query_view(shared: &Shared, query: &str) -> Result<(GlobalId, String), StatementError> {
+    let query = query.trim().trim_end_matches(';');
+    let prefix = "CREATE VIEW viewcast_query AS ";
+    let parsed = viewcast_sql::parse(&format!("{prefix}{query}")).map_err(|e| shift(e.into(), prefix.len()))?;
+    let [stmt] = parsed.as_slice() else {
+        return Err(StatementError::new("a query subscription takes exactly one SELECT", "42601", None));
+    };
+    let planned = {
+        let cat = shared.catalog.lock().expect("catalog lock");
+        viewcast_sql::plan(stmt, &PlannerCatalog(&cat)).map_err(|e| shift(e.into(), prefix.len()))?
+    };
+    let Statement::CreateView { plan, desc, .. } = planned else {
+        return Err(StatementError::new("a query subscription takes a SELECT", "42601", None));
+    };
+    let name = format!("__query_{}", TRANSIENT.fetch_add(1, Ordering::Relaxed));
+    let id = create_view(shared, &name, plan, desc, ItemKind::View, query, true).await?;
+    Ok((id, name))
+}
+
+/// Moves an error position back by the length of text prepended to the user's query.
+fn shift(mut e: StatementError, by: usize) -> StatementError {
+    e.position = e.position.and_then(|p| p.checked_sub(by)).filter(|p| *p > 0);
+    e
+}
+
 /// Evaluates a plan at the latest sealed timestamp. Over published relations only, the reference
 /// interpreter reads the hub's logs at one common timestamp; otherwise (raw sources) a transient
 /// dataflow computes it.

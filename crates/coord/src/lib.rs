@@ -128,6 +128,19 @@ impl Coordinator {
         }
     }
 
+    /// Starts maintaining an ad-hoc query (a `SELECT`) as a hidden view that can be subscribed to
+    /// by the returned name; drop it with [`Coordinator::drop_query_view`].
+    pub async fn create_query_view(&self, query: &str) -> Result<(viewcast_plan::GlobalId, String), StatementError> {
+        execute::create_query_view(&self.shared, query).await
+    }
+
+    /// Drops a view created by [`Coordinator::create_query_view`].
+    pub fn drop_query_view(&self, id: viewcast_plan::GlobalId) {
+        if let Err(e) = execute::drop_items(&self.shared, &[id]) {
+            tracing::warn!(id, error = %e, "dropping a query view failed");
+        }
+    }
+
     /// Takes the recorded latencies from sending a tick to the engine to receiving its sealed output,
     /// in microseconds (at most the last 100,000).
     pub fn take_tick_latencies(&self) -> Vec<u64> {

@@ -13,6 +13,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl IntoResponse for ApiError {
@@ -22,6 +26,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         (status, Json(serde_json::json!({ "error": { "message": self.to_string() } }))).into_response()
     }

@@ -5,12 +5,16 @@
 //! Never touches: dataflow, SQL planning, change-log state (it only reads frames from the hub).
 
 pub mod assets;
+pub mod auth;
 mod error;
+mod feed;
 mod sql_api;
 mod stream;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,11 +32,37 @@ pub struct GatewayConfig {
     pub max_ws_message_bytes: usize,
     /// Origins allowed to open WebSockets besides the server's own host. Empty: same host only.
     pub allowed_origins: Vec<String>,
+    /// Tokens and what they may read; empty means no authentication (local use).
+    pub grants: Vec<auth::Grant>,
+    /// Bytes queued for one client before its updates are consolidated (and, past that, resynced).
+    pub client_buffer_bytes: usize,
+    /// A client that cannot take a message for this long is closed with a resume point.
+    pub stall_timeout: Duration,
+    /// A multiplexed WebSocket with no message or pong for this long is closed.
+    pub idle_timeout: Duration,
+    /// Pings are sent this often (clients answer with pongs, which count as activity).
+    pub ping_interval: Duration,
+    /// Open streaming connections, in total and per client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { max_body_bytes: 1 << 20, max_ws_message_bytes: 64 << 10, allowed_origins: Vec::new() }
+        GatewayConfig {
+            max_body_bytes: 1 << 20,
+            max_ws_message_bytes: 64 << 10,
+            allowed_origins: Vec::new(),
+            grants: Vec::new(),
+            client_buffer_bytes: 1 << 20,
+            stall_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            ping_interval: Duration::from_secs(20),
+            max_connections: 60_000,
+            max_connections_per_ip: 60_000,
+            max_subscriptions_per_connection: 256,
+        }
     }
 }
 
@@ -40,16 +70,22 @@ impl Default for GatewayConfig {
 pub(crate) struct AppState {
     pub coord: Arc<Coordinator>,
     pub config: Arc<GatewayConfig>,
+    pub auth: Arc<auth::Auth>,
+    pub limits: Arc<auth::ConnectionLimits>,
 }
 
 /// The router, for serving or for tests.
 pub fn router(coord: Arc<Coordinator>, config: GatewayConfig) -> Router {
     let max_body = config.max_body_bytes;
-    let state = AppState { coord, config: Arc::new(config) };
+    let auth = Arc::new(auth::Auth::new(config.grants.clone()));
+    let limits = auth::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
+    let state = AppState { coord, config: Arc::new(config), auth, limits };
     Router::new()
         .route("/api/sql", post(sql_api::sql))
         .route("/api/v1/views", get(sql_api::views))
-        .route("/api/v1/stream/{view}", get(stream::stream))
+        .route("/api/v1/ws", get(ws::ws))
+        .route("/api/v1/stream", get(stream::stream_many))
+        .route("/api/v1/stream/{view}", get(stream::stream_one))
         .fallback(get(assets_handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .with_state(state)

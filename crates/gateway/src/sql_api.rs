@@ -44,11 +44,16 @@ fn result_json(r: ExecuteResult) -> Value {
 }
 
 /// Every relation in the catalog with its kind, columns and, for published ones, live size and freshness.
-pub(crate) async fn views(State(st): State<AppState>) -> Json<Value> {
+pub(crate) async fn views(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Result<Json<Value>, ApiError> {
+    let access = st.auth.from_headers(&headers);
+    if st.auth.required() && matches!(access, crate::auth::Access::None) {
+        return Err(ApiError::Unauthorized("a valid token is required".into()));
+    }
     let items: Vec<Value> = st
         .coord
         .relations()
         .into_iter()
+        .filter(|r| access.can_read(&r.name))
         .map(|r| {
             json!({
                 "name": r.name,
@@ -67,5 +72,5 @@ pub(crate) async fn views(State(st): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "views": items }))
+    Ok(Json(json!({ "views": items })))
 }

@@ -1,79 +1,43 @@
+//! Streams of one or several views to one client.
+//!
 //! `GET /api/v1/stream/{view}`: a WebSocket on upgrade, Server-Sent Events for
-//! `Accept: text/event-stream`. Both forward the same hub frames: a snapshot, then every complete
-//! timestamp in order. A client that falls behind the hub's bounded queue gets `resync` and a fresh
-//! snapshot instead of an ever-growing backlog.
+//! `Accept: text/event-stream`. `GET /api/v1/stream?views=a,b`: several views over one SSE stream.
+//! Query options: `since=T` (resume after T), `key=c1,c2` (keyed upsert/delete messages).
+//! SSE event ids record where each view is (`T` for one view, `a=T1,b=T2` for several), so a
+//! reconnecting EventSource's `Last-Event-ID` resumes every view exactly where it stopped.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
-use viewcast_hub::{wire, Frame, Hub, HubError, Subscription};
+use serde::Deserialize;
+use viewcast_hub::Hub;
+use viewcast_repr::Timestamp;
 
+use crate::auth::ConnectionSlot;
+use crate::feed::{Encoding, Outbox, OutboxReceiver, Pump};
 use crate::{ApiError, AppState};
 
-/// Frames of one view for one client, in order, resubscribing after an overflow.
-pub(crate) struct Feed {
-    hub: Arc<Hub>,
-    view: String,
-    sub: Subscription,
-    pending: Vec<Frame>,
-    done: bool,
-}
-
-impl Feed {
-    pub(crate) fn new(hub: Arc<Hub>, sub: Subscription) -> Feed {
-        let view = sub.view.clone();
-        let pending = vec![sub.snapshot.clone()];
-        Feed { hub, view, sub, pending, done: false }
-    }
-
-    /// The next frame to send, or `None` once the view is gone.
-    pub(crate) async fn next(&mut self) -> Option<Frame> {
-        if let Some(f) = self.pending.pop() {
-            return Some(f);
-        }
-        if self.done {
-            return None;
-        }
-        match self.sub.updates.recv().await {
-            Ok(f) => Some(f),
-            Err(RecvError::Lagged(missed)) => {
-                tracing::debug!(view = %self.view, missed, "subscriber fell behind; resyncing");
-                match self.hub.subscribe(&self.view) {
-                    Ok(sub) => {
-                        self.pending = vec![sub.snapshot.clone()];
-                        self.sub = sub;
-                        Some(wire::resync(&self.view))
-                    }
-                    Err(e) => {
-                        self.done = true;
-                        Some(wire::error(Some(&self.view), &e.to_string()))
-                    }
-                }
-            }
-            Err(RecvError::Closed) => {
-                self.done = true;
-                None
-            }
-        }
-    }
-}
-
-fn subscribe(hub: &Hub, view: &str) -> Result<Subscription, ApiError> {
-    hub.subscribe(view).map_err(|e| match e {
-        HubError::UnknownView(_) => ApiError::NotFound(e.to_string()),
-        HubError::NotReady(_) => ApiError::Unavailable(e.to_string()),
-    })
+#[derive(Deserialize, Default)]
+pub(crate) struct StreamParams {
+    since: Option<Timestamp>,
+    key: Option<String>,
+    views: Option<String>,
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -94,64 +58,223 @@ pub(crate) fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<()
     }
 }
 
-pub(crate) async fn stream(
+/// Resolves key column names against a view's columns.
+pub(crate) fn key_columns(hub: &Hub, view: &str, key: &[String]) -> Result<(Vec<usize>, Vec<String>), String> {
+    let desc = hub
+        .summaries()
+        .into_iter()
+        .find(|s| s.name == view)
+        .map(|s| s.desc)
+        .ok_or_else(|| format!("unknown view \"{view}\""))?;
+    let cols = key
+        .iter()
+        .map(|k| desc.position(k).ok_or_else(|| format!("view \"{view}\" has no column \"{k}\"")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cols, key.to_vec()))
+}
+
+fn known_view(hub: &Hub, view: &str) -> Result<(), ApiError> {
+    if hub.summaries().iter().any(|s| s.name == view) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("unknown view \"{view}\"")))
+    }
+}
+
+/// Parses a `Last-Event-ID`: `T` (one view) or `a=T1,b=T2`.
+fn parse_event_id(id: &str, views: &[String]) -> BTreeMap<String, Timestamp> {
+    let mut out = BTreeMap::new();
+    if let Ok(t) = id.trim().parse::<Timestamp>() {
+        for v in views {
+            out.insert(v.clone(), t);
+        }
+        return out;
+    }
+    for part in id.split(',') {
+        if let Some((v, t)) = part.split_once('=') {
+            if let Ok(t) = t.trim().parse() {
+                out.insert(v.trim().to_string(), t);
+            }
+        }
+    }
+    out
+}
+
+pub(crate) async fn stream_one(
     State(st): State<AppState>,
     Path(view): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<StreamParams>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    open_stream(st, vec![view], peer, params, request).await
+}
+
+pub(crate) async fn stream_many(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<StreamParams>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let views: Vec<String> = params
+        .views
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect();
+    if views.is_empty() {
+        return Err(ApiError::BadRequest("name the views to stream: ?views=a,b".into()));
+    }
+    open_stream(st, views, peer, params, request).await
+}
+
+async fn open_stream(
+    st: AppState,
+    views: Vec<String>,
+    peer: SocketAddr,
+    params: StreamParams,
     request: Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
     let hub = st.coord.hub().clone();
-    if wants_websocket(&headers) {
+    for v in &views {
+        known_view(&hub, v)?;
+        st.auth.require_read(&headers, v)?;
+    }
+    let key = params.key.as_deref().map(|k| k.split(',').map(|c| c.trim().to_string()).collect::<Vec<_>>());
+    let key = match (&key, views.as_slice()) {
+        (None, _) => None,
+        (Some(k), [v]) => Some(key_columns(&hub, v, k).map_err(ApiError::BadRequest)?),
+        (Some(_), _) => return Err(ApiError::BadRequest("key= needs a single view".into())),
+    };
+    let slot = st.limits.admit(peer.ip())?;
+    if wants_websocket(&headers) && views.len() == 1 {
         check_origin(&headers, &st.config.allowed_origins)?;
-        let sub = subscribe(&hub, &view)?;
         let (mut parts, _) = request.into_parts();
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &st)
             .await
             .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
-        let max = st.config.max_ws_message_bytes;
-        return Ok(ws
-            .max_message_size(max)
-            .max_frame_size(max)
-            .read_buffer_size(16 << 10)
-            .write_buffer_size(16 << 10)
-            .max_write_buffer_size(4 << 20)
-            .on_upgrade(move |socket| forward_ws(socket, Feed::new(hub, sub))));
+        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes);
+        let pump = Pump {
+            hub,
+            view: Arc::from(views[0].as_str()),
+            encoding: Encoding { id: None, key },
+            outbox,
+            max_backlog_bytes: st.config.client_buffer_bytes,
+        };
+        tokio::spawn(pump.run(params.since));
+        let config = st.config.clone();
+        return Ok(configure(ws, &config).on_upgrade(move |socket| async move {
+            let (sink, incoming) = socket.split();
+            let reader = tokio::spawn(drain_incoming(incoming));
+            write_ws(sink, rx, &config, slot).await;
+            reader.abort();
+        }));
     }
     if wants_sse(&headers) {
-        let sub = subscribe(&hub, &view)?;
-        let feed = Feed::new(hub, sub);
-        let events = futures::stream::unfold(feed, |mut feed| async move {
-            let frame = feed.next().await?;
-            Some((Ok::<_, Infallible>(sse_event(&frame)), feed))
-        });
-        return Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response());
+        let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(|s| parse_event_id(s, &views));
+        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes);
+        let mut positions = BTreeMap::new();
+        for v in &views {
+            let since = last_event_id.as_ref().and_then(|m| m.get(v).copied()).or(params.since);
+            positions.insert(v.clone(), since);
+            let pump = Pump {
+                hub: hub.clone(),
+                view: Arc::from(v.as_str()),
+                encoding: Encoding { id: None, key: key.clone() },
+                outbox: outbox.clone(),
+                max_backlog_bytes: st.config.client_buffer_bytes,
+            };
+            tokio::spawn(pump.run(since));
+        }
+        drop(outbox);
+        return Ok(sse_response(rx, positions, slot));
     }
     Err(ApiError::BadRequest("a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string()))
 }
 
-pub(crate) fn sse_event(frame: &Frame) -> Event {
-    let text = std::str::from_utf8(&frame.bytes).unwrap_or("{}");
-    let event = Event::default().data(text);
-    match frame.ts {
-        Some(ts) => event.id(ts.to_string()),
-        None => event,
+pub(crate) fn configure(ws: WebSocketUpgrade, config: &crate::GatewayConfig) -> WebSocketUpgrade {
+    let max = config.max_ws_message_bytes;
+    ws.max_message_size(max).max_frame_size(max).read_buffer_size(8 << 10).write_buffer_size(8 << 10).max_write_buffer_size(4 << 20)
+}
+
+fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp>>, slot: ConnectionSlot) -> Response {
+    let single = positions.len() == 1;
+    let state = (rx, positions, slot);
+    let events = futures::stream::unfold(state, move |(mut rx, mut positions, slot)| async move {
+        let (msg, guard) = rx.recv().await?;
+        let text = std::str::from_utf8(&msg.bytes).unwrap_or("{}");
+        let mut event = Event::default().data(text);
+        if let Some(ts) = msg.ts {
+            positions.insert(msg.view.to_string(), Some(ts));
+            let id = if single {
+                ts.to_string()
+            } else {
+                positions
+                    .iter()
+                    .filter_map(|(v, t)| t.map(|t| format!("{v}={t}")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            event = event.id(id);
+        }
+        drop(guard);
+        Some((Ok::<_, Infallible>(event), (rx, positions, slot)))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Reads and discards client frames (pings are answered by the library), ending on close.
+async fn drain_incoming(mut incoming: futures::stream::SplitStream<WebSocket>) {
+    while let Some(Ok(msg)) = incoming.next().await {
+        if matches!(msg, Message::Close(_)) {
+            break;
+        }
     }
 }
 
-async fn forward_ws(socket: WebSocket, mut feed: Feed) {
-    let (mut sink, mut incoming) = socket.split();
+/// Writes queued messages to the socket. A client that cannot take a message within the stall
+/// timeout is closed with the reason and where to resume.
+pub(crate) async fn write_ws(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: OutboxReceiver,
+    config: &crate::GatewayConfig,
+    _slot: ConnectionSlot,
+) {
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.tick().await;
+    let mut last_ts: Option<Timestamp> = None;
     loop {
         tokio::select! {
-            frame = feed.next() => {
-                let Some(frame) = frame else { break };
-                let Ok(text) = Utf8Bytes::try_from(frame.bytes) else { break };
-                if sink.send(Message::Text(text)).await.is_err() {
+            next = rx.recv() => {
+                let Some((msg, guard)) = next else { break };
+                let Ok(text) = Utf8Bytes::try_from(msg.bytes) else { break };
+                match tokio::time::timeout(config.stall_timeout, sink.send(Message::Text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        let reason = match last_ts {
+                            Some(t) => format!("client stalled; resume with since={t}"),
+                            None => "client stalled".to_string(),
+                        };
+                        tracing::info!(%reason, "closing a stalled WebSocket");
+                        let frame = CloseFrame { code: 1008, reason: reason.into() };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        return;
+                    }
+                }
+                if msg.ts.is_some() {
+                    last_ts = msg.ts;
+                }
+                drop(guard);
+            }
+            _ = ping.tick() => {
+                if tokio::time::timeout(config.stall_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
                     return;
                 }
-            }
-            msg = incoming.next() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
             }
         }
     }

@@ -10,14 +10,14 @@
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{broadcast, watch};
 use viewcast_changelog::{Retention, ViewLog};
 use viewcast_plan::GlobalId;
 use viewcast_repr::{Diff, RelationDesc, Row, Timestamp, Update};
 
-pub use wire::Frame;
+pub use wire::{Frame, FrameKind};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
@@ -58,11 +58,25 @@ struct HubState {
     by_name: HashMap<String, GlobalId>,
 }
 
-/// What a new subscriber gets: the snapshot frame and the frames of every later timestamp.
+/// What a new subscriber is sent first.
+#[derive(Debug)]
+pub enum Start {
+    /// The view's contents at the last sealed time.
+    Snapshot(Frame),
+    /// Resuming: every retained timestamp after `since` (possibly none), no snapshot.
+    Replay(Vec<Frame>),
+    /// History after `since` is gone: discard the replica; the snapshot follows.
+    Resync(Frame),
+}
+
+/// What a new subscriber gets: how to start, then the frames of every later timestamp.
 pub struct Subscription {
     pub view: String,
-    pub snapshot: Frame,
-    pub snapshot_ts: Timestamp,
+    pub id: GlobalId,
+    pub desc: RelationDesc,
+    pub start: Start,
+    /// The last sealed timestamp included in `start`.
+    pub start_ts: Timestamp,
     pub updates: broadcast::Receiver<Frame>,
 }
 
@@ -123,13 +137,14 @@ impl Hub {
                 }
             };
             *view.snapshot_cache.lock().expect("cache lock") = None;
+            let last_ts = batches.last().map(|b| b.ts);
             if view.tx.receiver_count() == 0 {
                 continue;
             }
-            for b in &batches {
-                let _ = view.tx.send(wire::update(&view.name, b.ts, &b.updates));
+            for b in batches {
+                let _ = view.tx.send(wire::update(&view.name, b.ts, Arc::new(b.updates)));
             }
-            if batches.last().map(|b| b.ts) != Some(upto - 1) {
+            if last_ts != Some(upto - 1) {
                 let _ = view.tx.send(wire::progress(&view.name, upto - 1));
             }
         }
@@ -141,26 +156,39 @@ impl Hub {
         self.frontier_tx.send_replace(upto);
     }
 
-    /// Subscribes to `view`: its snapshot at the current sealed time and every later timestamp.
-    pub fn subscribe(&self, view: &str) -> Result<Subscription, HubError> {
+    /// Subscribes to `view`: its snapshot at the current sealed time (or, with `since`, the retained
+    /// timestamps after it) and then every later timestamp, with nothing missed or repeated.
+    pub fn subscribe(&self, view: &str, since: Option<Timestamp>) -> Result<Subscription, HubError> {
         let st = self.state.read().expect("hub lock");
         let id = st.by_name.get(view).ok_or_else(|| HubError::UnknownView(view.to_string()))?;
         let entry = &st.views[id];
         if entry.log.frontier() <= entry.as_of {
             return Err(HubError::NotReady(view.to_string()));
         }
-        let snapshot = {
+        let snapshot = || {
             let mut cache = entry.snapshot_cache.lock().expect("cache lock");
             cache
                 .get_or_insert_with(|| {
-                    wire::snapshot(&entry.name, entry.log.sealed_ts(), entry.log.desc(), &entry.log.snapshot())
+                    let rows = Arc::new(entry.log.snapshot());
+                    wire::snapshot(&entry.name, entry.log.sealed_ts(), entry.log.desc(), rows)
                 })
                 .clone()
         };
+        let start = match since {
+            None => Start::Snapshot(snapshot()),
+            Some(since) => match entry.log.resume(since) {
+                viewcast_changelog::Resume::Replay(batches) => Start::Replay(
+                    batches.into_iter().map(|b| wire::update(&entry.name, b.ts, Arc::new(b.updates.clone()))).collect(),
+                ),
+                viewcast_changelog::Resume::TooOld => Start::Resync(snapshot()),
+            },
+        };
         Ok(Subscription {
             view: entry.name.clone(),
-            snapshot,
-            snapshot_ts: entry.log.sealed_ts(),
+            id: *id,
+            desc: entry.log.desc().clone(),
+            start,
+            start_ts: entry.log.sealed_ts(),
             updates: entry.tx.subscribe(),
         })
     }
@@ -231,10 +259,11 @@ mod tests {
     fn late_subscriber_gets_snapshot_then_only_later_timestamps() {
         let hub = Hub::new(HubConfig::default());
         hub.register(1, "v", desc(), 100);
-        assert!(matches!(hub.subscribe("v"), Err(HubError::NotReady(_))));
+        assert!(matches!(hub.subscribe("v", None), Err(HubError::NotReady(_))));
         hub.apply(101, vec![(1, vec![(r(1), 100, 1), (r(2), 100, 1)])]);
-        let mut sub = hub.subscribe("v").unwrap();
-        let snap = json(&sub.snapshot);
+        let mut sub = hub.subscribe("v", None).unwrap();
+        let Start::Snapshot(snap) = &sub.start else { panic!("snapshot first") };
+        let snap = json(snap);
         assert_eq!(snap["type"], "snapshot");
         assert_eq!(snap["ts"], 100);
         assert_eq!(snap["rows"].as_array().unwrap().len(), 2);
@@ -247,7 +276,12 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, vec![("update".into(), 103), ("update".into(), 104), ("progress".into(), 105)]);
-        assert!(matches!(hub.subscribe("nope"), Err(HubError::UnknownView(_))));
+        assert!(matches!(hub.subscribe("nope", None), Err(HubError::UnknownView(_))));
+        // Resuming from 100 replays 103 and 104 only; from before the view existed, a resync.
+        let resumed = hub.subscribe("v", Some(100)).unwrap();
+        let Start::Replay(frames) = resumed.start else { panic!("replay") };
+        assert_eq!(frames.iter().map(|f| f.ts.unwrap()).collect::<Vec<_>>(), vec![103, 104]);
+        assert!(matches!(hub.subscribe("v", Some(105)).unwrap().start, Start::Replay(ref f) if f.is_empty()));
     }
 
     #[test]
@@ -255,13 +289,14 @@ mod tests {
         let hub = Hub::new(HubConfig { queue_frames: 4, ..HubConfig::default() });
         hub.register(1, "v", desc(), 0);
         hub.apply(1, vec![]);
-        let mut sub = hub.subscribe("v").unwrap();
+        let mut sub = hub.subscribe("v", None).unwrap();
         for t in 1..20 {
             hub.apply(t + 1, vec![(1, vec![(r(t as i64), t, 1)])]);
         }
         assert!(matches!(sub.updates.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
         // A fresh subscription sees the full contents.
-        let snap = json(&hub.subscribe("v").unwrap().snapshot);
+        let Start::Snapshot(snap) = hub.subscribe("v", None).unwrap().start else { panic!() };
+        let snap = json(&snap);
         assert_eq!(snap["rows"].as_array().unwrap().len(), 19);
     }
 }
