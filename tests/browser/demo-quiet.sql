@@ -1,0 +1,11 @@
+-- The demo's views over a load generator that stops after a fixed number of events, so browser
+-- tests can compare the page with SQL at a quiet end state.
+CREATE SOURCE wikirecent FROM LOAD GENERATOR WIKIPEDIA (EVENTS PER SECOND 250, SEED 7, MAX EVENTS 4000);
+CREATE MATERIALIZED VIEW recentchanges AS
+  SELECT val->>'user' AS user, (val->'bot')::bool AS bot, val->>'wiki' AS wiki,
+         val->>'type' AS type, val->>'title' AS title, (val->'timestamp')::float AS r_ts,
+         (val->'length'->'new')::float::int - (val->'length'->'old')::float::int AS delta
+  FROM (SELECT data::jsonb AS val FROM wikirecent);
+CREATE MATERIALIZED VIEW counter AS SELECT COUNT(*) FROM recentchanges;
+CREATE MATERIALIZED VIEW useredits AS SELECT user, count(*) FROM recentchanges GROUP BY user;
+CREATE MATERIALIZED VIEW top10 AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10;
