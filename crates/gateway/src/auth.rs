@@ -134,7 +134,12 @@ pub struct ConnectionSlot {
 
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnectionLimits> {
-        Arc::new(ConnectionLimits { max_total, max_per_ip, total: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()) })
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, ApiError> {

@@ -10,6 +10,7 @@
 //! never wait for a slow client.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,26 +27,46 @@ pub(crate) struct OutMsg {
     pub ts: Option<Timestamp>,
 }
 
+/// Counters over every client of the server, for `/api/v1/stats` and tests.
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    /// Bytes queued for sockets right now (all connections).
+    pub queued_bytes: AtomicUsize,
+    /// Bytes of consolidated backlog held for slow clients right now.
+    pub backlog_bytes: AtomicUsize,
+    /// Largest backlog one subscription has held.
+    pub max_backlog_bytes: AtomicUsize,
+    /// Times a slow subscription's changes were consolidated into one update.
+    pub consolidated: AtomicU64,
+    /// Times a subscription was resynced (backlog too big, or the hub's queue overflowed).
+    pub resyncs: AtomicU64,
+    /// Connections closed because the client stopped reading for longer than the stall timeout.
+    pub stalled_closes: AtomicU64,
+}
+
 /// The queue of encoded messages to one socket, bounded in bytes.
 #[derive(Clone)]
 pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<(OutMsg, u32)>,
     budget: Arc<Semaphore>,
     max: u32,
+    pub metrics: Arc<StreamMetrics>,
 }
 
 /// The socket side of an [`Outbox`].
 pub(crate) struct OutboxReceiver {
     rx: mpsc::UnboundedReceiver<(OutMsg, u32)>,
     budget: Arc<Semaphore>,
+    metrics: Arc<StreamMetrics>,
 }
 
 impl Outbox {
-    pub fn new(max_bytes: usize) -> (Outbox, OutboxReceiver) {
+    pub fn new(max_bytes: usize, metrics: Arc<StreamMetrics>) -> (Outbox, OutboxReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let max = max_bytes.clamp(1, u32::MAX as usize >> 4) as u32;
         let budget = Arc::new(Semaphore::new(max as usize));
-        (Outbox { tx, budget: budget.clone(), max }, OutboxReceiver { rx, budget })
+        let receiver = OutboxReceiver { rx, budget: budget.clone(), metrics: metrics.clone() };
+        (Outbox { tx, budget, max, metrics }, receiver)
     }
 
     fn cost(&self, bytes: &Bytes) -> u32 {
@@ -58,6 +79,7 @@ impl Outbox {
         match self.budget.try_acquire_many(cost) {
             Ok(p) => {
                 p.forget();
+                self.metrics.queued_bytes.fetch_add(cost as usize, Ordering::Relaxed);
                 self.tx.send((msg, cost)).map_err(|e| e.0 .0)
             }
             Err(_) => Err(msg),
@@ -71,6 +93,7 @@ impl Outbox {
             Ok(p) => p.forget(),
             Err(_) => return false,
         }
+        self.metrics.queued_bytes.fetch_add(cost as usize, Ordering::Relaxed);
         self.tx.send((msg, cost)).is_ok()
     }
 
@@ -91,7 +114,7 @@ impl OutboxReceiver {
     /// The next message; its budget is returned once the caller has written it (drop the guard).
     pub async fn recv(&mut self) -> Option<(OutMsg, BudgetGuard)> {
         let (msg, cost) = self.rx.recv().await?;
-        Some((msg, BudgetGuard { budget: self.budget.clone(), cost }))
+        Some((msg, BudgetGuard { budget: self.budget.clone(), cost, metrics: self.metrics.clone() }))
     }
 }
 
@@ -99,11 +122,23 @@ impl OutboxReceiver {
 pub(crate) struct BudgetGuard {
     budget: Arc<Semaphore>,
     cost: u32,
+    metrics: Arc<StreamMetrics>,
 }
 
 impl Drop for BudgetGuard {
     fn drop(&mut self) {
         self.budget.add_permits(self.cost as usize);
+        self.metrics.queued_bytes.fetch_sub(self.cost as usize, Ordering::Relaxed);
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        // Messages never written give their bytes back to the gauge.
+        self.rx.close();
+        while let Ok((_, cost)) = self.rx.try_recv() {
+            self.metrics.queued_bytes.fetch_sub(cost as usize, Ordering::Relaxed);
+        }
     }
 }
 
@@ -159,7 +194,11 @@ fn view_of(frame: &Frame) -> &str {
 enum Backlog {
     Empty,
     /// Consolidated changes through `ts` (possibly none: progress only).
-    Pending { ts: Timestamp, rows: BTreeMap<Row, Diff>, bytes: usize },
+    Pending {
+        ts: Timestamp,
+        rows: BTreeMap<Row, Diff>,
+        bytes: usize,
+    },
     /// Too much to consolidate: the client gets `resync` and a fresh snapshot.
     Resync,
 }
@@ -172,6 +211,18 @@ pub(crate) struct Pump {
     pub outbox: Outbox,
     /// Most bytes of consolidated backlog kept before falling back to a resync.
     pub max_backlog_bytes: usize,
+}
+
+/// This subscription's share of [`StreamMetrics::backlog_bytes`], given back however it ends.
+struct BacklogShare {
+    metrics: Arc<StreamMetrics>,
+    bytes: AtomicUsize,
+}
+
+impl Drop for BacklogShare {
+    fn drop(&mut self) {
+        self.metrics.backlog_bytes.fetch_sub(self.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl Pump {
@@ -222,7 +273,12 @@ impl Pump {
         }
     }
 
-    async fn follow(self, mut sub: Subscription) {
+    async fn follow(self, sub: Subscription) {
+        let share = BacklogShare { metrics: self.outbox.metrics.clone(), bytes: AtomicUsize::new(0) };
+        self.follow_with(sub, &share).await
+    }
+
+    async fn follow_with(&self, mut sub: Subscription, share: &BacklogShare) {
         if !self.start(&mut sub).await {
             return;
         }
@@ -239,9 +295,12 @@ impl Pump {
                 };
                 tokio::select! {
                     _ = self.outbox.wait_for_room(need) => {
-                        match std::mem::replace(&mut backlog, Backlog::Empty) {
+                        let taken = std::mem::replace(&mut backlog, Backlog::Empty);
+                        self.release_backlog(&taken, share);
+                        match taken {
                             Backlog::Pending { ts, rows, .. } => {
                                 let rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, d)| *d != 0).collect();
+                                self.outbox.metrics.consolidated.fetch_add(1, Ordering::Relaxed);
                                 let frame = if rows.is_empty() {
                                     wire::progress(&self.view, ts)
                                 } else {
@@ -251,7 +310,7 @@ impl Pump {
                                     return;
                                 }
                             }
-                            Backlog::Resync => match self.hub.subscribe(&self.view, None) {
+                            Backlog::Resync => match { self.outbox.metrics.resyncs.fetch_add(1, Ordering::Relaxed); self.hub.subscribe(&self.view, None) } {
                                 Ok(new) => {
                                     sub = new;
                                     if let Start::Snapshot(f) = std::mem::replace(&mut sub.start, Start::Replay(vec![])) {
@@ -271,7 +330,7 @@ impl Pump {
                         continue;
                     }
                     r = sub.updates.recv() => {
-                        if !self.absorb(r, &mut backlog) {
+                        if !self.absorb(r, &mut backlog, share) {
                             self.send_error("view was dropped").await;
                             return;
                         }
@@ -283,7 +342,7 @@ impl Pump {
             let frame = match r {
                 Ok(f) => f,
                 other => {
-                    if !self.absorb(other, &mut backlog) {
+                    if !self.absorb(other, &mut backlog, share) {
                         self.send_error("view was dropped").await;
                         return;
                     }
@@ -298,7 +357,7 @@ impl Pump {
                 Ok(bytes) => {
                     if self.outbox.try_send(self.msg(bytes, frame.ts)).is_err() {
                         // No room: start consolidating instead of queueing.
-                        self.absorb(Ok(frame), &mut backlog);
+                        self.absorb(Ok(frame), &mut backlog, share);
                     }
                 }
                 Err(message) => {
@@ -312,7 +371,7 @@ impl Pump {
                     Ok(f) => match self.encoding.encode(&f) {
                         Ok(bytes) => {
                             if self.outbox.try_send(self.msg(bytes, f.ts)).is_err() {
-                                self.absorb(Ok(f), &mut backlog);
+                                self.absorb(Ok(f), &mut backlog, share);
                             }
                         }
                         Err(message) => {
@@ -321,7 +380,10 @@ impl Pump {
                         }
                     },
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Lagged(_)) => backlog = Backlog::Resync,
+                    Err(TryRecvError::Lagged(_)) => {
+                        self.release_backlog(&backlog, share);
+                        backlog = Backlog::Resync
+                    }
                     Err(TryRecvError::Closed) => {
                         self.send_error("view was dropped").await;
                         return;
@@ -331,11 +393,19 @@ impl Pump {
         }
     }
 
+    fn release_backlog(&self, backlog: &Backlog, share: &BacklogShare) {
+        if let Backlog::Pending { bytes, .. } = backlog {
+            self.outbox.metrics.backlog_bytes.fetch_sub(*bytes, Ordering::Relaxed);
+            share.bytes.fetch_sub(*bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Merges a received frame into the backlog. Returns false when the view is gone.
-    fn absorb(&self, r: Result<Frame, RecvError>, backlog: &mut Backlog) -> bool {
+    fn absorb(&self, r: Result<Frame, RecvError>, backlog: &mut Backlog, share: &BacklogShare) -> bool {
         let frame = match r {
             Ok(f) => f,
             Err(RecvError::Lagged(_)) => {
+                self.release_backlog(backlog, share);
                 *backlog = Backlog::Resync;
                 return true;
             }
@@ -363,8 +433,13 @@ impl Pump {
                 }
             }
             *bytes += frame.bytes.len();
+            let m = &self.outbox.metrics;
+            m.backlog_bytes.fetch_add(frame.bytes.len(), Ordering::Relaxed);
+            share.bytes.fetch_add(frame.bytes.len(), Ordering::Relaxed);
+            m.max_backlog_bytes.fetch_max(*bytes, Ordering::Relaxed);
         }
         if *bytes > self.max_backlog_bytes {
+            self.release_backlog(backlog, share);
             *backlog = Backlog::Resync;
         }
         true

@@ -72,6 +72,7 @@ pub(crate) struct AppState {
     pub config: Arc<GatewayConfig>,
     pub auth: Arc<auth::Auth>,
     pub limits: Arc<auth::ConnectionLimits>,
+    pub metrics: Arc<feed::StreamMetrics>,
 }
 
 /// The router, for serving or for tests.
@@ -79,16 +80,34 @@ pub fn router(coord: Arc<Coordinator>, config: GatewayConfig) -> Router {
     let max_body = config.max_body_bytes;
     let auth = Arc::new(auth::Auth::new(config.grants.clone()));
     let limits = auth::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
-    let state = AppState { coord, config: Arc::new(config), auth, limits };
+    let metrics = Arc::new(feed::StreamMetrics::default());
+    let state = AppState { coord, config: Arc::new(config), auth, limits, metrics };
     Router::new()
         .route("/api/sql", post(sql_api::sql))
         .route("/api/v1/views", get(sql_api::views))
         .route("/api/v1/ws", get(ws::ws))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/stream", get(stream::stream_many))
         .route("/api/v1/stream/{view}", get(stream::stream_one))
         .fallback(get(assets_handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .with_state(state)
+}
+
+/// Live counters of the streaming layer.
+async fn stats(axum::extract::State(st): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &st.metrics;
+    axum::Json(serde_json::json!({
+        "connections": st.limits.open(),
+        "queued_bytes": m.queued_bytes.load(Relaxed),
+        "backlog_bytes": m.backlog_bytes.load(Relaxed),
+        "max_backlog_bytes": m.max_backlog_bytes.load(Relaxed),
+        "consolidated": m.consolidated.load(Relaxed),
+        "resyncs": m.resyncs.load(Relaxed),
+        "stalled_closes": m.stalled_closes.load(Relaxed),
+        "sealed_ts": st.coord.sealed_ts(),
+    }))
 }
 
 async fn assets_handler(uri: axum::http::Uri) -> axum::response::Response {

@@ -14,7 +14,12 @@ pub(crate) struct SqlRequest {
 }
 
 /// Runs every statement of `query` in order, stopping at the first error; one result per statement run.
-pub(crate) async fn sql(State(st): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn sql(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    st.auth.require_write(&headers)?;
     // Any content type is accepted (curl -d sends a form type); the body must be the JSON object.
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("expected a JSON body {{\"query\": \"...\"}}: {e}")))?;

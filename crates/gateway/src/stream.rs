@@ -34,10 +34,7 @@ pub(crate) struct StreamParams {
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -157,7 +154,7 @@ async fn open_stream(
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &st)
             .await
             .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
-        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes);
+        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
         let pump = Pump {
             hub,
             view: Arc::from(views[0].as_str()),
@@ -167,16 +164,18 @@ async fn open_stream(
         };
         tokio::spawn(pump.run(params.since));
         let config = st.config.clone();
+        let metrics = st.metrics.clone();
         return Ok(configure(ws, &config).on_upgrade(move |socket| async move {
             let (sink, incoming) = socket.split();
             let reader = tokio::spawn(drain_incoming(incoming));
-            write_ws(sink, rx, &config, slot).await;
+            write_ws(sink, rx, &config, &metrics, slot).await;
             reader.abort();
         }));
     }
     if wants_sse(&headers) {
-        let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(|s| parse_event_id(s, &views));
-        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes);
+        let last_event_id =
+            headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(|s| parse_event_id(s, &views));
+        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
         let mut positions = BTreeMap::new();
         for v in &views {
             let since = last_event_id.as_ref().and_then(|m| m.get(v).copied()).or(params.since);
@@ -198,7 +197,11 @@ async fn open_stream(
 
 pub(crate) fn configure(ws: WebSocketUpgrade, config: &crate::GatewayConfig) -> WebSocketUpgrade {
     let max = config.max_ws_message_bytes;
-    ws.max_message_size(max).max_frame_size(max).read_buffer_size(8 << 10).write_buffer_size(8 << 10).max_write_buffer_size(4 << 20)
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(8 << 10)
+        .max_write_buffer_size(4 << 20)
 }
 
 fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp>>, slot: ConnectionSlot) -> Response {
@@ -213,11 +216,7 @@ fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp
             let id = if single {
                 ts.to_string()
             } else {
-                positions
-                    .iter()
-                    .filter_map(|(v, t)| t.map(|t| format!("{v}={t}")))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                positions.iter().filter_map(|(v, t)| t.map(|t| format!("{v}={t}"))).collect::<Vec<_>>().join(",")
             };
             event = event.id(id);
         }
@@ -242,6 +241,7 @@ pub(crate) async fn write_ws(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: OutboxReceiver,
     config: &crate::GatewayConfig,
+    metrics: &crate::feed::StreamMetrics,
     _slot: ConnectionSlot,
 ) {
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -261,8 +261,11 @@ pub(crate) async fn write_ws(
                             None => "client stalled".to_string(),
                         };
                         tracing::info!(%reason, "closing a stalled WebSocket");
+                        metrics.stalled_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // The close frame queues behind what the client has not read: give it a
+                        // few seconds to get through, then drop the connection regardless.
                         let frame = CloseFrame { code: 1008, reason: reason.into() };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(Some(frame)))).await;
                         return;
                     }
                 }

@@ -85,12 +85,18 @@ fn error_msg(id: Option<&str>, message: &str) -> OutMsg {
 
 async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: ConnectionSlot) {
     let (sink, mut incoming) = socket.split();
-    let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes);
+    let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
     let config = st.config.clone();
-    let writer = tokio::spawn(async move { write_ws(sink, rx, &config, slot).await });
+    let metrics = st.metrics.clone();
+    let mut writer = tokio::spawn(async move { write_ws(sink, rx, &config, &metrics, slot).await });
     let mut subs: HashMap<String, Sub> = HashMap::new();
     loop {
-        let next = match tokio::time::timeout(st.config.idle_timeout, incoming.next()).await {
+        let next = tokio::select! {
+            // The writer ends when the client stalled or the socket broke: close everything.
+            _ = &mut writer => break,
+            n = tokio::time::timeout(st.config.idle_timeout, incoming.next()) => n,
+        };
+        let next = match next {
             Ok(n) => n,
             Err(_) => {
                 outbox.send(error_msg(None, "idle timeout: no message or pong from the client")).await;
@@ -160,7 +166,9 @@ async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: Connecti
         stop(&st, sub);
     }
     drop(outbox);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
 }
 
 fn stop(st: &AppState, sub: Sub) {
@@ -211,7 +219,8 @@ fn start(
                 let (view_id, name) = match coord.create_query_view(&query).await {
                     Ok(v) => v,
                     Err(e) => {
-                        let mut v = serde_json::json!({ "type": "error", "id": id, "message": e.message, "code": e.code });
+                        let mut v =
+                            serde_json::json!({ "type": "error", "id": id, "message": e.message, "code": e.code });
                         if let Some(p) = e.position {
                             v["position"] = p.into();
                         }

@@ -12,8 +12,7 @@ use viewcast_coord::CoordConfig;
 const TOTAL: u64 = 20_000;
 
 fn demo_sql(total: u64) -> String {
-    include_str!("../../viewcast/src/demo.sql")
-        .replace("EVENTS PER SECOND 200, SEED 7", &format!("EVENTS PER SECOND 10000, SEED 7, MAX EVENTS {total}"))
+    common::demo_sql(10_000, total)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

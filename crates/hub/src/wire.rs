@@ -166,7 +166,10 @@ pub fn to_upserts<'a>(key: &[usize], rows: &'a [(Row, Diff)]) -> Result<(Vec<&'a
         let entry = by_key.entry(k.clone()).or_insert((None, false));
         if *diff > 0 {
             if *diff > 1 || entry.0.is_some() {
-                return Err(format!("key {} is not unique in this view", serde_json::to_string(&JsonRow(&k)).unwrap_or_default()));
+                return Err(format!(
+                    "key {} is not unique in this view",
+                    serde_json::to_string(&JsonRow(&k)).unwrap_or_default()
+                ));
             }
             entry.0 = Some(row);
         } else {

@@ -20,6 +20,10 @@ pub struct Server {
 
 impl Server {
     pub async fn start(sql: &str, config: CoordConfig) -> Server {
+        Server::start_with(sql, config, GatewayConfig::default()).await
+    }
+
+    pub async fn start_with(sql: &str, config: CoordConfig, gateway: GatewayConfig) -> Server {
         let coord = Arc::new(Coordinator::start(config).expect("coordinator starts"));
         for r in coord.execute(sql).await {
             if let viewcast_coord::ExecuteResult::Error(e) = r {
@@ -31,7 +35,7 @@ impl Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c = coord.clone();
         tokio::spawn(async move {
-            viewcast_gateway::serve(listener, c, GatewayConfig::default(), async {
+            viewcast_gateway::serve(listener, c, gateway, async {
                 let _ = rx.await;
             })
             .await
@@ -169,4 +173,21 @@ pub async fn ws_follow_until(ws: &mut Ws, replica: &mut Replica, ts: u64) {
         let m = ws_next(ws).await;
         replica.apply(&m);
     }
+}
+
+/// Sends one JSON message on a WebSocket.
+pub async fn ws_send(ws: &mut Ws, msg: serde_json::Value) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(msg.to_string().into())).await.expect("send");
+}
+
+pub async fn ws_connect_url(url: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connects");
+    ws
+}
+
+/// The demo SQL with a load generator at `rate` events/s that stops after `total` events.
+pub fn demo_sql(rate: u64, total: u64) -> String {
+    include_str!("../../../viewcast/src/demo.sql")
+        .replace("EVENTS PER SECOND 200, SEED 7", &format!("EVENTS PER SECOND {rate}, SEED 7, MAX EVENTS {total}"))
 }

@@ -1,0 +1,386 @@
+//! The streams' promises under reconnects, slow clients, many clients and hostile input.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{demo_sql, ws_connect_url, ws_next, ws_send, Replica, Server, Ws};
+use futures::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use viewcast_coord::CoordConfig;
+use viewcast_gateway::GatewayConfig;
+
+fn mux_url(server: &Server) -> String {
+    format!("ws://{}/api/v1/ws", server.addr)
+}
+
+/// A TCP proxy to `upstream` that cuts each connection after a random number of server-to-client
+/// bytes: a server-side drop at an arbitrary point, possibly mid-frame.
+async fn cutting_proxy(upstream: std::net::SocketAddr, seed: u64) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let budget: usize = rng.gen_range(100_000..1_500_000);
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async { tokio::io::copy(&mut cr, &mut sw).await };
+                let down = async {
+                    let mut left = budget;
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let n = sr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        let n = n.min(left);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        left -= n;
+                        if left == 0 {
+                            break; // Cut.
+                        }
+                    }
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    addr
+}
+
+/// Follows `useredits` on a multiplexed socket until the replica reaches `until`, resuming after
+/// every drop. Returns the update timestamps applied, in order.
+fn until_store(until: &AtomicU64, t: u64) {
+    until.store(t, Ordering::SeqCst);
+}
+
+async fn follow_with_cuts(proxy: std::net::SocketAddr, until: Arc<AtomicU64>, seed: u64) -> (Replica, Vec<u64>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut replica = Replica::default();
+    let mut applied = Vec::new();
+    let mut reconnects = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while replica.ts.is_none_or(|t| t < until.load(Ordering::SeqCst)) {
+        assert!(Instant::now() < deadline, "did not catch up after {reconnects} reconnects");
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{proxy}/api/v1/ws")).await else {
+            continue;
+        };
+        let mut sub = json!({ "type": "subscribe", "id": "u", "view": "useredits" });
+        if let Some(ts) = replica.ts {
+            sub["since"] = json!(ts);
+        }
+        if ws.send(Message::Text(sub.to_string().into())).await.is_err() {
+            continue;
+        }
+        // A client-side close after a random number of messages, unless the proxy cuts first.
+        let close_after: usize = rng.gen_range(1..40);
+        let mut seen = 0;
+        loop {
+            let msg = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+                Ok(Some(Ok(_))) => continue,
+                _ => break, // Cut by the proxy (or stalled): resume.
+            };
+            assert_eq!(msg["id"], "u", "{msg}");
+            match msg["type"].as_str().unwrap() {
+                "snapshot" => assert!(replica.ts.is_none(), "a resumed subscription got a snapshot: {msg}"),
+                "resync" => panic!("history was retained, yet resync: {msg}"),
+                "update" => applied.push(msg["ts"].as_u64().unwrap()),
+                _ => {}
+            }
+            replica.apply(&msg);
+            seen += 1;
+            if seen >= close_after || replica.ts.is_some_and(|t| t >= until.load(Ordering::SeqCst)) {
+                let _ = ws.close(None).await;
+                break;
+            }
+        }
+        reconnects += 1;
+    }
+    assert!(reconnects > 3, "the test should have cut the stream several times, got {reconnects}");
+    (replica, applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_at_random_cut_points_loses_and_repeats_nothing() {
+    let total = 12_000;
+    let server = Server::start(&demo_sql(1_000, total), CoordConfig::default()).await;
+    // The reference: one uninterrupted subscription from the start.
+    let mut reference = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut reference, json!({ "type": "subscribe", "id": "r", "view": "useredits" })).await;
+    let first = ws_next(&mut reference).await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    let start_ts = first["ts"].as_u64().unwrap();
+    let mut ref_replica = Replica::default();
+    ref_replica.apply(&first);
+
+    let proxy = cutting_proxy(server.addr, 7).await;
+    let until = Arc::new(AtomicU64::new(u64::MAX));
+    let follower = tokio::spawn(follow_with_cuts(proxy, until.clone(), 11));
+    let done = server
+        .wait_value("SELECT * FROM counter", Duration::from_secs(120), |v| v.as_i64() == Some(total as i64))
+        .await;
+    assert_eq!(done, json!(total));
+    let until = {
+        let t = server.coord.sealed_ts();
+        until_store(&until, t);
+        t
+    };
+    let (replica, applied) = follower.await.unwrap();
+
+    let mut ref_updates = Vec::new();
+    while ref_replica.ts.is_none_or(|t| t < until) {
+        let m = ws_next(&mut reference).await;
+        if m["type"] == "update" {
+            ref_updates.push(m["ts"].as_u64().unwrap());
+        }
+        ref_replica.apply(&m);
+    }
+    let expected = server.select_multiset("SELECT * FROM useredits").await;
+    assert_eq!(replica.rows, expected, "the resumed replica equals the view");
+    assert_eq!(ref_replica.rows, expected, "the reference replica equals the view");
+    // Every timestamp after the resumed client's first snapshot arrived exactly once.
+    let first_ts = applied.first().copied().unwrap_or(u64::MAX);
+    let want: Vec<u64> = ref_updates.iter().copied().filter(|t| *t >= first_ts).collect();
+    let got_set: BTreeSet<u64> = applied.iter().copied().collect();
+    assert_eq!(got_set.len(), applied.len(), "no timestamp delivered twice");
+    assert_eq!(applied, want, "no timestamp missing across reconnects");
+    assert!(start_ts <= first_ts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_insert_of_many_rows_arrives_in_one_message() {
+    let server = Server::start("CREATE TABLE t (a int, b text)", CoordConfig::default()).await;
+    let mut ws = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": 1, "view": "t" })).await;
+    let snap = ws_next(&mut ws).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["id"], "1");
+    for k in [1usize, 7, 250, 3000] {
+        let values: Vec<String> = (0..k).map(|i| format!("({i}, 'row{i}')")).collect();
+        let r = server.sql(&format!("INSERT INTO t VALUES {}", values.join(","))).await;
+        assert_eq!(r["ok"], format!("INSERT 0 {k}"), "{r}");
+        loop {
+            let m = ws_next(&mut ws).await;
+            if m["type"] == "progress" {
+                continue;
+            }
+            assert_eq!(m["type"], "update", "{m}");
+            assert_eq!(m["rows"].as_array().unwrap().len(), k, "all {k} rows of one INSERT in one message");
+            break;
+        }
+        let r = server.sql("DELETE FROM t").await;
+        assert_eq!(r["ok"], format!("DELETE {k}"), "{r}");
+        loop {
+            let m = ws_next(&mut ws).await;
+            if m["type"] == "update" {
+                assert_eq!(m["rows"].as_array().unwrap().len(), k, "the whole DELETE in one message");
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_connecting_at_once_each_get_a_correct_snapshot() {
+    let server = Server::start(&demo_sql(5_000, 5_000), CoordConfig::default()).await;
+    server.wait_value("SELECT * FROM counter", Duration::from_secs(60), |v| v.as_i64() == Some(5_000)).await;
+    let expected = server.select_multiset("SELECT * FROM top10").await;
+    assert_eq!(expected.values().sum::<i64>(), 10);
+    let url = format!("ws://{}/api/v1/stream/top10", server.addr);
+    let clients: Vec<_> = (0..2000)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut ws = ws_connect_url(&url).await;
+                let snap = ws_next(&mut ws).await;
+                let mut r = Replica::default();
+                r.apply(&snap);
+                (snap["type"].as_str().unwrap().to_string(), r.rows, ws)
+            })
+        })
+        .collect();
+    let mut open: Vec<Ws> = Vec::new();
+    for c in clients {
+        let (kind, rows, ws) = c.await.unwrap();
+        assert_eq!(kind, "snapshot");
+        assert_eq!(rows, expected, "every client's snapshot equals SELECT * FROM top10");
+        open.push(ws);
+    }
+    assert_eq!(open.len(), 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_clear_errors_and_others_are_served() {
+    let gateway = GatewayConfig {
+        grants: vec![viewcast_gateway::auth::Grant { token: "s3cret".into(), views: None }],
+        max_ws_message_bytes: 16 << 10,
+        ..GatewayConfig::default()
+    };
+    let server = Server::start_with(&demo_sql(500, 1_000_000), CoordConfig::default(), gateway).await;
+    // A well-behaved client, authenticated by its first message.
+    let mut good = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut good, json!({ "type": "auth", "token": "s3cret" })).await;
+    ws_send(&mut good, json!({ "type": "subscribe", "id": "c", "view": "counter" })).await;
+    assert_eq!(ws_next(&mut good).await["type"], "snapshot");
+
+    // Malformed JSON and unknown views: an error, and the connection keeps serving.
+    let mut bad = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut bad, json!({ "type": "auth", "token": "s3cret" })).await;
+    bad.send(Message::Text("{not json".into())).await.unwrap();
+    let e = ws_next(&mut bad).await;
+    assert_eq!(e["type"], "error");
+    assert!(e["message"].as_str().unwrap().contains("bad message"), "{e}");
+    ws_send(&mut bad, json!({ "type": "subscribe", "id": "x", "view": "no_such_view" })).await;
+    let e = ws_next(&mut bad).await;
+    assert_eq!((e["type"].as_str(), e["id"].as_str()), (Some("error"), Some("x")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("no_such_view"), "{e}");
+    ws_send(&mut bad, json!({ "type": "subscribe", "id": "q", "query": "SELEC nonsense" })).await;
+    let e = ws_next(&mut bad).await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("q"), Some("42601")),
+        "{e}"
+    );
+    ws_send(&mut bad, json!({ "type": "subscribe", "id": "ok", "view": "top10" })).await;
+    assert_eq!(ws_next(&mut bad).await["type"], "snapshot", "still serving after errors");
+
+    // An oversized message closes that connection with 1009 (message too big).
+    let mut huge = ws_connect_url(&mux_url(&server)).await;
+    huge.send(Message::Text("x".repeat(64 << 10).into())).await.unwrap();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), huge.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert!(closed.is_none() || closed == Some(1009), "close code {closed:?}");
+
+    // A wrong token: an error and a close; no token on the HTTP API: 401.
+    let mut wrong = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut wrong, json!({ "type": "auth", "token": "guess" })).await;
+    let e = ws_next(&mut wrong).await;
+    assert_eq!(e["message"], "invalid token");
+    let mut unauth = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut unauth, json!({ "type": "subscribe", "id": "a", "view": "counter" })).await;
+    assert!(ws_next(&mut unauth).await["message"].as_str().unwrap().contains("authentication required"));
+    let client = reqwest::Client::new();
+    let r = client.post(server.url("/api/sql")).body(r#"{"query":"SELECT 1"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r =
+        client.post(server.url("/api/sql")).bearer_auth("s3cret").body(r#"{"query":"SELECT 1"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A WebSocket from a foreign Origin is refused before the upgrade.
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(mux_url(&server)).unwrap();
+    req.headers_mut().insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("foreign origin accepted: {:?}", other.map(|_| ())),
+    }
+
+    // The good client was served throughout.
+    let t0 = Instant::now();
+    let mut updates = 0;
+    while updates < 3 && t0.elapsed() < Duration::from_secs(20) {
+        if ws_next(&mut good).await["type"] == "update" {
+            updates += 1;
+        }
+    }
+    assert_eq!(updates, 3, "the good client kept receiving updates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp() {
+    let bound = 64 << 10;
+    let gateway =
+        GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };
+    let total = 60_000;
+    let server = Server::start_with(&demo_sql(20_000, total), CoordConfig::default(), gateway).await;
+    // The stalled client: a small receive buffer, subscribes to the biggest stream, never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
+    let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
+    stalled.send(Message::Text(sub.to_string().into())).await.unwrap();
+    // A reading client of the same view.
+    let mut reader = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut reader, json!({ "type": "subscribe", "id": "r", "view": "recentchanges" })).await;
+    let mut replica = Replica::default();
+    let mut max_queued = 0u64;
+    let mut max_backlog = 0u64;
+    let stats_url = server.url("/api/v1/stats");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = 0u64;
+    loop {
+        let m = ws_next(&mut reader).await;
+        assert_ne!(m["type"], "resync", "the reading client never falls behind");
+        replica.apply(&m);
+        seen += 1;
+        if seen % 10 == 0 {
+            let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
+            max_queued = max_queued.max(s["queued_bytes"].as_u64().unwrap());
+            max_backlog = max_backlog.max(s["max_backlog_bytes"].as_u64().unwrap());
+        }
+        if replica.rows.values().sum::<i64>() == total as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reader did not see all {total} rows");
+    }
+    let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
+    // Two connections, each with at most `bound` queued; backlog per subscription at most `bound`.
+    assert!(max_queued <= 2 * bound as u64, "queued {max_queued} > 2 x {bound}");
+    assert!(max_backlog <= bound as u64 + (512 << 10), "backlog {max_backlog}");
+    assert!(
+        s["consolidated"].as_u64().unwrap() + s["resyncs"].as_u64().unwrap() > 0,
+        "the stalled client was consolidated or resynced: {s}"
+    );
+    // The stalled client is closed once it has not read for the stall timeout; as soon as the
+    // server gives up on it, it starts reading again and finds the close frame with a resume point.
+    let t0 = Instant::now();
+    loop {
+        let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
+        if s["stalled_closes"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the stalled client was never closed: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The close frame (with the reason and resume point) is best effort: it queues behind what the
+    // client never read, so the connection may simply end. Either way it is closed.
+    let mut last_ts = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stalled.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                let reason = f.reason.to_string();
+                assert!(reason.contains("stalled") && reason.contains("since="), "{reason}");
+                break;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let m: Value = serde_json::from_str(&t).unwrap();
+                last_ts = m["ts"].as_u64().or(last_ts);
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Err(e) => panic!("the stalled client's connection was not closed: {e:?}"),
+        }
+    }
+    assert!(last_ts.is_some(), "the stalled client had received data before it stalled");
+}
