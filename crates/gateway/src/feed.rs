@@ -310,7 +310,7 @@ impl Pump {
                                     return;
                                 }
                             }
-                            Backlog::Resync => match { self.outbox.metrics.resyncs.fetch_add(1, Ordering::Relaxed); self.hub.subscribe(&self.view, None) } {
+                            Backlog::Resync => match self.resubscribe() {
                                 Ok(new) => {
                                     sub = new;
                                     if let Start::Snapshot(f) = std::mem::replace(&mut sub.start, Start::Replay(vec![])) {
@@ -391,6 +391,11 @@ impl Pump {
                 }
             }
         }
+    }
+
+    fn resubscribe(&self) -> Result<Subscription, HubError> {
+        self.outbox.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.hub.subscribe(&self.view, None)
     }
 
     fn release_backlog(&self, backlog: &Backlog, share: &BacklogShare) {
