@@ -334,7 +334,7 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
         assert_ne!(m["type"], "resync", "the reading client never falls behind");
         replica.apply(&m);
         seen += 1;
-        if seen % 10 == 0 {
+        if seen.is_multiple_of(10) {
             let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
             max_queued = max_queued.max(s["queued_bytes"].as_u64().unwrap());
             max_backlog = max_backlog.max(s["max_backlog_bytes"].as_u64().unwrap());
