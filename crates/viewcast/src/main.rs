@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult};
+use viewcast_gateway::auth::Grant;
 use viewcast_gateway::GatewayConfig;
 
 /// SQL views over live event streams, served as live web pages and feeds.
@@ -52,6 +53,30 @@ struct ServerArgs {
     /// An Origin (e.g. http://localhost:3000) allowed to open WebSockets besides the server's own. Repeatable.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// A token that may read every view and write (SQL API, ad-hoc queries). With any token set,
+    /// every request needs one. Prefer the VIEWCAST_TOKEN environment variable (kept out of `ps`).
+    #[arg(long, env = "VIEWCAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A token that may only read the listed views: `TOKEN=view1,view2`. Repeatable.
+    #[arg(long = "read-token", value_parser = parse_read_token)]
+    read_tokens: Vec<Grant>,
+    /// Bytes queued per client before its updates are consolidated (then resynced).
+    #[arg(long, default_value_t = 1 << 20)]
+    client_buffer_bytes: usize,
+    /// Most open streaming connections, and most per client address.
+    #[arg(long, default_value_t = 60_000)]
+    max_connections: usize,
+    #[arg(long, default_value_t = 60_000)]
+    max_connections_per_ip: usize,
+}
+
+fn parse_read_token(s: &str) -> Result<Grant, String> {
+    let (token, views) = s.split_once('=').ok_or("expected TOKEN=view1,view2")?;
+    if token.is_empty() {
+        return Err("empty token".into());
+    }
+    let views = views.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_string).collect();
+    Ok(Grant { token: token.to_string(), views: Some(views) })
 }
 
 /// The demo's SQL: the 2020 dashboard's views, unchanged.
@@ -93,16 +118,35 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     println!("viewcast is running: open http://{addr}/");
-    let config = GatewayConfig { allowed_origins: args.allow_origins, ..GatewayConfig::default() };
+    let mut grants = args.read_tokens;
+    if let Some(token) = args.token {
+        grants.push(Grant { token, views: None });
+    }
+    let config = GatewayConfig {
+        allowed_origins: args.allow_origins,
+        grants,
+        client_buffer_bytes: args.client_buffer_bytes,
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        ..GatewayConfig::default()
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
     viewcast_gateway::serve(listener, coord, config, shutdown).await?;
     Ok(())
+}
+
+/// Binds with a deep accept backlog: a burst of connections beyond the backlog costs clients
+/// whole seconds of SYN retries (the kernel caps it at net.core.somaxconn).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
