@@ -8,3 +8,4 @@ CREATE MATERIALIZED VIEW recentchanges AS
 CREATE MATERIALIZED VIEW counter AS SELECT COUNT(*) FROM recentchanges;
 CREATE MATERIALIZED VIEW useredits AS SELECT user, count(*) FROM recentchanges GROUP BY user;
 CREATE MATERIALIZED VIEW top10 AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10;
+CREATE MATERIALIZED VIEW editsperwiki AS SELECT wiki, count(*) FROM recentchanges GROUP BY wiki;
