@@ -118,6 +118,15 @@ async fn assets_handler(uri: axum::http::Uri) -> axum::response::Response {
     }
 }
 
+/// Binds a listener with a deep accept backlog: a burst of connections beyond the backlog costs
+/// clients whole seconds of SYN retries (the kernel caps it at `net.core.somaxconn`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,

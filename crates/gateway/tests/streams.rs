@@ -116,6 +116,7 @@ async fn follow_with_cuts(proxy: std::net::SocketAddr, until: Arc<AtomicU64>, se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_at_random_cut_points_loses_and_repeats_nothing() {
+    let _heavy = common::HEAVY.lock().await;
     let total = 12_000;
     let server = Server::start(&demo_sql(1_000, total), CoordConfig::default()).await;
     // The reference: one uninterrupted subscription from the start.
@@ -163,6 +164,7 @@ async fn resume_at_random_cut_points_loses_and_repeats_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_insert_of_many_rows_arrives_in_one_message() {
+    let _heavy = common::HEAVY.lock().await;
     let server = Server::start("CREATE TABLE t (a int, b text)", CoordConfig::default()).await;
     let mut ws = ws_connect_url(&mux_url(&server)).await;
     ws_send(&mut ws, json!({ "type": "subscribe", "id": 1, "view": "t" })).await;
@@ -196,6 +198,7 @@ async fn one_insert_of_many_rows_arrives_in_one_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_clients_connecting_at_once_each_get_a_correct_snapshot() {
+    let _heavy = common::HEAVY.lock().await;
     let server = Server::start(&demo_sql(5_000, 5_000), CoordConfig::default()).await;
     server.wait_value("SELECT * FROM counter", Duration::from_secs(60), |v| v.as_i64() == Some(5_000)).await;
     let expected = server.select_multiset("SELECT * FROM top10").await;
@@ -225,6 +228,7 @@ async fn two_thousand_clients_connecting_at_once_each_get_a_correct_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_clear_errors_and_others_are_served() {
+    let _heavy = common::HEAVY.lock().await;
     let gateway = GatewayConfig {
         grants: vec![viewcast_gateway::auth::Grant { token: "s3cret".into(), views: None }],
         max_ws_message_bytes: 16 << 10,
@@ -307,6 +311,7 @@ async fn hostile_input_gets_clear_errors_and_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp() {
+    let _heavy = common::HEAVY.lock().await;
     let bound = 64 << 10;
     let gateway =
         GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };

@@ -118,7 +118,7 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let listener = listen(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener = viewcast_gateway::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     println!("viewcast is running: open http://{addr}/");
@@ -140,13 +140,4 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
     };
     viewcast_gateway::serve(listener, coord, config, shutdown).await?;
     Ok(())
-}
-
-/// Binds with a deep accept backlog: a burst of connections beyond the backlog costs clients
-/// whole seconds of SYN retries (the kernel caps it at net.core.somaxconn).
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(8192)
 }

@@ -30,7 +30,7 @@ impl Server {
                 panic!("setup SQL failed: {e}");
             }
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = viewcast_gateway::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c = coord.clone();
@@ -156,10 +156,14 @@ pub async fn ws_connect(addr: SocketAddr, view: &str) -> Ws {
     ws
 }
 
+/// Serializes the heavy tests of one test binary: they measure behaviour under load they create
+/// themselves, not under each other's.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Reads one JSON message from a WebSocket.
 pub async fn ws_next(ws: &mut Ws) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a message in time");
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next()).await.expect("a message in time");
         match msg.expect("stream open").expect("no ws error") {
             tokio_tungstenite::tungstenite::Message::Text(t) => return serde_json::from_str(&t).expect("json"),
             _ => continue,
