@@ -31,7 +31,7 @@ pub(crate) fn is_linear(plan: &RelExpr, items: &Items) -> bool {
     plan.visit(&mut |e| match e {
         RelExpr::Get { id, .. } => {
             if let Some(view) = items.views.get(id) {
-                linear &= view.trace.is_none();
+                linear &= view.forward.is_some();
             }
         }
         RelExpr::Constant { .. }
@@ -45,6 +45,26 @@ pub(crate) fn is_linear(plan: &RelExpr, items: &Items) -> bool {
     linear
 }
 
+/// Which part of a collection to render: everything, only what the inputs' history gives at
+/// `as_of`, or only what later ticks bring (see [`crate::forward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Part {
+    Full,
+    Snapshot,
+    Live,
+}
+
+/// How an input session of a dataflow is fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// History at `as_of`, then every tick.
+    Full,
+    /// History at `as_of`, then closed.
+    History,
+    /// Every tick, no history.
+    Live,
+}
+
 pub(crate) struct RenderCtx<'s, 'a> {
     scope: Scope<'s, Timestamp>,
     as_of: Timestamp,
@@ -52,9 +72,9 @@ pub(crate) struct RenderCtx<'s, 'a> {
     id: GlobalId,
     errors: Rc<ErrorSink>,
     items: &'a Items,
-    gets: HashMap<GlobalId, Coll<'s>>,
-    /// The input sessions this dataflow reads, fed by every tick.
-    pub(crate) sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
+    gets: HashMap<(GlobalId, Part), Coll<'s>>,
+    /// The input sessions this dataflow reads; the worker feeds them once the dataflow is built.
+    pub(crate) sessions: Vec<(GlobalId, Feed, InputSession<Timestamp, Row, Diff>)>,
 }
 
 impl<'s, 'a> RenderCtx<'s, 'a> {
@@ -68,24 +88,30 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         RenderCtx { scope, as_of, id, errors, items, gets: HashMap::new(), sessions: Vec::new() }
     }
 
-    fn get(&mut self, id: GlobalId) -> Coll<'s> {
-        if let Some(c) = self.gets.get(&id) {
+    fn session(&mut self, id: GlobalId, feed: Feed) -> Coll<'s> {
+        // Fed by the worker once the dataflow is built: timely loses progress made on an input
+        // handle while its dataflow is still under construction.
+        let (session, coll) = self.scope.new_collection::<Row, Diff>();
+        self.sessions.push((id, feed, session));
+        coll
+    }
+
+    fn get(&mut self, id: GlobalId, part: Part) -> Coll<'s> {
+        if let Some(c) = self.gets.get(&(id, part)) {
             return c.clone();
         }
         let coll = if self.items.inputs.contains_key(&id) {
-            // Fed its history by the worker once the dataflow is built: timely loses progress
-            // made on an input handle while its dataflow is still under construction.
-            let (session, coll) = self.scope.new_collection::<Row, Diff>();
-            self.sessions.push((id, session));
-            coll
+            let feed = match part {
+                Part::Full => Feed::Full,
+                Part::Snapshot => Feed::History,
+                Part::Live => Feed::Live,
+            };
+            self.session(id, feed)
         } else {
             let view: &ViewState = self.items.views.get(&id).expect("the handle checked that every Get exists");
-            match &view.trace {
-                None => {
-                    let plan = view.plan.clone();
-                    self.render(&plan)
-                }
-                Some(trace) => {
+            match (&view.trace, &view.forward) {
+                (Some(trace), _) => {
+                    assert_eq!(part, Part::Full, "linear plans read no arranged view");
                     let mut trace = trace.clone();
                     let (arranged, _button) = trace.import_frontier_core(
                         self.scope,
@@ -95,22 +121,46 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                     );
                     arranged.as_collection(|row: &Row, _: &()| row.clone())
                 }
+                (None, Some(forward)) => {
+                    let plan = view.plan.clone();
+                    match part {
+                        Part::Snapshot => self.render_part(&plan, Part::Snapshot),
+                        Part::Live => crate::forward::subscribe(self.scope, forward, self.as_of),
+                        Part::Full => {
+                            let snapshot = self.render_part(&plan, Part::Snapshot);
+                            snapshot.concat(crate::forward::subscribe(self.scope, forward, self.as_of))
+                        }
+                    }
+                }
+                (None, None) => unreachable!("a view is arranged or forwarded"),
             }
         };
-        self.gets.insert(id, coll.clone());
+        self.gets.insert((id, part), coll.clone());
         coll
     }
 
     pub(crate) fn render(&mut self, plan: &RelExpr) -> Coll<'s> {
+        self.render_part(plan, Part::Full)
+    }
+
+    /// Renders `part` of `plan`; only linear plans are rendered in parts other than `Full`.
+    pub(crate) fn render_part(&mut self, plan: &RelExpr, part: Part) -> Coll<'s> {
         match plan {
-            RelExpr::Get { id, .. } => self.get(*id),
-            RelExpr::Constant { rows, .. } => self.constant(rows.clone()),
-            RelExpr::Map { .. } | RelExpr::Filter { .. } | RelExpr::Project { .. } => self.render_mfp(plan),
+            RelExpr::Get { id, .. } => self.get(*id, part),
+            RelExpr::Constant { rows, .. } => {
+                if part == Part::Live {
+                    self.constant(Vec::new())
+                } else {
+                    self.constant(rows.clone())
+                }
+            }
+            RelExpr::Map { .. } | RelExpr::Filter { .. } | RelExpr::Project { .. } => self.render_mfp(plan, part),
             RelExpr::Union { inputs } => {
-                let parts: Vec<Coll<'s>> = inputs.iter().map(|i| self.render(i)).collect();
+                let parts: Vec<Coll<'s>> = inputs.iter().map(|i| self.render_part(i, part)).collect();
                 differential_dataflow::collection::concatenate(self.scope, parts)
             }
-            RelExpr::Negate { input } => self.render(input).negate(),
+            RelExpr::Negate { input } => self.render_part(input, part).negate(),
+            _ if part != Part::Full => unreachable!("only linear plans are rendered in parts"),
             RelExpr::Distinct { input } => self.render(input).distinct_core::<Diff>(),
             RelExpr::Threshold { input } => self.render(input).threshold(|_, r: &Diff| (*r).max(0)),
             RelExpr::Reduce { input, group_key, aggregates } => {
@@ -140,7 +190,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
     }
 
     /// A chain of Map/Filter/Project, fused into one pass over each row.
-    fn render_mfp(&mut self, plan: &RelExpr) -> Coll<'s> {
+    fn render_mfp(&mut self, plan: &RelExpr, part: Part) -> Coll<'s> {
         let mut ops = Vec::new();
         let mut node = plan;
         loop {
@@ -161,7 +211,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             }
         }
         ops.reverse();
-        let input = self.render(node);
+        let input = self.render_part(node, part);
         let (errors, id) = (self.errors.clone(), self.id);
         input.flat_map(move |row: Row| apply_mfp(&ops, row, &errors, id))
     }

@@ -16,8 +16,9 @@ use timely::worker::Worker;
 use viewcast_plan::{EvalError, GlobalId, RelExpr};
 use viewcast_repr::{Diff, Row, Timestamp, Update};
 
+use crate::forward::Forward;
 use crate::merger::MergerMsg;
-use crate::render::{is_linear, RenderCtx, RowTrace};
+use crate::render::{is_linear, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
 /// How long an idle worker parks before looking at its command channel again. Commands unpark it,
@@ -48,7 +49,10 @@ pub(crate) struct ViewState {
     pub(crate) plan: RelExpr,
     /// The arranged output, for non-linear views (dependents import it).
     pub(crate) trace: Option<RowTrace>,
+    /// The live changes, for linear views (dependents subscribe to them).
+    pub(crate) forward: Option<Rc<RefCell<Forward>>>,
     dataflow: usize,
+    /// The sessions fed by every tick.
     sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
     capture: Rc<RefCell<Capture>>,
 }
@@ -166,10 +170,22 @@ impl WorkerState {
                 let items = &self.items;
                 let errors = self.errors.clone();
                 let sink_capture = capture.clone();
+                let forward = linear.then(|| Rc::new(RefCell::new(Forward::new(as_of))));
+                let view_forward = forward.clone();
                 let (sessions, trace) = worker.dataflow_named::<Timestamp, _, _>(&format!("view {id}"), |scope| {
                     let mut ctx = RenderCtx::new(scope, as_of, id, errors, items);
-                    let coll = ctx.render(&plan);
-                    let trace = if linear { None } else { Some(coll.clone().arrange_by_self().trace) };
+                    let (coll, trace) = match view_forward {
+                        Some(forward) => {
+                            let live = ctx.render_part(&plan, Part::Live);
+                            crate::forward::publish(live.clone(), forward);
+                            (ctx.render_part(&plan, Part::Snapshot).concat(live), None)
+                        }
+                        None => {
+                            let coll = ctx.render(&plan);
+                            let trace = coll.clone().arrange_by_self().trace;
+                            (coll, Some(trace))
+                        }
+                    };
                     coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
                         let mut cap = sink_capture.borrow_mut();
                         let cap = &mut *cap;
@@ -184,13 +200,19 @@ impl WorkerState {
                     });
                     (ctx.sessions, trace)
                 });
-                let mut sessions = sessions;
-                for (input, session) in sessions.iter_mut() {
+                let mut live_sessions = Vec::new();
+                for (input, feed, mut session) in sessions {
                     session.advance_to(as_of);
-                    for (row, diff) in &self.items.inputs[input].history {
-                        session.update(row.clone(), *diff);
+                    if feed != Feed::Live {
+                        for (row, diff) in &self.items.inputs[&input].history {
+                            session.update(row.clone(), *diff);
+                        }
                     }
                     session.flush();
+                    // A history-only session closes here.
+                    if feed != Feed::History {
+                        live_sessions.push((input, session));
+                    }
                 }
                 let mut trace = trace;
                 if let Some(t) = trace.as_mut() {
@@ -198,7 +220,9 @@ impl WorkerState {
                     t.set_logical_compaction(f.borrow());
                     t.set_physical_compaction(f.borrow());
                 }
-                self.items.views.insert(id, ViewState { plan, trace, dataflow, sessions, capture });
+                self.items
+                    .views
+                    .insert(id, ViewState { plan, trace, forward, dataflow, sessions: live_sessions, capture });
             }
             Command::SetPublish { id, publish, from } => {
                 if let Some(view) = self.items.views.get(&id) {

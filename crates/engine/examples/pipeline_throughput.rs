@@ -1,0 +1,221 @@
+//! Throughput of the demo pipeline (recentchanges → counter, useredits → top10) as the engine
+//! renders the SQL plans, against a hand-written differential program doing the same extraction,
+//! counting and top-10 with a dedicated top-k operator, over the same pre-built `jsonb` rows.
+//!
+//! `cargo run --release -p viewcast-engine --example pipeline_throughput [events] [events_per_tick]`
+
+#[path = "../tests/common/demo.rs"]
+mod demo;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::input::Input;
+use differential_dataflow::operators::count::CountTotal;
+use differential_dataflow::AsCollection;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use viewcast_engine::{Engine, EngineConfig, EngineEvent};
+use viewcast_repr::{Datum, Row};
+
+/// Ticks allowed in flight beyond the sealed frontier (admission control).
+const WINDOW: u64 = 4;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let per_tick: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000);
+    let users = 100_000;
+    let t0 = Instant::now();
+    let mut gen = demo::EventGen::new(42, users);
+    let rows: Arc<Vec<Row>> = Arc::new((0..events).map(|_| gen.next_row()).collect());
+    println!(
+        "generated {events} events over {users} users in {:.1?}; {per_tick} events per tick, {WINDOW} ticks in flight",
+        t0.elapsed()
+    );
+
+    for workers in [1, 2] {
+        let sql = run_engine(&rows, per_tick, workers);
+        let hand = run_handwritten(&rows, per_tick, workers);
+        println!(
+            "workers={workers}: SQL pipeline {:>9.0} events/s | hand-written {:>9.0} events/s | ratio {:.2}",
+            sql,
+            hand,
+            sql / hand
+        );
+    }
+}
+
+/// Drives the engine with the four demo views, all published; returns events/s from the first tick
+/// to the last tick's `Sealed` event.
+fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64 {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let engine = Engine::start(EngineConfig { workers }, tx).expect("engine starts");
+    engine.create_input(demo::WIKIRECENT, 1).unwrap();
+    engine.create_view(demo::RECENTCHANGES, demo::recentchanges(), true).unwrap();
+    engine.create_view(demo::COUNTER, demo::counter(), true).unwrap();
+    engine.create_view(demo::USEREDITS, demo::useredits(), true).unwrap();
+    engine.create_view(demo::TOP10, demo::top10(), true).unwrap();
+
+    // Drain events on another thread, as a consumer would.
+    let consumer = std::thread::spawn(move || {
+        let (mut sealed, mut changes, mut counter) = (0u64, 0usize, 0i64);
+        for event in rx {
+            if let EngineEvent::Sealed { changes: c, .. } = event {
+                sealed += 1;
+                for (id, updates) in &c {
+                    changes += updates.len();
+                    if *id == demo::COUNTER {
+                        for (row, _, diff) in updates {
+                            if *diff > 0 {
+                                if let Datum::Int(n) = row.get(0) {
+                                    counter = *n;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (sealed, changes, counter)
+    });
+
+    let start = Instant::now();
+    let mut ts = 1u64;
+    for chunk in rows.chunks(per_tick) {
+        while engine.sealed_frontier() + WINDOW < ts {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let batch: Vec<(Row, i64)> = chunk.iter().map(|r| (r.clone(), 1)).collect();
+        engine.tick(ts, vec![(demo::WIKIRECENT, batch)]).unwrap();
+        ts += 1;
+    }
+    while engine.sealed_frontier() < ts {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let elapsed = start.elapsed();
+    engine.shutdown();
+    let (sealed, changes, counter) = consumer.join().unwrap();
+    assert_eq!(counter as usize, rows.len(), "the counter saw every event");
+    println!(
+        "  engine, {workers} worker(s): {} events in {elapsed:.2?}; {sealed} Sealed events carrying {changes} changes",
+        rows.len()
+    );
+    rows.len() as f64 / elapsed.as_secs_f64()
+}
+
+/// The extracted columns of one event, as the hand-written program keeps them.
+type Extracted =
+    (Option<String>, Option<bool>, Option<String>, Option<String>, Option<String>, Option<f64>, Option<i64>);
+
+fn extract(row: &Row) -> Extracted {
+    let Datum::Jsonb(j) = row.get(0) else { unreachable!("wikirecent rows are jsonb") };
+    let v = j.value();
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let len =
+        |k: &str| v.get("length").and_then(|l| l.get(k)).and_then(|x| x.as_f64()).map(|f| f.round_ties_even() as i64);
+    (
+        text("user"),
+        v.get("bot").and_then(|b| b.as_bool()),
+        text("wiki"),
+        text("type"),
+        text("title"),
+        v.get("timestamp").and_then(|t| t.as_f64()),
+        len("new").zip(len("old")).map(|(n, o)| n - o),
+    )
+}
+
+/// The same computation written directly against differential dataflow.
+fn run_handwritten(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64 {
+    let n = rows.len();
+    let rows = rows.clone();
+    let start = Instant::now();
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_collection::<Row, isize>();
+            let extracted = events.map(|row| extract(&row));
+            let counter = extracted.clone().map(|_| ()).count_total();
+            let useredits = extracted.map(|e| e.0).count_total();
+            let top = top10(useredits.map(|(user, count)| (user, count as i64)));
+            let (probe, _) = top.concat(counter.map(|((), c)| (None, c as i64))).probe();
+            (input, probe)
+        });
+        let mut round = 0u64;
+        for chunk in rows.chunks(per_tick) {
+            for (i, row) in chunk.iter().enumerate() {
+                if i % peers == index {
+                    input.insert(row.clone());
+                }
+            }
+            round += 1;
+            input.advance_to(round);
+            input.flush();
+            while probe.less_than(&round.saturating_sub(WINDOW)) {
+                worker.step();
+            }
+        }
+        while probe.less_than(input.time()) {
+            worker.step();
+        }
+    })
+    .expect("timely starts");
+    drop(guards.join());
+    let elapsed = start.elapsed();
+    println!("  hand-written, {workers} worker(s): {n} events in {elapsed:.2?}");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+type Collection<'s, D> = differential_dataflow::VecCollection<'s, u64, D, isize>;
+
+/// A dedicated top-10 by count: all updates to worker 0, applied per time to an ordered set.
+fn top10<'s>(counts: Collection<'s, (Option<String>, i64)>) -> Collection<'s, (Option<String>, i64)> {
+    type Stash = BTreeMap<u64, (Capability<u64>, Vec<((Option<String>, i64), isize)>)>;
+    counts
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<((Option<String>, i64), u64, isize)>>, _, _, _>(
+            Exchange::new(|_: &((Option<String>, i64), u64, isize)| 0),
+            "Top10",
+            |_, _| {
+                let mut stash: Stash = BTreeMap::new();
+                let mut set: BTreeSet<(Reverse<i64>, Option<String>)> = BTreeSet::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for (d, t, r) in data.drain(..) {
+                            stash.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new())).1.push((d, r));
+                        }
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        let t = *entry.key();
+                        if frontier.less_equal(&t) {
+                            break;
+                        }
+                        let (cap, updates) = entry.remove();
+                        let before: Vec<_> = set.iter().take(10).cloned().collect();
+                        for ((user, count), r) in updates {
+                            if r > 0 {
+                                set.insert((Reverse(count), user));
+                            } else {
+                                set.remove(&(Reverse(count), user));
+                            }
+                        }
+                        let after: Vec<_> = set.iter().take(10).cloned().collect();
+                        if before != after {
+                            let mut session = output.session(&cap);
+                            for (Reverse(c), u) in before {
+                                session.give(((u, c), t, -1));
+                            }
+                            for (Reverse(c), u) in after {
+                                session.give(((u, c), t, 1));
+                            }
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
