@@ -2,7 +2,7 @@
 //! renders the SQL plans, against a hand-written differential program doing the same extraction,
 //! counting and top-10 with a dedicated top-k operator, over the same pre-built `jsonb` rows.
 //!
-//! `cargo run --release -p viewcast-engine --example pipeline_throughput [events] [events_per_tick]`
+//! `cargo run --release -p viewcast-engine --example pipeline_throughput [events] [events_per_tick] [sql|hand]`
 
 #[path = "../tests/common/demo.rs"]
 mod demo;
@@ -22,6 +22,16 @@ use timely::dataflow::operators::Capability;
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
 use viewcast_repr::{Datum, Row};
 
+/// CPU time (user + system) this process has used so far; wall-clock numbers mean little on a
+/// shared machine, events per CPU-second a little more.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14 and 15 of stat(5), counted after the command name; clock ticks of 10 ms.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// Ticks allowed in flight beyond the sealed frontier (admission control).
 const WINDOW: u64 = 4;
 
@@ -29,6 +39,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let per_tick: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000);
+    // `sql` or `hand` runs only one side (for profiling).
+    let only = args.next().unwrap_or_default();
     let users = 100_000;
     let t0 = Instant::now();
     let mut gen = demo::EventGen::new(42, users);
@@ -39,20 +51,30 @@ fn main() {
     );
 
     for workers in [1, 2] {
-        let sql = run_engine(&rows, per_tick, workers);
-        let hand = run_handwritten(&rows, per_tick, workers);
+        let (sql, sql_cpu) = if only != "hand" { measure(|| run_engine(&rows, per_tick, workers)) } else { (0.0, 0.0) };
+        let (hand, hand_cpu) =
+            if only != "sql" { measure(|| run_handwritten(&rows, per_tick, workers)) } else { (1.0, 1.0) };
         println!(
-            "workers={workers}: SQL pipeline {:>9.0} events/s | hand-written {:>9.0} events/s | ratio {:.2}",
-            sql,
-            hand,
-            sql / hand
+            "workers={workers}: SQL pipeline {sql:>9.0} events/s ({sql_cpu:>9.0}/CPU-s) | hand-written {hand:>9.0} events/s \
+             ({hand_cpu:>9.0}/CPU-s) | ratio {:.2} (CPU {:.2})",
+            sql / hand,
+            sql_cpu / hand_cpu
         );
     }
 }
 
+/// Runs `f` (which returns the number of events processed), giving events per wall-clock second
+/// and per CPU-second.
+fn measure(f: impl FnOnce() -> usize) -> (f64, f64) {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let n = f() as f64;
+    let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
+    (n / wall.as_secs_f64(), n / cpu.as_secs_f64().max(0.01))
+}
+
 /// Drives the engine with the four demo views, all published; returns events/s from the first tick
 /// to the last tick's `Sealed` event.
-fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64 {
+fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
     let (tx, rx) = crossbeam_channel::unbounded();
     let engine = Engine::start(EngineConfig { workers }, tx).expect("engine starts");
     engine.create_input(demo::WIKIRECENT, 1).unwrap();
@@ -105,7 +127,7 @@ fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64 {
         "  engine, {workers} worker(s): {} events in {elapsed:.2?}; {sealed} Sealed events carrying {changes} changes",
         rows.len()
     );
-    rows.len() as f64 / elapsed.as_secs_f64()
+    rows.len()
 }
 
 /// The extracted columns of one event, as the hand-written program keeps them.
@@ -130,7 +152,7 @@ fn extract(row: &Row) -> Extracted {
 }
 
 /// The same computation written directly against differential dataflow.
-fn run_handwritten(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64 {
+fn run_handwritten(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
     let n = rows.len();
     let rows = rows.clone();
     let start = Instant::now();
@@ -167,7 +189,7 @@ fn run_handwritten(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> f64
     drop(guards.join());
     let elapsed = start.elapsed();
     println!("  hand-written, {workers} worker(s): {n} events in {elapsed:.2?}");
-    n as f64 / elapsed.as_secs_f64()
+    n
 }
 
 type Collection<'s, D> = differential_dataflow::VecCollection<'s, u64, D, isize>;
