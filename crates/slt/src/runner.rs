@@ -336,9 +336,12 @@ impl FileRun<'_> {
             return;
         }
         let queries = std::mem::take(batch);
+        let mut arities = Vec::with_capacity(queries.len());
         for q in &queries {
             self.report.one_shot.run += 1;
-            match self.coord.query(&q.record.sql).await {
+            let result = self.coord.query(&q.record.sql).await;
+            arities.push(result.as_ref().map(|(desc, _)| desc.arity()).unwrap_or(q.record.types.len()));
+            match result {
                 Ok((_, rows)) => {
                     let values = flatten(format_rows(&rows, &q.record.types), q.sort);
                     if matches_expected(&values, q.record.types.len(), &q.expected) {
@@ -362,9 +365,12 @@ impl FileRun<'_> {
             })
             .collect();
         let coord = self.coord;
-        let creates = queries.iter().zip(&names).map(|(q, name)| {
+        let creates = queries.iter().zip(&names).zip(&arities).map(|((q, name), arity)| {
             let body = q.record.sql.trim().trim_end_matches(';');
-            let sql = format!("CREATE VIEW {name} AS {body}");
+            // Output columns are named explicitly: a query may repeat a name (`SELECT a, a`), which
+            // a view, unlike a query, does not allow.
+            let columns: Vec<String> = (1..=*arity).map(|i| format!("c{i}")).collect();
+            let sql = format!("CREATE VIEW {name} ({}) AS {body}", columns.join(", "));
             async move { last_error(coord.execute(&sql).await) }
         });
         let created: Vec<Option<StatementError>> = futures::future::join_all(creates).await;
