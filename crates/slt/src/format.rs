@@ -57,7 +57,9 @@ fn leading_integer(t: &str) -> i64 {
 /// Formats rows as lists of printed values, one list per row.
 pub fn format_rows(rows: &[Row], types: &[char]) -> Vec<Vec<String>> {
     rows.iter()
-        .map(|r| r.datums().iter().enumerate().map(|(i, d)| format_value(d, types.get(i).copied().unwrap_or('T'))).collect())
+        .map(|r| {
+            r.datums().iter().enumerate().map(|(i, d)| format_value(d, types.get(i).copied().unwrap_or('T'))).collect()
+        })
         .collect()
 }
 

@@ -117,12 +117,10 @@ pub struct FileReport {
 pub async fn run_file(path: &Path, opts: &Options) -> FileReport {
     let started = Instant::now();
     let mut report = FileReport { path: path.to_path_buf(), ..FileReport::default() };
-    let records = match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| {
-            sqllogictest::parse_with_name::<DefaultColumnType>(&strip_control_comments(&text), path.display().to_string())
-                .map_err(|e| e.to_string())
-        }) {
+    let records = match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
+        sqllogictest::parse_with_name::<DefaultColumnType>(&strip_control_comments(&text), path.display().to_string())
+            .map_err(|e| e.to_string())
+    }) {
         Ok(r) => r,
         Err(e) => {
             report.failures.push(Failure {
@@ -150,7 +148,8 @@ pub async fn run_file(path: &Path, opts: &Options) -> FileReport {
         }
     };
     let total_runnable = records.iter().filter(|r| runnable(r, &opts.engine)).count() as u64;
-    let mut file = FileRun { coord: &coord, opts, report: &mut report, hash_threshold: 0, live: VecDeque::new(), next_view: 0 };
+    let mut file =
+        FileRun { coord: &coord, opts, report: &mut report, hash_threshold: 0, live: VecDeque::new(), next_view: 0 };
     let timed_out = tokio::time::timeout(opts.file_timeout, file.run(&records)).await.is_err();
     if timed_out {
         // Whatever did not finish counts as run and failed, so a slow file cannot raise a pass rate.
@@ -302,7 +301,13 @@ impl FileRun<'_> {
     }
 
     fn fail(&mut self, location: &str, mode: Mode, sql: &str, class: String, detail: String) {
-        self.report.failures.push(Failure { location: location.to_string(), mode, sql: sql.to_string(), class, detail });
+        self.report.failures.push(Failure {
+            location: location.to_string(),
+            mode,
+            sql: sql.to_string(),
+            class,
+            detail,
+        });
     }
 
     async fn statement(&mut self, location: &str, sql: &str, expected: &StatementExpect) {
@@ -397,7 +402,9 @@ impl FileRun<'_> {
                         self.fail(&q.record.location, Mode::Maintained, &q.record.sql, "wrong result".into(), detail);
                     }
                 }
-                Err(e) => self.fail(&q.record.location, Mode::Maintained, &q.record.sql, classify(&e), e.message.clone()),
+                Err(e) => {
+                    self.fail(&q.record.location, Mode::Maintained, &q.record.sql, classify(&e), e.message.clone())
+                }
             }
             to_drop.push(name);
         }

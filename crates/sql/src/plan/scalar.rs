@@ -652,8 +652,11 @@ impl Planner<'_> {
             ));
         }
         let xpos = keys.iter().position(|&c| c == xcol).expect("x is a key");
-        let x_value =
-            if x_unknown { ScalarExpr::column(xpos).call_unary(UnaryFunc::Cast(yty)) } else { ScalarExpr::column(xpos) };
+        let x_value = if x_unknown {
+            ScalarExpr::column(xpos).call_unary(UnaryFunc::Cast(yty))
+        } else {
+            ScalarExpr::column(xpos)
+        };
         let eq = x_value.call_binary(BinaryFunc::Eq, ScalarExpr::column(k));
         let aggs = vec![
             AggregateExpr { func: AggregateFunc::BoolOr, expr: eq.clone(), distinct: false },
