@@ -199,7 +199,7 @@ fn skipped(conditions: &[Condition], engine: &str) -> bool {
 /// A query kept alive as a view so later writes can be checked against it.
 struct LiveView {
     name: String,
-    /// Index into the file's query records (for marking the maintained result failed).
+    /// The query it maintains, re-evaluated one-shot after every write.
     record: QueryRecord,
 }
 
@@ -541,7 +541,7 @@ pub fn classify(e: &StatementError) -> String {
                         break;
                     }
                 }
-                out.push_str("_");
+                out.push('_');
             }
             c if c.is_ascii_digit() => {
                 while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
