@@ -105,6 +105,9 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
             }
             create_table(shared, &name, desc, sql).await
         }
+        // The engine already arranges every published relation; an index adds nothing to maintain
+        // (see `Statement::CreateIndex`), so it is not recorded in the catalog.
+        Statement::CreateIndex { .. } => ok("CREATE INDEX"),
         Statement::Insert { id, changes } => write(shared, id, changes, "INSERT 0").await,
         Statement::Update { id, changes } => write(shared, id, changes, "UPDATE").await,
         Statement::Delete { id, changes } => write(shared, id, changes, "DELETE").await,

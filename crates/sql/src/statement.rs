@@ -33,6 +33,14 @@ pub enum Statement {
         plan: RelExpr,
         desc: RelationDesc,
     },
+    /// `CREATE [UNIQUE] INDEX [name] ON item (columns)`. Every table and view is already arranged
+    /// by the engine, so an index changes no result and no plan; it is accepted (and validated) for
+    /// compatibility. Uniqueness is not enforced.
+    CreateIndex {
+        name: Option<String>,
+        on: GlobalId,
+        if_not_exists: bool,
+    },
     CreateTable {
         name: String,
         if_not_exists: bool,

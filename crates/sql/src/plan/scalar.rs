@@ -636,6 +636,8 @@ impl Planner<'_> {
         self.check_subqueries(ecx, pos)?;
         let x = self.bind(ecx, rel, expr)?;
         let xty = x.ty;
+        // An unknown-typed literal (`NULL`, `'1'`) takes the subquery column's type, as in Postgres.
+        let x_unknown = x.is_unknown();
         let xcol = rel.map(x.expr, Col::anon(xty));
         let (keys, sub) = self.plan_correlated(rel, ecx.qcx, q, &[xcol])?;
         let k = keys.len();
@@ -643,14 +645,19 @@ impl Planner<'_> {
             return Err(SqlError::syntax("subquery has too many columns"));
         }
         let yty = sub.cols[k].ty.scalar;
-        if unify_scalar(xty.scalar, yty).is_none() {
+        if !x_unknown && unify_scalar(xty.scalar, yty).is_none() {
             return Err(SqlError::new(
                 code::UNDEFINED_FUNCTION,
                 format!("operator does not exist: {} = {}", xty.scalar.name(), yty.name()),
             ));
         }
         let xpos = keys.iter().position(|&c| c == xcol).expect("x is a key");
-        let eq = ScalarExpr::column(xpos).call_binary(BinaryFunc::Eq, ScalarExpr::column(k));
+        let x_value = if x_unknown {
+            ScalarExpr::column(xpos).call_unary(UnaryFunc::Cast(yty))
+        } else {
+            ScalarExpr::column(xpos)
+        };
+        let eq = x_value.call_binary(BinaryFunc::Eq, ScalarExpr::column(k));
         let aggs = vec![
             AggregateExpr { func: AggregateFunc::BoolOr, expr: eq.clone(), distinct: false },
             AggregateExpr {

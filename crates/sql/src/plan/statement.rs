@@ -222,6 +222,10 @@ impl Planner<'_> {
                         match o.option {
                             ast::ColumnOption::Null => nullable = true,
                             ast::ColumnOption::NotNull => nullable = false,
+                            // Accepted for compatibility: a key column is NOT NULL; uniqueness is
+                            // not enforced (a table is a multiset, as every view is).
+                            ast::ColumnOption::PrimaryKey(_) => nullable = false,
+                            ast::ColumnOption::Unique(_) => {}
                             _ => {
                                 return Err(SqlError::unsupported(format!("column option {}", o.option))
                                     .at(self.pos(c.name.span)))
@@ -303,6 +307,28 @@ impl Planner<'_> {
                     id,
                     changes: RelExpr::Union { inputs: vec![RelExpr::Negate { input: Box::new(old) }, new] },
                 })
+            }
+            ast::Statement::CreateIndex(ci) => {
+                if ci.predicate.is_some() || !ci.include.is_empty() || !ci.with.is_empty() {
+                    return Err(SqlError::unsupported("these CREATE INDEX options").at(pos));
+                }
+                let on = self.resolve(&ci.table_name)?;
+                if on.kind == ItemKind::Sink {
+                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot index a sink").at(pos));
+                }
+                // Only plain column keys are accepted; they must name columns of the relation.
+                for c in &ci.columns {
+                    let ast::Expr::Identifier(ident) = &c.column.expr else {
+                        return Err(SqlError::unsupported("index keys other than columns").at(pos));
+                    };
+                    let name = normalize_ident(ident);
+                    if on.desc.position(&name).is_none() {
+                        return Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{name}\" does not exist"))
+                            .at(self.pos(ident.span)));
+                    }
+                }
+                let name = ci.name.as_ref().map(|n| self.object_name(n)).transpose()?;
+                Ok(Statement::CreateIndex { name, on: on.id, if_not_exists: ci.if_not_exists })
             }
             ast::Statement::Explain { analyze, statement, describe_alias, .. } => {
                 if *analyze {

@@ -122,6 +122,7 @@ impl Db {
             Statement::CreateTable { name, desc, .. } => {
                 self.register(name, desc, ItemKind::Table);
             }
+            Statement::CreateIndex { .. } => {}
             Statement::CreateView { name, materialized, plan, desc, .. } => {
                 let kind = if materialized { ItemKind::MaterializedView } else { ItemKind::View };
                 let id = self.register(name, desc, kind);
