@@ -80,27 +80,37 @@ impl ViewFollower {
         self.since
     }
 
+    /// The batches sealed since the last call, if the view has completed a later time already
+    /// (never waits). `None`: nothing new yet.
+    pub fn try_next(&mut self) -> Option<Result<(Vec<Batch>, Timestamp), FollowError>> {
+        let since = self.since;
+        let ready = self.hub.with_log(self.id, |log| {
+            if log.sealed_ts() <= since {
+                return None;
+            }
+            Some(match log.resume(since) {
+                Resume::Replay(batches) => Ok((batches.into_iter().cloned().collect::<Vec<_>>(), log.sealed_ts())),
+                Resume::TooOld => Err(FollowError::Lagged { since }),
+            })
+        });
+        match ready {
+            Err(_) => Some(Err(FollowError::Dropped("view was dropped".into()))),
+            Ok(None) => None,
+            Ok(Some(r)) => {
+                if let Ok((_, through)) = &r {
+                    self.since = *through;
+                }
+                Some(r)
+            }
+        }
+    }
+
     /// Waits for the view to complete a later time, then returns the batches after the last call
     /// (possibly none: time passed without changes) and the time they are complete through.
     pub async fn next(&mut self) -> Result<(Vec<Batch>, Timestamp), FollowError> {
         loop {
-            let since = self.since;
-            let ready = self
-                .hub
-                .with_log(self.id, |log| {
-                    if log.sealed_ts() <= since {
-                        return None;
-                    }
-                    Some(match log.resume(since) {
-                        Resume::Replay(batches) => Ok((batches.into_iter().cloned().collect(), log.sealed_ts())),
-                        Resume::TooOld => Err(FollowError::Lagged { since }),
-                    })
-                })
-                .map_err(|_| FollowError::Dropped("view was dropped".into()))?;
-            if let Some(r) = ready {
-                let (batches, through) = r?;
-                self.since = through;
-                return Ok((batches, through));
+            if let Some(r) = self.try_next() {
+                return r;
             }
             match self.wake.recv().await {
                 Ok(frame) if frame.ts.is_none() => {

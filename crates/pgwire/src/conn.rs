@@ -746,6 +746,8 @@ impl Conn {
                 Err(_) => return Err(err("client disconnected", "08006")),
             }
         }
+        // Rows are ready: add everything else already complete, without waiting.
+        stream.advance_ready()?;
         Ok(stream.take(count).collect())
     }
 

@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn numeric_binary_matches_postgres() {
         // 1764180000050 = 1,7641,8000,0050 in base 10000: ndigits 4, weight 3.
-        assert_eq!(num("1764180000050"), vec![0, 4, 0, 3, 0, 0, 0, 0, 0, 1, 0x1d, 0x99, 0x1f, 0x40, 0, 50]);
+        assert_eq!(num("1764180000050"), vec![0, 4, 0, 3, 0, 0, 0, 0, 0, 1, 0x1d, 0xd9, 0x1f, 0x40, 0, 50]);
         assert_eq!(num("0"), vec![0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(num("-1.5"), vec![0, 2, 0, 0, 0x40, 0, 0, 1, 0, 1, 0x13, 0x88]);
     }

@@ -107,7 +107,23 @@ impl SubscribeStream {
         if self.finished {
             return Ok(());
         }
-        let (batches, through) = self.follower.next().await.map_err(follow_error)?;
+        let next = self.follower.next().await.map_err(follow_error)?;
+        self.push_step(next);
+        Ok(())
+    }
+
+    /// Queues whatever the view has already completed, without waiting.
+    pub fn advance_ready(&mut self) -> Result<(), StatementError> {
+        if self.finished {
+            return Ok(());
+        }
+        if let Some(next) = self.follower.try_next() {
+            self.push_step(next.map_err(follow_error)?);
+        }
+        Ok(())
+    }
+
+    fn push_step(&mut self, (batches, through): (Vec<viewcast_changelog::Batch>, Timestamp)) {
         for b in batches {
             if self.up_to.is_some_and(|u| b.ts >= u) {
                 break;
@@ -121,7 +137,6 @@ impl SubscribeStream {
             }
             _ => self.push_progress(through + 1),
         }
-        Ok(())
     }
 
     fn push_progress(&mut self, ts: Timestamp) {
