@@ -490,7 +490,11 @@ fn create_sink(
 ) -> Result<ExecuteResult, StatementError> {
     let SinkConnector::Webhook { url } = connector;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(StatementError::new(format!("invalid webhook URL '{url}': expected http:// or https://"), "22023", None));
+        return Err(StatementError::new(
+            format!("invalid webhook URL '{url}': expected http:// or https://"),
+            "22023",
+            None,
+        ));
     }
     let mut cat = shared.catalog.lock().expect("catalog lock");
     if cat.resolve(name).is_some() {

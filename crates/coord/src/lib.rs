@@ -181,7 +181,14 @@ impl Coordinator {
     /// The number of hidden (transient) items in the catalog: tests check that cancelled
     /// subscriptions free theirs.
     pub fn transient_count(&self) -> usize {
-        self.shared.catalog.lock().expect("catalog lock").items.values().filter(|i| i.hidden && i.kind == ItemKind::View).count()
+        self.shared
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .items
+            .values()
+            .filter(|i| i.hidden && i.kind == ItemKind::View)
+            .count()
     }
 
     /// Every webhook sink's state, sorted by name.

@@ -13,9 +13,13 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use pgwire::messages::data::{FieldDescription, NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{BindComplete, CloseComplete, ParseComplete, PortalSuspended};
-use pgwire::messages::response::{CommandComplete, EmptyQueryResponse, ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{
+    CommandComplete, EmptyQueryResponse, ErrorResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
-use pgwire::messages::{DecodeContext, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion, SslNegotiationMetaMessage};
+use pgwire::messages::{
+    DecodeContext, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion, SslNegotiationMetaMessage,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -235,7 +239,9 @@ impl Conn {
                     }
                     self.send(PgWireBackendMessage::CloseComplete(CloseComplete::new()));
                 }
-                PgWireFrontendMessage::CopyData(_) | PgWireFrontendMessage::CopyDone(_) | PgWireFrontendMessage::CopyFail(_) => {}
+                PgWireFrontendMessage::CopyData(_)
+                | PgWireFrontendMessage::CopyDone(_)
+                | PgWireFrontendMessage::CopyFail(_) => {}
                 other => tracing::debug!(?other, "unexpected message ignored"),
             }
             if self.out.len() >= FLUSH_BYTES {
@@ -447,9 +453,7 @@ impl Conn {
                 if describe {
                     self.row_description(&desc, &formats);
                 }
-                let r = self
-                    .stream_rows(&mut stream, |row, out| encode::data_row(row, &desc, &formats, out))
-                    .await?;
+                let r = self.stream_rows(&mut stream, |row, out| encode::data_row(row, &desc, &formats, out)).await?;
                 match r {
                     Ok(_) => self.complete("SUBSCRIBE"),
                     Err(e) => return Ok(Err(e)),
@@ -570,7 +574,11 @@ impl Conn {
                 Ok(Outcome::Command("BEGIN".into()))
             }
             "commit" | "end" | "rollback" | "abort" => {
-                let tag = if self.txn == Txn::Failed || matches!(first, "rollback" | "abort") { "ROLLBACK" } else { "COMMIT" };
+                let tag = if self.txn == Txn::Failed || matches!(first, "rollback" | "abort") {
+                    "ROLLBACK"
+                } else {
+                    "COMMIT"
+                };
                 self.txn = Txn::Idle;
                 self.cursors.clear();
                 Ok(Outcome::Command(tag.into()))
@@ -602,7 +610,11 @@ impl Conn {
             _ => {
                 let session = Session { user: &self.user, database: &self.database, pid: self.pid };
                 if let Some(a) = pgcatalog::answer(sql, &self.coord, &session) {
-                    return Ok(Outcome::Rows { tag: format!("SELECT {}", a.rows.len()), desc: a.desc, rows: a.rows.into() });
+                    return Ok(Outcome::Rows {
+                        tag: format!("SELECT {}", a.rows.len()),
+                        desc: a.desc,
+                        rows: a.rows.into(),
+                    });
                 }
                 self.execute(sql).await
             }
@@ -802,8 +814,10 @@ impl Conn {
     }
 
     async fn describe_statement(&mut self, name: &str) -> Result<(), StatementError> {
-        let prepared =
-            self.statements.get(name).ok_or_else(|| err(format!("prepared statement \"{name}\" does not exist"), "26000"))?;
+        let prepared = self
+            .statements
+            .get(name)
+            .ok_or_else(|| err(format!("prepared statement \"{name}\" does not exist"), "26000"))?;
         let sql = prepared.sql.clone();
         let n = count_params(&sql);
         let types: Vec<u32> =
@@ -830,7 +844,8 @@ impl Conn {
             },
             // FETCH's columns are its cursor's.
             "fetch" => {
-                let name = lower.split(" with").next().unwrap_or("").split_whitespace().last().unwrap_or("").to_string();
+                let name =
+                    lower.split(" with").next().unwrap_or("").split_whitespace().last().unwrap_or("").to_string();
                 Ok(self.cursors.get(&name).map(|c| match c {
                     Cursor::Subscribe(s) => s.desc().clone(),
                     Cursor::Rows { desc, .. } => desc.clone(),
@@ -1026,7 +1041,9 @@ fn substitute_params(sql: &str, literals: &[String]) -> String {
             (None, c @ (b'\'' | b'"')) => quote = Some(c),
             (None, b'$') => {
                 let j = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if let Some(lit) = sql[i + 1..i + 1 + j].parse::<usize>().ok().and_then(|n| literals.get(n.wrapping_sub(1))) {
+                if let Some(lit) =
+                    sql[i + 1..i + 1 + j].parse::<usize>().ok().and_then(|n| literals.get(n.wrapping_sub(1)))
+                {
                     out.push_str(&sql[last..i]);
                     out.push_str(lit);
                     last = i + 1 + j;

@@ -40,10 +40,14 @@ pub const SERVER_VERSION: &str = "9.5.0";
 /// Answers the query if it is one of the recognized session or catalog queries.
 pub fn answer(sql: &str, coord: &Coordinator, session: &Session<'_>) -> Option<Answer> {
     let n = normalize(sql);
-    let single = |name: &str, ty: ScalarType, v: Datum| Answer { desc: desc(&[(name, ty)]), rows: vec![Row::new(vec![v])] };
+    let single =
+        |name: &str, ty: ScalarType, v: Datum| Answer { desc: desc(&[(name, ty)]), rows: vec![Row::new(vec![v])] };
     match n.as_str() {
         "select version()" => {
-            let v = format!("PostgreSQL {SERVER_VERSION} on x86_64-unknown-linux-gnu (viewcast {})", env!("CARGO_PKG_VERSION"));
+            let v = format!(
+                "PostgreSQL {SERVER_VERSION} on x86_64-unknown-linux-gnu (viewcast {})",
+                env!("CARGO_PKG_VERSION")
+            );
             return Some(single("version", ScalarType::Text, t(&v)));
         }
         "select current_schema()" | "select current_schema" | "select pg_catalog.current_schema()" => {

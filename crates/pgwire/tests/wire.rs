@@ -32,9 +32,7 @@ async fn connect(addr: SocketAddr) -> tokio_postgres::Client {
 fn rows_of(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
     msgs.iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect())
-            }
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect()),
             _ => None,
         })
         .collect()
@@ -140,7 +138,10 @@ async fn cursors_fetch_progress_upsert_as_of() {
         }
     }
     let data: Vec<Vec<String>> = seen.iter().filter(|r| r[1] == "f").map(|r| r[2..].to_vec()).collect();
-    assert_eq!(data, vec![["upsert", "1", "y"].map(String::from).to_vec(), ["delete", "1", "NULL"].map(String::from).to_vec()]);
+    assert_eq!(
+        data,
+        vec![["upsert", "1", "y"].map(String::from).to_vec(), ["delete", "1", "NULL"].map(String::from).to_vec()]
+    );
     let ts: Vec<u64> = seen.iter().map(|r| r[0].parse().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]));
     client.batch_execute("COMMIT").await.unwrap();
@@ -160,17 +161,22 @@ async fn cursors_fetch_progress_upsert_as_of() {
 async fn psql_copy_subscribe_and_catalog() {
     let (_coord, addr) = start().await;
     let client = connect(addr).await;
-    client.batch_execute("CREATE TABLE t (a int, b text); INSERT INTO t VALUES (1, 'x'); CREATE VIEW v AS SELECT a FROM t").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (a int, b text); INSERT INTO t VALUES (1, 'x'); CREATE VIEW v AS SELECT a FROM t",
+        )
+        .await
+        .unwrap();
     let port = addr.port().to_string();
     let psql = {
         let port = port.clone();
         move |args: &[&str]| {
-        let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "materialize", "-d", "materialize", "-X"])
-            .args(args)
-            .output()
-            .expect("psql is installed");
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+            let out = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "materialize", "-d", "materialize", "-X"])
+                .args(args)
+                .output()
+                .expect("psql is installed");
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
         }
     };
     let listing = tokio::task::spawn_blocking({
@@ -293,7 +299,9 @@ async fn webhook_sink_survives_a_flaky_receiver() {
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let st = coord.sink_statuses().pop().unwrap();
-            if st.last_acked_ts.is_some_and(|t| t >= sealed.saturating_sub(50)) && recv.lock().unwrap().state == expected {
+            if st.last_acked_ts.is_some_and(|t| t >= sealed.saturating_sub(50))
+                && recv.lock().unwrap().state == expected
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
