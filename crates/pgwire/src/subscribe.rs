@@ -162,15 +162,13 @@ impl SubscribeStream {
             }
             return;
         };
-        // Per key: the rows it has after this timestamp's changes that are new, and whether any left.
-        let mut by_key: BTreeMap<Vec<Datum>, (Vec<(Row, Diff)>, bool)> = BTreeMap::new();
+        // Per changed key: the rows it gained at this timestamp (none: it was deleted).
+        let mut by_key: BTreeMap<Vec<Datum>, Vec<(Row, Diff)>> = BTreeMap::new();
         for (row, diff) in updates {
             let k: Vec<Datum> = key.iter().map(|&i| row.get(i).clone()).collect();
-            let e = by_key.entry(k).or_default();
+            let gained = by_key.entry(k).or_default();
             if diff > 0 {
-                e.0.push((row, diff));
-            } else {
-                e.1 = true;
+                gained.push((row, diff));
             }
         }
         let values: Vec<usize> = (0..self.desc.arity() - prefix.len() - 1 - key.len())
@@ -183,7 +181,7 @@ impl SubscribeStream {
                 Some(v)
             })
             .collect();
-        for (k, (inserted, _deleted)) in by_key {
+        for (k, inserted) in by_key {
             let mut out = prefix.clone();
             match inserted.as_slice() {
                 [] => {

@@ -270,7 +270,7 @@ async fn webhook_sink_survives_a_flaky_receiver() {
                     }
                     drop(r);
                     // Some acknowledgements are lost after the change was applied.
-                    if rand::random::<u32>() % 6 == 0 {
+                    if rand::random::<u32>().is_multiple_of(6) {
                         return Err(StatusCode::BAD_GATEWAY);
                     }
                     Ok::<_, StatusCode>("ok")
@@ -285,9 +285,9 @@ async fn webhook_sink_survives_a_flaky_receiver() {
     let client = connect(addr).await;
     client.batch_execute("CREATE TABLE t (a int, b text)").await.unwrap();
     client.batch_execute(&format!("CREATE SINK s FROM t INTO WEBHOOK 'http://{http_addr}/hook'")).await.unwrap();
-    for i in 0..40 {
+    for i in 0..40u32 {
         client.batch_execute(&format!("INSERT INTO t VALUES ({i}, 'v{i}')")).await.unwrap();
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             client.batch_execute(&format!("DELETE FROM t WHERE a = {}", i / 2)).await.unwrap();
         }
     }
