@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use viewcast_plan::{GlobalId, RelExpr};
 use viewcast_repr::{ColumnType, Datum, Diff, RelationDesc, Row, ScalarType};
 use viewcast_sources::{LoadGenConfig, LoadGenerator};
-use viewcast_sql::{Finishing, ItemKind, LoadGenerator as LoadGenSpec, Show, SourceConnector, SqlError, Statement};
+use viewcast_sql::{
+    Finishing, ItemKind, LoadGenerator as LoadGenSpec, Show, SinkConnector, SourceConnector, SqlError, Statement,
+};
 
 use crate::catalog::{Item, PlannerCatalog, SourceRuntime};
 use crate::Shared;
@@ -114,8 +116,17 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
         Statement::Drop { kind, names, if_exists, cascade } => drop_named(shared, kind, &names, if_exists, cascade),
         Statement::Select { plan, desc, finishing } => select(shared, plan, desc, &finishing).await,
         Statement::Explain { text } => Ok(text_rows("QUERY PLAN", text.lines().map(str::to_string).collect())),
+        Statement::Show(Show::Items(ItemKind::Sink)) => Ok(sink_rows(shared)),
         Statement::Show(show) => show_rows(shared, show),
-        Statement::CreateSink { .. } => Err(StatementError::new("CREATE SINK is not supported yet", "0A000", None)),
+        Statement::CreateSink { name, if_not_exists, from, connector } => {
+            if exists(shared, &name) {
+                if if_not_exists {
+                    return ok("CREATE SINK");
+                }
+                return Err(already_exists(&name));
+            }
+            create_sink(shared, &name, from, connector, sql)
+        }
         Statement::Subscribe(_) => Err(StatementError::new(
             "SUBSCRIBE needs a streaming connection: use GET /api/v1/stream/{view} (WebSocket or SSE)",
             "0A000",
@@ -323,6 +334,11 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
     let _clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
     for id in ids {
+        if cat.items.get(id).is_some_and(|i| i.kind == ItemKind::Sink) {
+            shared.sinks.stop(*id);
+            cat.remove(*id);
+            continue;
+        }
         shared.hub.unregister(*id);
         shared.engine.drop_item(*id).map_err(engine_error)?;
         cat.remove(*id);
@@ -490,4 +506,82 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
 
 fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
     StatementError::new(e.to_string(), "XX000", None)
+}
+
+/// A webhook sink: a catalog item (so it has a name, is listed, and blocks dropping its view
+/// without CASCADE) plus the tasks that follow the view and POST its changes.
+fn create_sink(
+    shared: &Shared,
+    name: &str,
+    from: GlobalId,
+    connector: SinkConnector,
+    sql: &str,
+) -> Result<ExecuteResult, StatementError> {
+    let SinkConnector::Webhook { url } = connector;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(StatementError::new(
+            format!("invalid webhook URL '{url}': expected http:// or https://"),
+            "22023",
+            None,
+        ));
+    }
+    let mut cat = shared.catalog.lock().expect("catalog lock");
+    if cat.resolve(name).is_some() {
+        return Err(already_exists(name));
+    }
+    if !shared.hub.is_published(from) {
+        return Err(StatementError::new(
+            format!("cannot sink \"{}\": only views and tables can be sunk", cat.name_of(from)),
+            "0A000",
+            None,
+        ));
+    }
+    let view = cat.name_of(from);
+    let id = cat.allocate_id();
+    let mut item = new_item(name, ItemKind::Sink, RelationDesc::default(), sql);
+    item.depends_on = vec![from];
+    cat.insert(id, item);
+    shared.sinks.start(id, name, shared.hub.clone(), from, &view, &url);
+    ok("CREATE SINK")
+}
+
+/// `SHOW SINKS`: every sink with its delivery status.
+fn sink_rows(shared: &Shared) -> ExecuteResult {
+    let cat = shared.catalog.lock().expect("catalog lock");
+    let text = |n: &str| (n.to_string(), ColumnType::new(ScalarType::Text, false));
+    let int = |n: &str| (n.to_string(), ColumnType::new(ScalarType::Int64, true));
+    let desc = RelationDesc::new([
+        text("name"),
+        text("type"),
+        text("view"),
+        text("url"),
+        text("state"),
+        int("last_acked_ts"),
+        int("pending_rows"),
+        int("posts"),
+        int("errors"),
+        ("last_error".to_string(), ColumnType::new(ScalarType::Text, true)),
+    ]);
+    let mut rows: Vec<Row> = cat
+        .items
+        .iter()
+        .filter(|(_, i)| i.kind == ItemKind::Sink)
+        .filter_map(|(id, _)| shared.sinks.status(*id))
+        .map(|s| {
+            Row::new(vec![
+                Datum::text(&s.name),
+                Datum::text("webhook"),
+                Datum::text(&s.view),
+                Datum::text(&s.url),
+                Datum::text(s.state),
+                s.last_acked_ts.map_or(Datum::Null, |t| Datum::Int(t as i64)),
+                Datum::Int(s.pending_rows as i64),
+                Datum::Int(s.posts as i64),
+                Datum::Int(s.errors as i64),
+                s.last_error.as_deref().map_or(Datum::Null, Datum::text),
+            ])
+        })
+        .collect();
+    rows.sort();
+    ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
 }

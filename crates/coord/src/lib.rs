@@ -9,6 +9,7 @@
 mod catalog;
 mod clock;
 mod execute;
+mod sinks;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,6 +20,7 @@ use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
 pub use execute::{ExecuteResult, StatementError};
+pub use sinks::{FollowError, SinkStatus, ViewFollower};
 pub use viewcast_sources::SourceStatsSnapshot;
 
 /// Settings of one viewcast instance.
@@ -62,6 +64,8 @@ pub(crate) struct Shared {
     pub tick_sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     /// Tick-to-sealed latencies in microseconds, most recent last (bounded).
     pub latencies_us: Mutex<std::collections::VecDeque<u64>>,
+    /// Running webhook sinks.
+    pub sinks: sinks::Sinks,
 }
 
 /// Latency samples kept for [`Coordinator::take_tick_latencies`].
@@ -88,6 +92,7 @@ impl Coordinator {
             write_lock: tokio::sync::Mutex::new(()),
             tick_sent: Mutex::new(Default::default()),
             latencies_us: Mutex::new(Default::default()),
+            sinks: sinks::Sinks::default(),
         });
         let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({
             let shared = shared.clone();
@@ -150,6 +155,58 @@ impl Coordinator {
     /// The last timestamp whose output is applied to every view.
     pub fn sealed_ts(&self) -> u64 {
         self.shared.hub.frontier().saturating_sub(1)
+    }
+
+    /// Parses and plans one `SUBSCRIBE` (or `TAIL`) statement against the current catalog.
+    pub fn plan_subscribe(&self, sql: &str) -> Result<viewcast_sql::Subscribe, StatementError> {
+        let parsed = viewcast_sql::parse(sql).map_err(StatementError::from)?;
+        let [stmt] = parsed.as_slice() else {
+            return Err(StatementError::new("expected exactly one SUBSCRIBE statement", "42601", None));
+        };
+        let planned = {
+            let cat = self.shared.catalog.lock().expect("catalog lock");
+            viewcast_sql::plan(stmt, &catalog::PlannerCatalog(&cat)).map_err(StatementError::from)?
+        };
+        match planned {
+            viewcast_sql::Statement::Subscribe(s) => Ok(s),
+            _ => Err(StatementError::new("expected a SUBSCRIBE statement", "42601", None)),
+        }
+    }
+
+    /// Maintains `plan` as a hidden, unnamed view (for `SUBSCRIBE (query)` and subscriptions to
+    /// unpublished relations) and returns its id once its initial contents are sealed. The caller
+    /// drops it with [`Coordinator::drop_transient_view`].
+    pub async fn create_transient_view(
+        &self,
+        plan: viewcast_plan::RelExpr,
+        desc: RelationDesc,
+    ) -> Result<viewcast_plan::GlobalId, StatementError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!("__subscribe_{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        execute::create_view(&self.shared, &name, plan, desc, ItemKind::View, "", true).await
+    }
+
+    /// Drops a view made by [`Coordinator::create_transient_view`].
+    pub fn drop_transient_view(&self, id: viewcast_plan::GlobalId) -> Result<(), StatementError> {
+        execute::drop_items(&self.shared, &[id])
+    }
+
+    /// The number of hidden (transient) items in the catalog: tests check that cancelled
+    /// subscriptions free theirs.
+    pub fn transient_count(&self) -> usize {
+        self.shared
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .items
+            .values()
+            .filter(|i| i.hidden && i.kind == ItemKind::View)
+            .count()
+    }
+
+    /// Every webhook sink's state, sorted by name.
+    pub fn sink_statuses(&self) -> Vec<SinkStatus> {
+        self.shared.sinks.statuses()
     }
 }
 

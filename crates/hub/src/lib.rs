@@ -236,6 +236,31 @@ impl Hub {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+
+    /// Subscribes to view `id` without serializing anything for it: runs `f` over the view's log
+    /// under the same lock that takes the receiver, so the receiver carries exactly the timestamps
+    /// after `f` saw the log's sealed time. Frames serve as wake-ups (their `ts` says how far the
+    /// view is complete); typed changes are read back with [`Hub::with_log`] (`ViewLog::resume`),
+    /// so every subscriber of a view shares its one log (pgwire `SUBSCRIBE`, sinks).
+    pub fn subscribe_log<T>(
+        &self,
+        id: GlobalId,
+        f: impl FnOnce(&ViewLog) -> T,
+    ) -> Result<(T, broadcast::Receiver<Frame>), HubError> {
+        let st = self.state.read().expect("hub lock");
+        let entry = st.views.get(&id).ok_or_else(|| HubError::UnknownView(format!("#{id}")))?;
+        if entry.log.frontier() <= entry.as_of {
+            return Err(HubError::NotReady(entry.name.clone()));
+        }
+        Ok((f(&entry.log), entry.tx.subscribe()))
+    }
+
+    /// Runs `f` over view `id`'s log (contents, history, frontier) under the hub's read lock.
+    pub fn with_log<T>(&self, id: GlobalId, f: impl FnOnce(&ViewLog) -> T) -> Result<T, HubError> {
+        let st = self.state.read().expect("hub lock");
+        let entry = st.views.get(&id).ok_or_else(|| HubError::UnknownView(format!("#{id}")))?;
+        Ok(f(&entry.log))
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ struct ServerArgs {
     /// Address of the HTTP server (web page, SQL API, streams).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the Postgres wire endpoint (psql, drivers, SUBSCRIBE).
+    #[arg(long, default_value = "127.0.0.1:6875")]
+    pgwire_listen: SocketAddr,
     /// Length of a timestamp in milliseconds: rows ingested within one tick become visible together.
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
@@ -134,10 +137,25 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
         max_connections_per_ip: args.max_connections_per_ip,
         ..GatewayConfig::default()
     };
-    let shutdown = async {
+    let pg_listener = tokio::net::TcpListener::bind(args.pgwire_listen)
+        .await
+        .with_context(|| format!("binding {}", args.pgwire_listen))?;
+    let pg_addr = pg_listener.local_addr()?;
+    tracing::info!(%pg_addr, "pgwire serving");
+    println!("pgwire listening on {pg_addr}");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pg = tokio::spawn(viewcast_pgwire::serve(pg_listener, coord.clone(), {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }));
+    let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
     };
     viewcast_gateway::serve(listener, coord, config, shutdown).await?;
+    pg.await.context("pgwire task")??;
     Ok(())
 }
