@@ -23,5 +23,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+step "psycopg 3 against a real server (pgwire)"
+tests/pgwire/run.sh
+
 step "browser test (headless Chromium against a real server)"
 tests/browser/run.sh

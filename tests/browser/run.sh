@@ -16,7 +16,7 @@ trap stop_server EXIT
 
 start_server() {
   local log; log="$(mktemp)"
-  "$bin" serve --listen 127.0.0.1:0 --sql "$here/demo-quiet.sql" >"$log" 2>&1 &
+  "$bin" serve --listen 127.0.0.1:0 --pgwire-listen 127.0.0.1:0 --sql "$here/demo-quiet.sql" >"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do
     url="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$log" | head -n1 || true)"
