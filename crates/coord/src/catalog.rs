@@ -15,6 +15,8 @@ pub(crate) struct SourceRuntime {
     pub handle: viewcast_sources::SourceHandle,
     /// Rows taken from the queue but not yet sent (over the per-tick limit).
     pub carry: Vec<Row>,
+    /// For a webhook source: how request bodies decode (its rows arrive as pending writes).
+    pub webhook: Option<viewcast_sources::RecordFormat>,
 }
 
 pub(crate) struct Item {

@@ -4,10 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use viewcast_plan::{GlobalId, RelExpr};
 use viewcast_repr::{ColumnType, Datum, Diff, RelationDesc, Row, ScalarType};
-use viewcast_sources::{LoadGenConfig, LoadGenerator};
-use viewcast_sql::{
-    Finishing, ItemKind, LoadGenerator as LoadGenSpec, Show, SinkConnector, SourceConnector, SqlError, Statement,
-};
+use viewcast_sql::{Finishing, ItemKind, Show, SinkConnector, SourceConnector, SqlError, Statement};
 
 use crate::catalog::{Item, PlannerCatalog, SourceRuntime};
 use crate::Shared;
@@ -143,6 +140,7 @@ fn already_exists(name: &str) -> StatementError {
     StatementError::new(format!("catalog item '{name}' already exists"), "42710", None)
 }
 
+#[allow(dead_code)] // For statements and connectors not supported yet; none at the moment.
 fn unsupported(what: &str) -> StatementError {
     StatementError::new(format!("{what} is not supported yet"), "0A000", None)
 }
@@ -179,9 +177,6 @@ fn create_source(
     desc: RelationDesc,
     sql: &str,
 ) -> Result<ExecuteResult, StatementError> {
-    let SourceConnector::LoadGenerator(LoadGenSpec { events_per_second, seed, max_events, .. }) = connector else {
-        return Err(unsupported("this source connector"));
-    };
     // Lock order: clock, then catalog (as the tick loop does).
     let _clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
@@ -190,20 +185,10 @@ fn create_source(
     }
     let id = cat.allocate_id();
     let (tx, rx) = crossbeam_channel::bounded(SOURCE_QUEUE_BATCHES);
-    let config = LoadGenConfig {
-        seed: seed.unwrap_or(0),
-        events_per_second: match events_per_second {
-            None => Some(100.0),
-            Some(r) if r <= 0.0 => None,
-            Some(r) => Some(r),
-        },
-        max_events,
-        ..LoadGenConfig::default()
-    };
-    let handle = LoadGenerator::spawn(config, tx).map_err(|e| StatementError::new(e.to_string(), "XX000", None))?;
+    let started = crate::ingest::start_source(name, connector, desc.arity(), tx)?;
     shared.engine.create_input(id, desc.arity()).map_err(engine_error)?;
     let mut item = new_item(name, ItemKind::Source, desc, sql);
-    item.source = Some(SourceRuntime { rows: rx, handle, carry: Vec::new() });
+    item.source = Some(SourceRuntime { rows: rx, handle: started.handle, carry: Vec::new(), webhook: started.webhook });
     cat.insert(id, item);
     ok("CREATE SOURCE")
 }

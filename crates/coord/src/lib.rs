@@ -9,6 +9,7 @@
 mod catalog;
 mod clock;
 mod execute;
+mod ingest;
 mod sinks;
 
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
 pub use execute::{ExecuteResult, StatementError};
+pub use ingest::SOURCE_STATS_VIEW;
 pub use sinks::{FollowError, SinkStatus, ViewFollower};
 pub use viewcast_sources::SourceStatsSnapshot;
 
@@ -49,6 +51,8 @@ pub enum CoordError {
     Engine(#[from] viewcast_engine::EngineError),
     #[error("could not start thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("setup: {0}")]
+    Setup(String),
 }
 
 pub(crate) struct Shared {
@@ -102,7 +106,12 @@ impl Coordinator {
             let shared = shared.clone();
             move || clock::tick_loop(&shared)
         })?;
-        Ok(Coordinator { shared, threads: vec![applier, ticker] })
+        let stats_input = ingest::register_source_stats(&shared).map_err(|e| CoordError::Setup(e.message))?;
+        let stats = std::thread::Builder::new().name("viewcast-source-stats".into()).spawn({
+            let shared = shared.clone();
+            move || ingest::stats_publisher(&shared, stats_input)
+        })?;
+        Ok(Coordinator { shared, threads: vec![applier, ticker, stats] })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -131,6 +140,24 @@ impl Coordinator {
             Some(ExecuteResult::Error(e)) => Err(e),
             None => Err(StatementError::new("empty query", "42601", None)),
         }
+    }
+
+    /// Ingests rows into the webhook source `source` at the next tick, all in one timestamp, and
+    /// returns that timestamp once it is sealed. Errors: unknown source (42P01), not a webhook
+    /// source (42809), rows of the wrong shape (22023), too much waiting already (53400).
+    pub async fn ingest(&self, source: &str, rows: Vec<Row>) -> Result<viewcast_repr::Timestamp, StatementError> {
+        ingest::ingest(&self.shared, source, rows).await
+    }
+
+    /// Decodes a webhook request body in the source's format (JSON: an object, an array of rows, or
+    /// NDJSON) and ingests it like [`Coordinator::ingest`]: all of it or, if any record is bad
+    /// (22P02), none. Returns the number of rows and their sealed timestamp.
+    pub async fn ingest_body(
+        &self,
+        source: &str,
+        body: &[u8],
+    ) -> Result<(usize, viewcast_repr::Timestamp), StatementError> {
+        ingest::ingest_body(&self.shared, source, body).await
     }
 
     /// Starts maintaining an ad-hoc query (a `SELECT`) as a hidden view that can be subscribed to

@@ -10,6 +10,7 @@ mod error;
 mod feed;
 mod sql_api;
 mod stream;
+mod webhook;
 mod ws;
 
 use std::net::SocketAddr;
@@ -89,6 +90,7 @@ pub fn router(coord: Arc<Coordinator>, config: GatewayConfig) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stream", get(stream::stream_many))
         .route("/api/v1/stream/{view}", get(stream::stream_one))
+        .route("/api/webhook/{source}", post(webhook::ingest))
         .fallback(get(assets_handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .with_state(state)

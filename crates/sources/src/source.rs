@@ -172,6 +172,14 @@ impl SourceHandle {
         let thread_stop = stop.clone();
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            // Marks the source finished however the body ends, a panic included.
+            struct Finished(Arc<SourceStats>);
+            impl Drop for Finished {
+                fn drop(&mut self) {
+                    self.0.mark_finished();
+                }
+            }
+            let _finished = Finished(Arc::clone(&thread_stats));
             let result = body(thread_stop);
             if let Err(e) = &result {
                 thread_stats.record_error(e);
@@ -179,6 +187,12 @@ impl SourceHandle {
             result
         })?;
         Ok(SourceHandle { name: name.to_owned(), stats, stop, thread: Some(thread) })
+    }
+
+    /// A handle of a source without a thread of its own, whose rows someone else pushes (a
+    /// webhook: the HTTP server). It only carries the name and the statistics.
+    pub fn passive(name: &str, stats: Arc<SourceStats>) -> SourceHandle {
+        SourceHandle { name: name.to_owned(), stats, stop: StopSignal::new(), thread: None }
     }
 
     pub fn name(&self) -> &str {

@@ -15,8 +15,12 @@ pub struct SourceStats {
     bytes_in: AtomicU64,
     /// Rejected events and failed attempts (connects, HTTP errors, broken streams).
     errors: AtomicU64,
+    /// Records that were neither rows nor errors (blank lines, lines a `FORMAT REGEX` skips).
+    skipped: AtomicU64,
     /// Milliseconds since the Unix epoch; 0 until the first event.
     last_event_time: AtomicU64,
+    /// Set once the source has ended by itself (a one-off file read to its end) or failed.
+    finished: std::sync::atomic::AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -26,9 +30,12 @@ pub struct SourceStatsSnapshot {
     pub events_in: u64,
     pub bytes_in: u64,
     pub errors: u64,
+    pub skipped: u64,
     pub last_error: Option<String>,
     /// Wall-clock time at which the source last emitted an event.
     pub last_event_time: Option<Timestamp>,
+    /// The source has ended: everything it will ever emit has been sent to its sink.
+    pub finished: bool,
 }
 
 impl SourceStats {
@@ -48,6 +55,20 @@ impl SourceStats {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         *last = Some(error.to_string());
+    }
+
+    /// Counts `n` records that were neither rows nor errors.
+    pub fn record_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Marks the source as ended; called when its thread returns.
+    pub fn mark_finished(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
     pub fn events_in(&self) -> u64 {
@@ -75,14 +96,16 @@ impl SourceStats {
             events_in: self.events_in(),
             bytes_in: self.bytes_in(),
             errors: self.errors(),
+            skipped: self.skipped.load(Ordering::Relaxed),
             last_error: self.last_error(),
             last_event_time: self.last_event_time(),
+            finished: self.is_finished(),
         }
     }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_millis() -> Timestamp {
+pub fn now_millis() -> Timestamp {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
 }
 

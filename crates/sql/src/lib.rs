@@ -22,7 +22,7 @@ pub use error::{code, SqlError};
 pub use parser::{parse, Parsed};
 pub use plan::plan;
 pub use statement::{
-    format_desc, regex_group_names, Finishing, Format, LoadGenerator, LoadGeneratorKind, Show, SinkConnector,
+    format_desc, regex_group_names, sse_desc, Finishing, Format, LoadGenerator, LoadGeneratorKind, Show, SinkConnector,
     SourceConnector, Statement, Subscribe, SubscribeTarget,
 };
 

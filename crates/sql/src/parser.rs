@@ -65,7 +65,7 @@ pub(crate) struct CreateSourceAst {
 #[derive(Clone, Debug)]
 pub(crate) enum ConnectorAst {
     LoadGenerator(LoadGenerator),
-    Sse { url: String },
+    Sse { url: String, include_metadata: bool },
     Webhook { format: Format },
     File { path: String, tail: bool, format: Format },
 }
@@ -297,7 +297,21 @@ fn parse_create_source(p: &mut Parser) -> CResult<Ast> {
     let connector = if eat_words(p, &["LOAD", "GENERATOR"]) {
         ConnectorAst::LoadGenerator(parse_load_generator(p)?)
     } else if eat_word(p, "SSE") {
-        ConnectorAst::Sse { url: p.parse_literal_string()? }
+        let url = p.parse_literal_string()?;
+        let mut include_metadata = false;
+        if eat_word(p, "WITH") {
+            p.expect_token(&Token::LParen)?;
+            loop {
+                expect_word(p, "INCLUDE_METADATA")?;
+                let _ = p.consume_token(&Token::Eq);
+                include_metadata = parse_bool(p)?;
+                if !p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            p.expect_token(&Token::RParen)?;
+        }
+        ConnectorAst::Sse { url, include_metadata }
     } else if eat_word(p, "WEBHOOK") {
         expect_word(p, "BODY")?;
         let format = parse_format(p)?;

@@ -105,9 +105,11 @@ pub enum Show {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceConnector {
     LoadGenerator(LoadGenerator),
-    /// `FROM SSE 'url'`: each server-sent event's data, parsed as JSON, is one row.
+    /// `FROM SSE 'url' [WITH (INCLUDE_METADATA = true)]`: each server-sent event's data, parsed as
+    /// JSON, is one row; with metadata, the event's `id` and `event` fields follow as text columns.
     Sse {
         url: String,
+        include_metadata: bool,
     },
     /// `FROM WEBHOOK BODY FORMAT JSON`: each POSTed body is one row.
     Webhook {
@@ -219,6 +221,16 @@ pub fn format_desc(format: &Format) -> RelationDesc {
             regex_group_names(pattern).into_iter().map(|n| (n, ColumnType::new(ScalarType::Text, true))),
         ),
     }
+}
+
+/// The relation desc of an SSE source: `data jsonb`, then `id text, event text` with metadata.
+pub fn sse_desc(include_metadata: bool) -> RelationDesc {
+    let mut cols = vec![("data".to_string(), ColumnType::new(ScalarType::Jsonb, false))];
+    if include_metadata {
+        cols.push(("id".to_string(), ColumnType::new(ScalarType::Text, false)));
+        cols.push(("event".to_string(), ColumnType::new(ScalarType::Text, false)));
+    }
+    RelationDesc::new(cols)
 }
 
 /// Names of the named capture groups (`(?P<name>` or `(?<name>`) of a regular expression, in order.

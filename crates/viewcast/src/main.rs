@@ -37,6 +37,35 @@ enum Command {
         #[arg(long)]
         sql: Option<PathBuf>,
     },
+    /// Reads a file once through a source named `wikirecent` and the demo's views (or the views of
+    /// --sql), printing progress to stderr and the final top10 to stdout.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The file to read (one record per line).
+    file: PathBuf,
+    /// How lines become rows: json (NDJSON: `data jsonb`), text, or regex (see --regex).
+    #[arg(long, value_enum, default_value = "json")]
+    format: ReplayFormat,
+    /// The pattern of --format regex; its named groups are the columns.
+    #[arg(long, default_value = "^data: (?P<data>.*)")]
+    regex: String,
+    /// Views to create over `wikirecent` instead of the demo's (SQL statements).
+    #[arg(long)]
+    sql: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReplayFormat {
+    Json,
+    Text,
+    Regex,
 }
 
 #[derive(Args)]
@@ -94,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let (server, sql) = match cli.command {
+        Command::Replay(args) => return replay(args).await,
         Command::Demo { server, events_per_second } => {
             (server, DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}")))
         }
@@ -157,5 +187,81 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
     };
     viewcast_gateway::serve(listener, coord, config, shutdown).await?;
     pg.await.context("pgwire task")??;
+    Ok(())
+}
+
+/// Reads `args.file` once through the views and reports events per second, end to end (from the
+/// first byte read to the last event counted by the views).
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let size = std::fs::metadata(&args.file).with_context(|| format!("reading {}", args.file.display()))?.len();
+    let path = args.file.display().to_string().replace('\'', "''");
+    let format = match args.format {
+        ReplayFormat::Json => "JSON".to_string(),
+        ReplayFormat::Text => "TEXT".to_string(),
+        ReplayFormat::Regex => format!("REGEX '{}'", args.regex.replace('\'', "''")),
+    };
+    let views = match &args.sql {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => DEMO_SQL.lines().filter(|l| !l.starts_with("CREATE SOURCE")).collect::<Vec<_>>().join("\n"),
+    };
+    let coord =
+        Coordinator::start(CoordConfig { workers: args.workers, tick_ms: args.tick_ms, ..CoordConfig::default() })
+            .context("starting the engine")?;
+    let started = std::time::Instant::now();
+    let sql = format!("CREATE SOURCE wikirecent FROM FILE '{path}' FORMAT {format}; {views}");
+    for result in coord.execute(&sql).await {
+        if let ExecuteResult::Error(e) = result {
+            anyhow::bail!("{e} (SQLSTATE {})", e.code);
+        }
+    }
+    let has_counter = coord.relations().iter().any(|r| r.name == "counter");
+    let count_sql = if has_counter { "SELECT * FROM counter" } else { "SELECT count(*) FROM wikirecent" };
+    let mut stderr = std::io::stderr();
+    loop {
+        let stats = coord
+            .relations()
+            .into_iter()
+            .find(|r| r.name == "wikirecent")
+            .and_then(|r| r.source_stats)
+            .context("the source is gone")?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let frac = if size == 0 { 1.0 } else { (stats.bytes_in as f64 / size as f64).min(1.0) };
+        let bar: String = (0..30).map(|i| if (i as f64) < frac * 30.0 { '#' } else { '-' }).collect();
+        let _ = write!(
+            stderr,
+            "\r[{bar}] {:5.1}%  {} events  {:.0} events/s  {} errors  {} skipped ",
+            frac * 100.0,
+            stats.events_in,
+            stats.events_in as f64 / secs,
+            stats.errors,
+            stats.skipped
+        );
+        if stats.finished {
+            let counted = match coord.query(count_sql).await {
+                Ok((_, rows)) => rows.first().map(|r| r.get(0).to_json().as_i64().unwrap_or(0)).unwrap_or(0),
+                Err(e) => anyhow::bail!("{count_sql}: {e}"),
+            };
+            if counted as u64 >= stats.events_in {
+                let secs = started.elapsed().as_secs_f64();
+                let _ = writeln!(
+                    stderr,
+                    "\ndone: {} events through the views in {secs:.2} s: {:.0} events/s ({:.1} MB/s)",
+                    stats.events_in,
+                    stats.events_in as f64 / secs,
+                    stats.bytes_in as f64 / secs / 1e6
+                );
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(if stats.finished { 20 } else { 250 })).await;
+    }
+    if coord.relations().iter().any(|r| r.name == "top10") {
+        if let Ok((_, rows)) = coord.query("SELECT * FROM top10 ORDER BY count DESC").await {
+            for row in rows {
+                println!("{}", row.to_json());
+            }
+        }
+    }
     Ok(())
 }

@@ -7,6 +7,8 @@ use crossbeam_channel::Sender;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 
+use viewcast_repr::{Datum, Jsonb, Row};
+
 use super::parser::{SseEvent, SseParser};
 use crate::loadgen::rng::Rng;
 use crate::source::{json_row, Batch, BatchSink, SinkClosed, SourceHandle};
@@ -19,6 +21,9 @@ pub struct SseConfig {
     pub url: String,
     /// Resume after this event id (sent as `Last-Event-ID` on the first request).
     pub last_event_id: Option<String>,
+    /// Emit `data jsonb, id text, event text` rows, for events of every type; otherwise `data jsonb`
+    /// rows of `message` events only.
+    pub include_metadata: bool,
     /// Drop Wikimedia's canary events (`meta.domain == "canary"`), which are not real edits.
     pub skip_canary: bool,
     /// Larger events are counted as errors and skipped; it also bounds the parser's memory.
@@ -41,6 +46,7 @@ impl SseConfig {
         SseConfig {
             url: url.into(),
             last_event_id: None,
+            include_metadata: false,
             skip_canary: true,
             max_event_bytes: SseParser::DEFAULT_MAX_EVENT_BYTES,
             batch_size: 512,
@@ -221,7 +227,7 @@ impl Connection<'_> {
         let mut batch: Batch = Vec::new();
         let mut bytes = 0u64;
         for event in events {
-            if event.event != "message" {
+            if event.event != "message" && !self.config.include_metadata {
                 continue;
             }
             let value: serde_json::Value = match serde_json::from_str(&event.data) {
@@ -235,7 +241,11 @@ impl Connection<'_> {
                 continue;
             }
             bytes += event.data.len() as u64;
-            batch.push(json_row(value));
+            batch.push(if self.config.include_metadata {
+                Row::new(vec![Datum::Jsonb(Jsonb::new(value)), Datum::text(&event.id), Datum::text(&event.event)])
+            } else {
+                json_row(value)
+            });
             if batch.len() >= self.config.batch_size {
                 sent += self.send(std::mem::take(&mut batch), std::mem::take(&mut bytes)).await?;
             }

@@ -13,7 +13,8 @@ use crate::catalog::ItemKind;
 use crate::error::{code, SqlError};
 use crate::parser::{normalize_ident, Ast, ConnectorAst, ShowAst, SubscribeTargetAst};
 use crate::statement::{
-    format_desc, Finishing, Format, Show, SinkConnector, SourceConnector, Statement, Subscribe, SubscribeTarget,
+    format_desc, sse_desc, Finishing, Format, Show, SinkConnector, SourceConnector, Statement, Subscribe,
+    SubscribeTarget,
 };
 
 fn desc_of(rel: &Rel) -> RelationDesc {
@@ -30,9 +31,10 @@ impl Planner<'_> {
                     ConnectorAst::LoadGenerator(g) => {
                         (SourceConnector::LoadGenerator(g.clone()), format_desc(&Format::Json))
                     }
-                    ConnectorAst::Sse { url } => {
-                        (SourceConnector::Sse { url: url.clone() }, format_desc(&Format::Json))
-                    }
+                    ConnectorAst::Sse { url, include_metadata } => (
+                        SourceConnector::Sse { url: url.clone(), include_metadata: *include_metadata },
+                        sse_desc(*include_metadata),
+                    ),
                     ConnectorAst::Webhook { format } => {
                         (SourceConnector::Webhook { format: format.clone() }, format_desc(format))
                     }
