@@ -236,3 +236,58 @@ pub(crate) fn render<'s>(
         )
         .as_collection()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use viewcast_plan::ColumnOrder;
+    use viewcast_repr::{Datum, Row};
+
+    use super::{window, Group, SortKey};
+
+    /// The two-tier group gives the same windows as one ordered map of every row, with `top`
+    /// far smaller than the group so eviction and refills happen often.
+    #[test]
+    fn group_windows_match_a_full_sort() {
+        let order: Rc<[ColumnOrder]> = vec![ColumnOrder::desc(1)].into();
+        let mut rng = StdRng::seed_from_u64(7);
+        for (offset, limit, cap) in [(0, 2, 3), (1, 3, 5), (0, 1, 1), (2, 2, 9)] {
+            let need = offset + limit;
+            let mut group = Group::default();
+            let mut full: BTreeMap<SortKey, i64> = BTreeMap::new();
+            for _ in 0..400 {
+                let mut changes: BTreeMap<Row, i64> = BTreeMap::new();
+                for _ in 0..rng.gen_range(1..6) {
+                    let row = Row::new(vec![Datum::Int(rng.gen_range(0..30)), Datum::Int(rng.gen_range(0..8))]);
+                    let present = full.get(&SortKey { row: row.clone(), order: order.clone() }).copied().unwrap_or(0)
+                        + changes.get(&row).copied().unwrap_or(0);
+                    let diff = if present > 0 && rng.gen_bool(0.5) { -1 } else { rng.gen_range(1..3) };
+                    *changes.entry(row).or_insert(0) += diff;
+                }
+                for (row, diff) in changes {
+                    if diff == 0 {
+                        continue;
+                    }
+                    let n = full.entry(SortKey { row: row.clone(), order: order.clone() }).or_insert(0);
+                    *n += diff;
+                    if *n == 0 {
+                        full.remove(&SortKey { row: row.clone(), order: order.clone() });
+                    }
+                    group.update(row, diff, &order, cap);
+                }
+                group.refill(need, &order, cap);
+                let mut got = Vec::new();
+                window(&group, offset, Some(limit), &mut got, 1);
+                let all = Group { top: std::mem::take(&mut full), rest: Default::default() };
+                let mut want = Vec::new();
+                window(&all, offset, Some(limit), &mut want, 1);
+                full = all.top;
+                assert_eq!(got, want);
+            }
+        }
+    }
+}
