@@ -494,6 +494,9 @@ impl std::hash::Hasher for FxHasher {
 pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
 
+/// Accumulations per group key.
+type KeySums<R> = FxHashMap<Vec<Datum>, R>;
+
 /// The group keys of `input` with their multiplicities, summed within each batch.
 fn count_keys(input: Coll<'_>, key_cols: Vec<usize>) -> Coll<'_> {
     pre_aggregate(input, key_cols, "PreCount", |_, diff| Some(diff))
@@ -518,8 +521,8 @@ where
     input
         .inner
         .unary::<CapacityContainerBuilder<Vec<(Row, Timestamp, R)>>, _, _, _>(Pipeline, name, move |_, _| {
-            let mut pending: Vec<(Capability<Timestamp>, Timestamp, FxHashMap<Vec<Datum>, R>)> = Vec::new();
-            let mut spare: Vec<FxHashMap<Vec<Datum>, R>> = Vec::new();
+            let mut pending: Vec<(Capability<Timestamp>, Timestamp, KeySums<R>)> = Vec::new();
+            let mut spare: Vec<KeySums<R>> = Vec::new();
             let mut scratch: Vec<Datum> = Vec::new();
             move |input, output| {
                 input.for_each(|cap, data| {
