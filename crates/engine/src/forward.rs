@@ -51,17 +51,23 @@ pub(crate) fn publish(live: Coll<'_>, forward: Rc<RefCell<Forward>>) {
         input.for_each(|_, data| batch.append(data));
         fwd.frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
         let new_frontier = fwd.frontier;
-        fwd.listeners.retain(|l| {
-            let Some(l) = l.upgrade() else { return false };
+        fwd.listeners.retain(|l| l.strong_count() > 0);
+        let listeners = fwd.listeners.len();
+        for (i, l) in fwd.listeners.iter().enumerate() {
+            let Some(l) = l.upgrade() else { continue };
             let mut l = l.borrow_mut();
             let as_of = l.as_of;
-            l.updates.extend(batch.iter().filter(|u| u.1 >= as_of).cloned());
+            if i + 1 == listeners {
+                // The last listener takes the batch itself.
+                l.updates.extend(batch.drain(..).filter(|u| u.1 >= as_of));
+            } else {
+                l.updates.extend(batch.iter().filter(|u| u.1 >= as_of).cloned());
+            }
             if new_frontier > l.frontier {
                 l.frontier = new_frontier;
             }
             l.activator.activate();
-            true
-        });
+        }
     });
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::count::CountTotal;
@@ -11,7 +12,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::ToStream;
+use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Scope;
 use timely::progress::Antichain;
 use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr};
@@ -24,6 +25,29 @@ use crate::worker::{ErrorSink, Items, ViewState};
 pub(crate) type Coll<'s> = VecCollection<'s, Timestamp, Row, Diff>;
 /// A view's arranged output.
 pub(crate) type RowTrace = TraceAgent<KeySpine<Row, Timestamp, Diff>>;
+
+/// A view whose plan is a `Reduce` computing only `COUNT(*)`s keeps as its trace the arrangement
+/// its count is computed from (group keys with multiplicities) instead of arranging its output
+/// rows a second time; dependents import that trace and count from it.
+#[derive(Clone, Debug)]
+pub(crate) struct CountShape {
+    /// How many `COUNT(*)` columns follow the key.
+    aggs: usize,
+    /// For a global aggregate: the row it has while no group exists.
+    default: Option<Row>,
+}
+
+/// The input, group key and shape of `plan` if it is a `COUNT(*)`-only `Reduce`.
+pub(crate) fn count_view(plan: &RelExpr) -> Option<(&RelExpr, &[usize], CountShape)> {
+    match plan {
+        RelExpr::Reduce { input, group_key, aggregates } if aggregates.iter().all(is_count_star) => {
+            let default =
+                group_key.is_empty().then(|| Row::new(aggregates.iter().map(|a| a.func.default_value()).collect()));
+            Some((input, group_key, CountShape { aggs: aggregates.len(), default }))
+        }
+        _ => None,
+    }
+}
 
 /// Whether `plan` keeps no state: dependents can render it inline instead of importing it.
 pub(crate) fn is_linear(plan: &RelExpr, items: &Items) -> bool {
@@ -119,7 +143,13 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                         Antichain::from_elem(self.as_of),
                         Antichain::new(),
                     );
-                    arranged.as_collection(|row: &Row, _: &()| row.clone())
+                    match view.counts.clone() {
+                        None => arranged.as_collection(|row: &Row, _: &()| row.clone()),
+                        Some(shape) => {
+                            let counted = arranged.count_total_core::<Diff>();
+                            self.finish_counts(counted, shape)
+                        }
+                    }
                 }
                 (None, Some(forward)) => {
                     let plan = view.plan.clone();
@@ -179,6 +209,42 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                 self.render_join(l, r, la, ra, *kind, equi.clone(), predicate.clone())
             }
         }
+    }
+
+    /// Renders a view whose plan is a `COUNT(*)`-only `Reduce` (see [`count_view`]): its output, and
+    /// the arrangement of group keys it counts from, which serves as the view's trace.
+    pub(crate) fn render_count_view(
+        &mut self,
+        input: &RelExpr,
+        group_key: &[usize],
+        shape: CountShape,
+    ) -> (Coll<'s>, RowTrace) {
+        let input = self.render(input);
+        let arranged = count_keys(input, group_key.to_vec()).arrange_by_self_named("Arrange: CountTotal");
+        let trace = arranged.trace.clone();
+        let counted = arranged.count_total_core::<Diff>();
+        (self.finish_counts(counted, shape), trace)
+    }
+
+    /// The rows of a `COUNT(*)`-only reduce from the counts of its group keys.
+    fn finish_counts(&self, counted: VecCollection<'s, Timestamp, (Row, Diff), Diff>, shape: CountShape) -> Coll<'s> {
+        let n = shape.aggs;
+        let output = counted.map(move |(key, count): (Row, Diff)| {
+            let mut datums = key.0;
+            datums.extend(std::iter::repeat_n(Datum::Int(count), n));
+            Row::new(datums)
+        });
+        match shape.default {
+            None => output,
+            Some(default) => self.with_default(output, default),
+        }
+    }
+
+    /// A global aggregate has exactly one row: `default` while the reduction has none.
+    fn with_default(&self, output: Coll<'s>, default: Row) -> Coll<'s> {
+        let default_stream = self.constant(vec![(default.clone(), 1)]);
+        let retract = output.clone().map(move |_| default.clone()).negate();
+        output.concat(default_stream).concat(retract)
     }
 
     /// Literal rows at `as_of`, introduced by worker 0 only.
@@ -292,44 +358,24 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         let accumulable = aggregates.iter().all(|a| a.func.is_accumulable() && !a.distinct);
         let output = if accumulable && aggregates.iter().all(is_count_star) {
             // Every aggregate is the group's row count: the multiplicity itself.
-            let n = aggregates.len();
-            let key_cols = group_key.clone();
-            input
-                .map(move |row| Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect()))
-                .count_total_core::<Diff>()
-                .map(move |(key, count): (Row, Diff)| {
-                    let mut datums = key.0;
-                    datums.extend(std::iter::repeat_n(Datum::Int(count), n));
-                    Row::new(datums)
-                })
+            let default = global.then(|| Row::new(aggregates.iter().map(|a| a.func.default_value()).collect()));
+            let shape = CountShape { aggs: aggregates.len(), default };
+            let counted = count_keys(input, group_key).count_total_core::<Diff>();
+            return self.finish_counts(counted, shape);
         } else if accumulable {
             let key_cols = group_key.clone();
             let aggs = aggregates.clone();
             let slots =
                 1 + aggregates.iter().map(|a| if a.func == AggregateFunc::Count { 1 } else { 2 }).sum::<usize>();
-            let exploded = input
-                .inner
-                .unary::<CapacityContainerBuilder<Vec<(Row, Timestamp, Vec<Diff>)>>, _, _, _>(
-                    Pipeline,
-                    "AccumulateAggregates",
-                    move |_, _| {
-                        move |input, output| {
-                            input.for_each(|cap, data| {
-                                let mut session = output.session(&cap);
-                                for (row, time, diff) in data.drain(..) {
-                                    match accumulate(&aggs, &row, diff, slots) {
-                                        Ok(acc) => {
-                                            let key = Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect());
-                                            session.give((key, time, acc));
-                                        }
-                                        Err(e) => errors.report(id, &e),
-                                    }
-                                }
-                            });
-                        }
-                    },
-                )
-                .as_collection();
+            let exploded = pre_aggregate(input, key_cols, "AccumulateAggregates", move |row, diff| {
+                match accumulate(&aggs, row, diff, slots) {
+                    Ok(acc) => Some(acc),
+                    Err(e) => {
+                        errors.report(id, &e);
+                        None
+                    }
+                }
+            });
             let aggs = aggregates.clone();
             exploded.count_total_core::<Diff>().map(move |(key, acc): (Row, Vec<Diff>)| {
                 let mut datums = key.0;
@@ -396,16 +442,132 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         if !global {
             return output;
         }
-        // A global aggregate has exactly one row: the default row while the reduction has none.
         let default = Row::new(aggregates.iter().map(|a| a.func.default_value()).collect());
-        let default_stream = self.constant(vec![(default.clone(), 1)]);
-        let retract = output.clone().map(move |_| default.clone()).negate();
-        output.concat(default_stream).concat(retract)
+        self.with_default(output, default)
     }
 }
 
 fn is_count_star(a: &AggregateExpr) -> bool {
     a.func == AggregateFunc::Count && !a.distinct && matches!(&a.expr, ScalarExpr::Literal(d, _) if !d.is_null())
+}
+
+/// A fast, non-cryptographic hasher (the FxHash mix) for operator-local hash maps.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(buf));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+
+/// Accumulations per group key.
+type KeySums<R> = FxHashMap<Vec<Datum>, R>;
+
+/// The group keys of `input` with their multiplicities, summed within each batch.
+fn count_keys(input: Coll<'_>, key_cols: Vec<usize>) -> Coll<'_> {
+    pre_aggregate(input, key_cols, "PreCount", |_, diff| Some(diff))
+}
+
+/// The `key_cols` of each row with `value(row, diff)`, summed per key and time within each batch
+/// of input (one tick's rows usually arrive together), so a reduce's arrangement receives one update
+/// per key touched instead of one per row. Rows for which `value` gives `None` are dropped.
+fn pre_aggregate<'s, R, F>(
+    input: Coll<'s>,
+    key_cols: Vec<usize>,
+    name: &str,
+    mut value: F,
+) -> VecCollection<'s, Timestamp, Row, R>
+where
+    R: Semigroup + 'static,
+    F: FnMut(&Row, Diff) -> Option<R> + 'static,
+{
+    // A contiguous key is looked up as a slice of the row, without building it.
+    let contiguous = key_cols.windows(2).all(|w| w[1] == w[0] + 1);
+    let range = key_cols.first().map_or(0..0, |&s| s..s + key_cols.len());
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(Row, Timestamp, R)>>, _, _, _>(Pipeline, name, move |_, _| {
+            let mut pending: Vec<(Capability<Timestamp>, Timestamp, KeySums<R>)> = Vec::new();
+            let mut spare: Vec<KeySums<R>> = Vec::new();
+            let mut scratch: Vec<Datum> = Vec::new();
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    for (row, time, diff) in data.drain(..) {
+                        let Some(r) = value(&row, diff) else { continue };
+                        let idx = match pending.iter().position(|p| p.1 == time) {
+                            Some(i) => i,
+                            None => {
+                                pending.push((cap.delayed(&time, 0), time, spare.pop().unwrap_or_default()));
+                                pending.len() - 1
+                            }
+                        };
+                        let map = &mut pending[idx].2;
+                        if contiguous {
+                            let key = &row.datums()[range.clone()];
+                            match map.get_mut(key) {
+                                Some(acc) => acc.plus_equals(&r),
+                                None => {
+                                    map.insert(key.to_vec(), r);
+                                }
+                            }
+                        } else {
+                            scratch.clear();
+                            scratch.extend(key_cols.iter().map(|&i| row.get(i).clone()));
+                            match map.get_mut(scratch.as_slice()) {
+                                Some(acc) => acc.plus_equals(&r),
+                                None => {
+                                    map.insert(std::mem::take(&mut scratch), r);
+                                }
+                            }
+                        }
+                    }
+                });
+                for (cap, time, mut map) in pending.drain(..) {
+                    let mut session = output.session(&cap);
+                    for (key, r) in map.drain() {
+                        if !r.is_zero() {
+                            session.give((Row::new(key), time, r));
+                        }
+                    }
+                    spare.push(map);
+                }
+            }
+        })
+        .as_collection()
 }
 
 /// The accumulator of one input row with multiplicity `diff`: `[rows, (non-null count[, sum]) per aggregate]`.

@@ -1,13 +1,20 @@
 //! Top-k per group as a timely operator: O(changes + k) work per timestamp and group touched.
 //!
 //! Updates are exchanged by a hash of the group key (all to one worker for a global top-k) and
-//! stashed under their own time. Once the input frontier passes a time, its diffs are applied to an
-//! ordered multiset per group and the group's window (ranks `offset .. offset + limit`) is diffed
-//! against the window before: the old window's rows are retracted and the new window's inserted.
+//! stashed under their own time. Once the input frontier passes a time, its diffs are consolidated
+//! and applied to the group's state and the group's window (ranks `offset .. offset + limit`) is
+//! diffed against the window before: the old window's rows are retracted and the new window's
+//! inserted.
+//!
+//! A group with a limit keeps only its first rows ordered (`top`, a few times the window's size);
+//! every other row sits unordered in `rest`, and every row of `rest` sorts after every row of `top`.
+//! Most changes of a large group touch `rest` (one comparison and a hash lookup) instead of paying
+//! for a search of an ordered map of the whole group. When `top` runs short of the window, the
+//! smallest rows of `rest` are selected into it in one linear pass.
 
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
@@ -19,7 +26,7 @@ use viewcast_plan::relation::compare_rows;
 use viewcast_plan::ColumnOrder;
 use viewcast_repr::{consolidate_updates, Diff, Row, Timestamp};
 
-use crate::render::Coll;
+use crate::render::{Coll, FxHashMap};
 
 /// A row ordered by an `ORDER BY`, ties broken by the whole row.
 struct SortKey {
@@ -44,7 +51,77 @@ impl Ord for SortKey {
     }
 }
 
-type Group = BTreeMap<SortKey, Diff>;
+/// One group's rows with their multiplicities (never zero).
+#[derive(Default)]
+struct Group {
+    /// The group's first rows, ordered.
+    top: BTreeMap<SortKey, Diff>,
+    /// The other rows, each sorting after every row of `top`.
+    rest: FxHashMap<Row, Diff>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.top.is_empty() && self.rest.is_empty()
+    }
+
+    /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length.
+    fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize) {
+        if let Some(n) = self.rest.get_mut(&row) {
+            *n += diff;
+            if *n == 0 {
+                self.rest.remove(&row);
+            }
+            return;
+        }
+        let key = SortKey { row, order: order.clone() };
+        let into_top = self.rest.is_empty()
+            || self.top.last_key_value().is_some_and(|(last, _)| key.cmp(last) != Ordering::Greater);
+        if !into_top {
+            self.rest.insert(key.row, diff);
+            return;
+        }
+        match self.top.entry(key) {
+            Entry::Occupied(mut o) => {
+                *o.get_mut() += diff;
+                if *o.get() == 0 {
+                    o.remove();
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(diff);
+            }
+        }
+        while self.top.len() > cap {
+            let (key, n) = self.top.pop_last().expect("top is not empty");
+            self.rest.insert(key.row, n);
+        }
+    }
+
+    /// Makes `top` hold at least `need` rows (counted with multiplicity) while `rest` has any.
+    fn refill(&mut self, need: usize, order: &Rc<[ColumnOrder]>, cap: usize) {
+        loop {
+            if self.rest.is_empty() {
+                return;
+            }
+            let have: i64 = self.top.values().filter(|n| **n > 0).sum();
+            if have >= need as i64 {
+                return;
+            }
+            let mut rows: Vec<(Row, Diff)> = self.rest.drain().collect();
+            let take = cap.saturating_sub(self.top.len()).max(need).max(1);
+            if rows.len() > take {
+                rows.select_nth_unstable_by(take - 1, |a, b| compare_rows(order, &a.0, &b.0));
+                for (row, n) in rows.drain(take..) {
+                    self.rest.insert(row, n);
+                }
+            }
+            for (row, n) in rows {
+                self.top.insert(SortKey { row, order: order.clone() }, n);
+            }
+        }
+    }
+}
 
 /// Updates waiting for the frontier to pass their time, with a capability to emit at that time.
 type Stash = BTreeMap<Timestamp, (Capability<Timestamp>, Vec<(Row, Diff)>)>;
@@ -53,7 +130,7 @@ type Stash = BTreeMap<Timestamp, (Capability<Timestamp>, Vec<(Row, Diff)>)>;
 fn window(group: &Group, offset: usize, limit: Option<usize>, out: &mut Vec<(Row, Diff)>, sign: Diff) {
     let mut skip = offset as i64;
     let mut take = limit.map(|l| l as i64).unwrap_or(i64::MAX);
-    for (key, &count) in group {
+    for (key, &count) in &group.top {
         if take <= 0 {
             break;
         }
@@ -91,6 +168,9 @@ pub(crate) fn render<'s>(
     offset: usize,
 ) -> Coll<'s> {
     let order: Rc<[ColumnOrder]> = order_key.into();
+    // Without a limit every row is in the window, so every row is kept ordered.
+    let top_cap = limit.map_or(usize::MAX, |l| 2 * (offset + l) + 16);
+    let need = limit.map_or(usize::MAX, |l| offset + l);
     let key_for_exchange = group_key.clone();
     let exchange = Exchange::new(
         move |(row, _t, _d): &(Row, Timestamp, Diff)| {
@@ -108,8 +188,8 @@ pub(crate) fn render<'s>(
             "TopK",
             move |_cap, _info| {
                 let mut stash: Stash = BTreeMap::new();
-                let mut groups: HashMap<Row, Group> = HashMap::new();
-                let mut touched: HashMap<Row, Vec<(Row, Diff)>> = HashMap::new();
+                let mut groups: FxHashMap<Row, Group> = FxHashMap::default();
+                let mut touched: FxHashMap<Row, FxHashMap<Row, Diff>> = FxHashMap::default();
                 let mut out: Vec<(Row, Diff)> = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
@@ -126,29 +206,18 @@ pub(crate) fn render<'s>(
                         let (cap, updates) = entry.remove();
                         for (row, diff) in updates {
                             let key = Row::new(group_key.iter().map(|&i| row.get(i).clone()).collect());
-                            touched.entry(key).or_default().push((row, diff));
+                            *touched.entry(key).or_default().entry(row).or_insert(0) += diff;
                         }
                         out.clear();
-                        for (key, mut changes) in touched.drain() {
-                            consolidate_updates(&mut changes);
-                            if changes.is_empty() {
-                                continue;
-                            }
+                        for (key, changes) in touched.drain() {
                             let group = groups.entry(key.clone()).or_default();
                             window(group, offset, limit, &mut out, -1);
                             for (row, diff) in changes {
-                                match group.entry(SortKey { row, order: order.clone() }) {
-                                    Entry::Occupied(mut o) => {
-                                        *o.get_mut() += diff;
-                                        if *o.get() == 0 {
-                                            o.remove();
-                                        }
-                                    }
-                                    Entry::Vacant(v) => {
-                                        v.insert(diff);
-                                    }
+                                if diff != 0 {
+                                    group.update(row, diff, &order, top_cap);
                                 }
                             }
+                            group.refill(need, &order, top_cap);
                             window(group, offset, limit, &mut out, 1);
                             if group.is_empty() {
                                 groups.remove(&key);
@@ -166,4 +235,59 @@ pub(crate) fn render<'s>(
             },
         )
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use viewcast_plan::ColumnOrder;
+    use viewcast_repr::{Datum, Row};
+
+    use super::{window, Group, SortKey};
+
+    /// The two-tier group gives the same windows as one ordered map of every row, with `top`
+    /// far smaller than the group so eviction and refills happen often.
+    #[test]
+    fn group_windows_match_a_full_sort() {
+        let order: Rc<[ColumnOrder]> = vec![ColumnOrder::desc(1)].into();
+        let mut rng = StdRng::seed_from_u64(7);
+        for (offset, limit, cap) in [(0, 2, 3), (1, 3, 5), (0, 1, 1), (2, 2, 9)] {
+            let need = offset + limit;
+            let mut group = Group::default();
+            let mut full: BTreeMap<SortKey, i64> = BTreeMap::new();
+            for _ in 0..400 {
+                let mut changes: BTreeMap<Row, i64> = BTreeMap::new();
+                for _ in 0..rng.gen_range(1..6) {
+                    let row = Row::new(vec![Datum::Int(rng.gen_range(0..30)), Datum::Int(rng.gen_range(0..8))]);
+                    let present = full.get(&SortKey { row: row.clone(), order: order.clone() }).copied().unwrap_or(0)
+                        + changes.get(&row).copied().unwrap_or(0);
+                    let diff = if present > 0 && rng.gen_bool(0.5) { -1 } else { rng.gen_range(1..3) };
+                    *changes.entry(row).or_insert(0) += diff;
+                }
+                for (row, diff) in changes {
+                    if diff == 0 {
+                        continue;
+                    }
+                    let n = full.entry(SortKey { row: row.clone(), order: order.clone() }).or_insert(0);
+                    *n += diff;
+                    if *n == 0 {
+                        full.remove(&SortKey { row: row.clone(), order: order.clone() });
+                    }
+                    group.update(row, diff, &order, cap);
+                }
+                group.refill(need, &order, cap);
+                let mut got = Vec::new();
+                window(&group, offset, Some(limit), &mut got, 1);
+                let all = Group { top: std::mem::take(&mut full), rest: Default::default() };
+                let mut want = Vec::new();
+                window(&all, offset, Some(limit), &mut want, 1);
+                full = all.top;
+                assert_eq!(got, want);
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ use viewcast_repr::{Diff, Row, Timestamp, Update};
 
 use crate::forward::Forward;
 use crate::merger::MergerMsg;
-use crate::render::{is_linear, Feed, Part, RenderCtx, RowTrace};
+use crate::render::{count_view, is_linear, CountShape, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
 /// How long an idle worker parks before looking at its command channel again. Commands unpark it,
@@ -49,6 +49,8 @@ pub(crate) struct ViewState {
     pub(crate) plan: RelExpr,
     /// The arranged output, for non-linear views (dependents import it).
     pub(crate) trace: Option<RowTrace>,
+    /// Set when `trace` holds the group keys a `COUNT(*)` view counts rather than its rows.
+    pub(crate) counts: Option<CountShape>,
     /// The live changes, for linear views (dependents subscribe to them).
     pub(crate) forward: Option<Rc<RefCell<Forward>>>,
     dataflow: usize,
@@ -180,11 +182,17 @@ impl WorkerState {
                             crate::forward::publish(live.clone(), forward);
                             (ctx.render_part(&plan, Part::Snapshot).concat(live), None)
                         }
-                        None => {
-                            let coll = ctx.render(&plan);
-                            let trace = coll.clone().arrange_by_self().trace;
-                            (coll, Some(trace))
-                        }
+                        None => match count_view(&plan) {
+                            Some((input, group_key, shape)) => {
+                                let (coll, trace) = ctx.render_count_view(input, group_key, shape);
+                                (coll, Some(trace))
+                            }
+                            None => {
+                                let coll = ctx.render(&plan);
+                                let trace = coll.clone().arrange_by_self().trace;
+                                (coll, Some(trace))
+                            }
+                        },
                     };
                     coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
                         let mut cap = sink_capture.borrow_mut();
@@ -220,9 +228,18 @@ impl WorkerState {
                     t.set_logical_compaction(f.borrow());
                     t.set_physical_compaction(f.borrow());
                 }
-                self.items
-                    .views
-                    .insert(id, ViewState { plan, trace, forward, dataflow, sessions: live_sessions, capture });
+                self.items.views.insert(
+                    id,
+                    ViewState {
+                        counts: count_view(&plan).map(|(_, _, shape)| shape).filter(|_| !linear),
+                        plan,
+                        trace,
+                        forward,
+                        dataflow,
+                        sessions: live_sessions,
+                        capture,
+                    },
+                );
             }
             Command::SetPublish { id, publish, from } => {
                 if let Some(view) = self.items.views.get(&id) {
