@@ -16,11 +16,8 @@ const FIXTURE: &str = include_str!("../tests/fixtures/recentchange-sample.sse");
 
 fn main() {
     let total: u64 = std::env::args().nth(1).map(|n| n.parse().unwrap()).unwrap_or(500_000);
-    let templates: Vec<serde_json::Value> = FIXTURE
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let templates: Vec<serde_json::Value> =
+        FIXTURE.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
     // Pre-rendered, so the server costs little next to the client.
     let mut body = Vec::new();
     for i in 0..total {
