@@ -134,6 +134,7 @@ async fn pgwire_copy(rows: usize) -> anyhow::Result<()> {
     let client = pg_connect(addr).await?;
     fill_table(&client, rows).await?;
     let up_to = coord.sealed_ts() + 1;
+    let (_, cpu0) = proc_usage();
     let start = Instant::now();
     let stream = client.copy_out(&format!("COPY (SUBSCRIBE t UP TO {up_to}) TO STDOUT")).await?;
     let mut stream = Box::pin(stream);
@@ -144,6 +145,7 @@ async fn pgwire_copy(rows: usize) -> anyhow::Result<()> {
         n += chunk.iter().filter(|b| **b == b'\n').count();
     }
     let secs = start.elapsed().as_secs_f64();
+    let (_, cpu1) = proc_usage();
     anyhow::ensure!(n == rows, "expected {rows} rows, got {n}");
     let out = serde_json::json!({
         "bench": "pgwire-copy-subscribe",
@@ -151,6 +153,9 @@ async fn pgwire_copy(rows: usize) -> anyhow::Result<()> {
         "seconds": (secs * 1000.0).round() / 1000.0,
         "rows_per_s": (n as f64 / secs).round(),
         "mb_per_s": ((bytes as f64 / secs / 1e6) * 10.0).round() / 10.0,
+        // Server and client share this process: CPU seconds of both, and rows per CPU second.
+        "cpu_s": ((cpu1 - cpu0) * 100.0).round() / 100.0,
+        "rows_per_cpu_s": (n as f64 / (cpu1 - cpu0).max(0.01)).round(),
     });
     println!("{out}");
     Ok(())

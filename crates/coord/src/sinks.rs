@@ -64,8 +64,11 @@ impl ViewFollower {
         }
         let ((start, snapshot), wake) = hub
             .subscribe_log(id, |log| {
-                let ts = as_of.unwrap_or_else(|| log.sealed_ts());
-                (ts, log.snapshot_at(ts))
+                match as_of {
+                    // The current contents need no rewinding (nor sorting).
+                    None => (log.sealed_ts(), Some(log.rows().map(|(r, d)| (r.clone(), d)).collect())),
+                    Some(ts) => (ts, log.snapshot_at(ts)),
+                }
             })
             .map_err(|e| match e {
                 HubError::NotReady(_) => FollowError::NotReady,

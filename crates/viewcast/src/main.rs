@@ -111,6 +111,11 @@ fn parse_read_token(s: &str) -> Result<Grant, String> {
     Ok(Grant { token: token.to_string(), views: Some(views) })
 }
 
+// glibc's allocator serializes on the frees that rows make when they cross from a source's
+// thread to the engine's; mimalloc's per-thread heaps make ingestion about 3x faster.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The demo's SQL: the 2020 dashboard's views, unchanged.
 pub const DEMO_SQL: &str = include_str!("demo.sql");
 
