@@ -128,8 +128,13 @@ struct Msg<'a> {
 impl Msg<'_> {
     /// The view's sequence number after this message: the first column of an inserted row.
     fn seq(&self) -> Option<u64> {
-        let from_rows =
-            self.rows.iter().flatten().filter(|r| r.diff > 0).filter_map(|r| r.row.first().and_then(|v| v.as_u64())).max();
+        let from_rows = self
+            .rows
+            .iter()
+            .flatten()
+            .filter(|r| r.diff > 0)
+            .filter_map(|r| r.row.first().and_then(|v| v.as_u64()))
+            .max();
         let single = match (&self.row, self.diff) {
             (Some(r), Some(d)) if d > 0 => r.first().and_then(|v| v.as_u64()),
             _ => None,
@@ -303,12 +308,8 @@ async fn run_sse(spec: &ClientSpec, st: &mut State) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let url = format!("http://{}{}", spec.server, spec.path);
-    let resp = client
-        .get(url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let resp =
+        client.get(url).header("accept", "text/event-stream").send().await.map_err(|e| format!("connect: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }

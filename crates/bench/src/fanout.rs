@@ -140,7 +140,12 @@ async fn drive(
         let ok = match system {
             System::Viewcast | System::ViewcastSse => {
                 let body = json!({ "query": format!("INSERT INTO bench_ticks VALUES ({n})") });
-                http.post(format!("http://{server}/api/sql")).header("content-type", "application/json").body(body.to_string()).send().await.is_ok_and(|r| r.status().is_success())
+                http.post(format!("http://{server}/api/sql"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
             }
             System::Tornado => {
                 let url = format!("http://{server}/api/v1/update/bench_seq");

@@ -139,7 +139,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let demo = view != "bench_seq";
             scenario("fanout", &load, view, demo, 0, "latency").await
         }
-        Command::ConnectStorm { load } => scenario("connect-storm", &load, "top10".into(), true, 0, "first-frame").await,
+        Command::ConnectStorm { load } => {
+            scenario("connect-storm", &load, "top10".into(), true, 0, "first-frame").await
+        }
         Command::SlowConsumers { load, stalled } => {
             scenario("slow-consumers", &load, "bench_seq".into(), false, stalled, "rss").await
         }
