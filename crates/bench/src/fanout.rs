@@ -63,14 +63,35 @@ pub struct RunSpec {
     /// Also run the demo's load generator and views (for `top10`).
     pub demo: bool,
     pub tick_ms: u64,
+    /// How viewcast's view is changed R times a second.
+    pub viewcast_load: ViewcastLoad,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ViewcastLoad {
+    /// The server's load generator at R events/s (one event every 1/R s, so at R <= 10 with 50 ms
+    /// ticks each event is its own timestamp); `bench_seq` counts the events.
+    Loadgen,
+    /// One `INSERT` per change through `POST /api/sql`, issued by the bench one after another.
+    /// Each INSERT returns once its timestamp is sealed, so the rate reached is at most
+    /// 1 / (wait for the tick + tick-to-sealed latency).
+    Insert,
 }
 
 /// The SQL a viewcast server under test starts with.
 fn viewcast_sql(spec: &RunSpec) -> String {
-    let mut sql = String::from(
-        "CREATE TABLE bench_ticks (n bigint);\n\
-         CREATE MATERIALIZED VIEW bench_seq AS SELECT count(*) AS seq FROM bench_ticks;\n",
-    );
+    let mut sql = if spec.viewcast_load == ViewcastLoad::Loadgen && spec.rate > 0.0 {
+        format!(
+            "CREATE SOURCE bench_src FROM LOAD GENERATOR WIKIPEDIA (EVENTS PER SECOND {}, SEED 11);\n\
+             CREATE MATERIALIZED VIEW bench_seq AS SELECT count(*) AS seq FROM bench_src;\n",
+            spec.rate
+        )
+    } else {
+        String::from(
+            "CREATE TABLE bench_ticks (n bigint);\n\
+             CREATE MATERIALIZED VIEW bench_seq AS SELECT count(*) AS seq FROM bench_ticks;\n",
+        )
+    };
     if spec.demo {
         sql.push_str(include_str!("../../viewcast/src/demo.sql"));
     }
@@ -119,12 +140,15 @@ fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
 /// issued during the measurement window.
 async fn drive(
     system: System,
+    viewcast_load: ViewcastLoad,
     server: std::net::SocketAddr,
     rate: f64,
     shared: Arc<Shared>,
     issued_in_window: Arc<AtomicU64>,
 ) {
-    if rate <= 0.0 {
+    let internal = matches!(system, System::Minimal | System::Node)
+        || (matches!(system, System::Viewcast | System::ViewcastSse) && viewcast_load == ViewcastLoad::Loadgen);
+    if rate <= 0.0 || internal {
         return;
     }
     let http = reqwest::Client::builder().http1_only().tcp_nodelay(true).build().expect("http client");
@@ -229,7 +253,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s_idle = server.sample();
     let issued = Arc::new(AtomicU64::new(0));
-    let driver = tokio::spawn(drive(spec.system, server.addr, spec.rate, shared.clone(), issued.clone()));
+    let driver = tokio::spawn(drive(spec.system, spec.viewcast_load, server.addr, spec.rate, shared.clone(), issued.clone()));
 
     // Connect.
     let transport = if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket };
@@ -319,9 +343,11 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     let sum = |f: fn(&ClientResult) -> u64| fast.iter().map(f).sum::<u64>();
     let (frames, bytes, updates, progress) =
         (sum(|r| r.frames), sum(|r| r.bytes), sum(|r| r.updates), sum(|r| r.progress));
-    let changes = match spec.system {
-        System::Minimal | System::Node => (spec.rate * window).round() as u64,
-        _ => issued.load(Ordering::Relaxed),
+    let changes = match (spec.system, spec.viewcast_load) {
+        (System::Tornado, _) | (System::Viewcast | System::ViewcastSse, ViewcastLoad::Insert) => {
+            issued.load(Ordering::Relaxed)
+        }
+        _ => (spec.rate * window).round() as u64,
     };
     let expected = changes * connected as u64;
     let rss_per_conn_kib = if connected + slow.len() > 0 {

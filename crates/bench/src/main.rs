@@ -54,6 +54,9 @@ struct LoadArgs {
     /// viewcast's tick (timestamp length) in ms.
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
+    /// How viewcast's view is changed R times a second.
+    #[arg(long, value_enum, default_value = "loadgen")]
+    viewcast_load: fanout::ViewcastLoad,
     /// Write a PNG plot here.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -189,6 +192,7 @@ async fn scenario(
             view: view.clone(),
             demo,
             tick_ms: load.tick_ms,
+            viewcast_load: load.viewcast_load,
         };
         let (mut line, plot) = match fanout::run(&spec).await {
             Ok(r) => r,
