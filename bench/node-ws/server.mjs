@@ -26,7 +26,7 @@ const server = http.createServer((req, res) => {
   res.writeHead(404).end();
 });
 const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 64 * 1024 });
-let latest = null;
+let latest = Buffer.from(`{"type":"snapshot","view":"bench_seq","ts":${Date.now()},"rows":[{"row":[0],"diff":1}]}`);
 
 function broadcast(buf) {
   latest = buf;

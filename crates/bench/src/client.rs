@@ -31,6 +31,8 @@ pub struct Shared {
     pub sent_ms: Vec<AtomicU64>,
     /// Clients that have received their first frame.
     pub ready: AtomicU64,
+    /// Clients whose WebSocket handshake (or SSE response) completed.
+    pub handshaken: AtomicU64,
     done: tokio::sync::watch::Sender<bool>,
 }
 
@@ -40,6 +42,7 @@ impl Shared {
             phase: AtomicU8::new(WARMUP),
             sent_ms: (0..max_seq).map(|_| AtomicU64::new(0)).collect(),
             ready: AtomicU64::new(0),
+            handshaken: AtomicU64::new(0),
             done: tokio::sync::watch::channel(false).0,
         })
     }
@@ -148,7 +151,7 @@ struct State {
     res: ClientResult,
     last_seq: Option<u64>,
     started: Instant,
-    /// The connection slot, given back at the first frame.
+    /// The connection slot, given back once the handshake is done.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
@@ -159,7 +162,6 @@ impl State {
         if first {
             self.res.first_frame_us = Some(self.started.elapsed().as_micros() as u64);
             self.shared.ready.fetch_add(1, Ordering::Relaxed);
-            self.permit = None;
         }
         let Ok(msg) = serde_json::from_slice::<Msg>(bytes) else { return };
         let measuring = self.shared.phase.load(Ordering::Relaxed) == MEASURE;
@@ -264,6 +266,8 @@ async fn run_ws(spec: &ClientSpec, st: &mut State) -> Result<(), String> {
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     st.res.connected = true;
+    st.shared.handshaken.fetch_add(1, Ordering::Relaxed);
+    st.permit = None;
     let (_sink, mut stream) = ws.split();
     let shared = st.shared.clone();
     let done = wait_done(&shared);
@@ -314,6 +318,8 @@ async fn run_sse(spec: &ClientSpec, st: &mut State) -> Result<(), String> {
         return Err(format!("status {}", resp.status()));
     }
     st.res.connected = true;
+    st.shared.handshaken.fetch_add(1, Ordering::Relaxed);
+    st.permit = None;
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let shared = st.shared.clone();

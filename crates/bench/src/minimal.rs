@@ -29,7 +29,7 @@ pub async fn run(port: u16, hz: f64) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("listening {}", listener.local_addr()?);
     let (tx, _) = broadcast::channel::<Bytes>(1024);
-    let (latest_tx, latest_rx) = watch::channel::<Option<Bytes>>(None);
+    let (latest_tx, latest_rx) = watch::channel::<Option<Bytes>>(Some(frame(0, now_us() / 1000)));
     if hz > 0.0 {
         let tx = tx.clone();
         tokio::spawn(async move {
