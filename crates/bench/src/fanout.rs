@@ -254,7 +254,15 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s_idle = server.sample();
     let issued = Arc::new(AtomicU64::new(0));
-    let driver = tokio::spawn(drive(spec.system, spec.viewcast_load, spec.view.clone(), server.addr, spec.rate, shared.clone(), issued.clone()));
+    let driver = tokio::spawn(drive(
+        spec.system,
+        spec.viewcast_load,
+        spec.view.clone(),
+        server.addr,
+        spec.rate,
+        shared.clone(),
+        issued.clone(),
+    ));
 
     // Connect.
     let transport = if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket };
