@@ -1,17 +1,65 @@
 //! `viewcast-bench`: measurements behind BENCHMARKS.md. Every run is bounded in time and count and
-//! talks to loopback only.
+//! talks to loopback only. Each subcommand prints one JSON line per system measured, then a
+//! `summary` line with viewcast's ratios to each baseline; `--plot FILE.png` draws a plot (through
+//! `bench/plot.py`, after `bench/setup.sh`).
+
+mod client;
+mod fanout;
+mod ingest;
+mod minimal;
+mod proc;
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
 use viewcast_coord::{CoordConfig, Coordinator};
+
+use crate::fanout::{RunSpec, System};
+
+/// Longest a whole invocation may run.
+const MAX_INVOCATION: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Parser)]
 #[command(name = "viewcast-bench")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Fast (always reading) clients.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Changing timestamps per second (viewcast: one INSERT each; minimal/node: timer; tornado: POSTs).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Length of the measurement window, seconds.
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+    /// Seconds between the last client's first frame and the window.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Source addresses 127.0.0.2.. the clients are spread over (about 28k connections each).
+    #[arg(long, default_value_t = 4)]
+    addresses: usize,
+    /// Connection attempts in flight at once (0: all at once).
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Systems to run, in order, with the same clients and load.
+    #[arg(long, value_delimiter = ',', default_value = "viewcast,minimal,node,tornado")]
+    systems: Vec<System>,
+    /// viewcast's tick (timestamp length) in ms.
+    #[arg(long, default_value_t = 50)]
+    tick_ms: u64,
+    /// How viewcast's view is changed R times a second.
+    #[arg(long, value_enum, default_value = "loadgen")]
+    viewcast_load: fanout::ViewcastLoad,
+    /// Write a PNG plot here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +76,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+<<<<<<< HEAD
     /// One pgwire client reading `COPY (SUBSCRIBE t UP TO ..) TO STDOUT` of a table's snapshot.
     PgwireCopy {
         #[arg(long, default_value_t = 1_000_000)]
@@ -43,6 +92,46 @@ enum Command {
         mode: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+=======
+    /// N clients x R changing timestamps/s on a view: delivered frames, latency, server CPU/RSS.
+    Fanout {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Stream this view (default: the bench's own table, changed `rate` times a second).
+        #[arg(long, default_value = "bench_seq")]
+        view: String,
+    },
+    /// N clients connecting at once to `top10` (demo running): time to complete snapshot.
+    ConnectStorm {
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// K stalled clients (never read after their first frame) among fast ones: server RSS over
+    /// time and the fast clients' latency.
+    SlowConsumers {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, default_value_t = 200)]
+        stalled: usize,
+    },
+    /// Events/s through the demo's four views, load generator as fast as possible, in process.
+    Ingest {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 50)]
+        tick_ms: u64,
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+    },
+    /// The minimal Rust broadcaster (a baseline server; normally started by the other subcommands).
+    MinimalBroadcaster {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value_t = 10.0)]
+        hz: f64,
+>>>>>>> bench
     },
 }
 
@@ -57,39 +146,157 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
-    match Cli::parse().command {
-        Command::TickLatency { rate, seconds, tick_ms, workers } => {
-            let coord = Coordinator::start(CoordConfig { workers, tick_ms, ..CoordConfig::default() })
-                .context("starting the engine")?;
-            let sql = include_str!("../../viewcast/src/demo.sql")
-                .replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {rate}"));
-            for r in coord.execute(&sql).await {
-                if let viewcast_coord::ExecuteResult::Error(e) = r {
-                    anyhow::bail!("setup failed: {e}");
+    let cli = Cli::parse();
+    if let Command::MinimalBroadcaster { port, hz } = cli.command {
+        return minimal::run(port, hz).await;
+    }
+    tokio::time::timeout(MAX_INVOCATION, run(cli.command)).await.context("the run exceeded its time cap")?
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::TickLatency { rate, seconds, tick_ms, workers } => tick_latency(rate, seconds, tick_ms, workers).await,
+        Command::Fanout { load, view } => {
+            let demo = view != "bench_seq";
+            scenario("fanout", &load, view, demo, 0, "latency").await
+        }
+        Command::ConnectStorm { load } => {
+            scenario("connect-storm", &load, "top10".into(), true, 0, "first-frame").await
+        }
+        Command::SlowConsumers { load, stalled } => {
+            scenario("slow-consumers", &load, "bench_seq".into(), false, stalled, "rss").await
+        }
+        Command::Ingest { events, workers, tick_ms, plot } => {
+            let mut runs = Vec::new();
+            for w in workers {
+                let r = ingest::run(events, w, tick_ms).await?;
+                println!("{r}");
+                runs.push(r);
+            }
+            if let Some(p) = plot {
+                draw("ingest", &format!("ingest: {events} events, tick {tick_ms} ms, {}", machine()), &runs, &p)?;
+            }
+            Ok(())
+        }
+        Command::MinimalBroadcaster { .. } => unreachable!("handled in main"),
+    }
+}
+
+async fn scenario(
+    bench: &str,
+    load: &LoadArgs,
+    view: String,
+    demo: bool,
+    stalled: usize,
+    plot_kind: &str,
+) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
+               "clients": load.clients, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
+    );
+    let mut lines = Vec::new();
+    let mut plots = Vec::new();
+    for &system in &load.systems {
+        let spec = RunSpec {
+            system,
+            clients: load.clients,
+            stalled,
+            rate: load.rate,
+            seconds: load.seconds,
+            warmup: load.warmup,
+            addresses: load.addresses,
+            connect_concurrency: if bench == "connect-storm" { 0 } else { load.concurrency },
+            view: view.clone(),
+            demo,
+            tick_ms: load.tick_ms,
+            viewcast_load: load.viewcast_load,
+        };
+        let (mut line, plot) = match fanout::run(&spec).await {
+            Ok(r) => r,
+            Err(e) => (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()})),
+        };
+        line["bench"] = json!(bench);
+        println!("{line}");
+        lines.push(line);
+        plots.push(plot);
+        // Let sockets in TIME_WAIT and the previous server's memory go before the next system.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!("{}", json!({"bench": bench, "summary": ratios(&lines)}));
+    if let Some(p) = &load.plot {
+        let title = format!(
+            "{bench}: {} clients{} x {} ts/s, {}",
+            load.clients,
+            if stalled > 0 { format!(" + {stalled} stalled") } else { String::new() },
+            load.rate,
+            machine()
+        );
+        draw(plot_kind, &title, &plots, p)?;
+    }
+    Ok(())
+}
+
+/// viewcast's figures divided by each baseline's.
+fn ratios(lines: &[Value]) -> Value {
+    let Some(vc) = lines.iter().find(|l| l["system"] == "viewcast") else { return json!({}) };
+    let get = |l: &Value, path: &[&str]| path.iter().try_fold(l, |v, k| v.get(*k)).and_then(Value::as_f64);
+    let metrics: [(&str, &[&str]); 6] = [
+        ("updates_per_s", &["updates_per_s"]),
+        ("latency_p99", &["latency", "p99_ms"]),
+        ("e2e_p99", &["e2e_latency", "p99_ms"]),
+        ("first_frame_p95", &["first_frame", "p95_ms"]),
+        ("rss_per_conn", &["rss_per_conn_kib"]),
+        ("server_cpu", &["server_cpu_pct"]),
+    ];
+    let mut out = serde_json::Map::new();
+    for base in lines.iter().filter(|l| l["system"] != "viewcast") {
+        let mut m = serde_json::Map::new();
+        for (name, path) in metrics {
+            if let (Some(a), Some(b)) = (get(vc, path), get(base, path)) {
+                if b != 0.0 {
+                    m.insert(format!("viewcast/{name}"), json!((a / b * 100.0).round() / 100.0));
                 }
             }
-            // Warm up, then measure.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            coord.take_tick_latencies();
-            let start_count = counter(&coord).await;
-            let start = Instant::now();
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            let end_count = counter(&coord).await;
-            let elapsed = start.elapsed().as_secs_f64();
-            let mut lat = coord.take_tick_latencies();
-            lat.sort_unstable();
-            let out = serde_json::json!({
-                "bench": "tick-latency",
-                "rate_target": rate,
-                "events_per_s_measured": ((end_count - start_count) as f64 / elapsed).round(),
-                "tick_ms": tick_ms,
-                "workers": workers,
-                "ticks": lat.len(),
-                "p50_ms": percentile(&lat, 0.50),
-                "p99_ms": percentile(&lat, 0.99),
-                "max_ms": percentile(&lat, 1.0),
-            });
-            println!("{out}");
+        }
+        out.insert(base["system"].as_str().unwrap_or("?").to_string(), Value::Object(m));
+    }
+    Value::Object(out)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    format!("{cores} cores, {} GiB", mem / 1024 / 1024)
+}
+
+fn draw(kind: &str, title: &str, runs: &[Value], out: &std::path::Path) -> anyhow::Result<()> {
+    let data = std::env::temp_dir().join(format!("viewcast-bench-plot-{}.json", std::process::id()));
+    std::fs::write(&data, json!({"title": title, "runs": runs}).to_string())?;
+    let py = proc::bench_dir().join(".venv/bin/python");
+    let status = std::process::Command::new(&py)
+        .arg(proc::bench_dir().join("plot.py"))
+        .arg(kind)
+        .arg(&data)
+        .arg(out)
+        .status()
+        .with_context(|| format!("running {} (bench/setup.sh installs it)", py.display()))?;
+    anyhow::ensure!(status.success(), "plot.py failed");
+    eprintln!("plot written to {}", out.display());
+    Ok(())
+}
+
+async fn tick_latency(rate: u64, seconds: u64, tick_ms: u64, workers: usize) -> anyhow::Result<()> {
+    let coord = Coordinator::start(CoordConfig { workers, tick_ms, ..CoordConfig::default() })
+        .context("starting the engine")?;
+    let sql = include_str!("../../viewcast/src/demo.sql")
+        .replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {rate}"));
+    for r in coord.execute(&sql).await {
+        if let viewcast_coord::ExecuteResult::Error(e) = r {
+            anyhow::bail!("setup failed: {e}");
         }
         Command::PgwireCopy { rows } => pgwire_copy(rows).await?,
         Command::PgwireFanout { subscribers, mode, seconds } => pgwire_fanout(subscribers, &mode, seconds).await?,
@@ -236,6 +443,28 @@ async fn pgwire_fanout(subscribers: usize, mode: &str, seconds: u64) -> anyhow::
     for t in tasks {
         t.abort();
     }
+    // Warm up, then measure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    coord.take_tick_latencies();
+    let start_count = counter(&coord).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let end_count = counter(&coord).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = coord.take_tick_latencies();
+    lat.sort_unstable();
+    let out = json!({
+        "bench": "tick-latency",
+        "rate_target": rate,
+        "events_per_s_measured": ((end_count - start_count) as f64 / elapsed).round(),
+        "tick_ms": tick_ms,
+        "workers": workers,
+        "ticks": lat.len(),
+        "p50_ms": percentile(&lat, 0.50),
+        "p99_ms": percentile(&lat, 0.99),
+        "max_ms": percentile(&lat, 1.0),
+    });
+    println!("{out}");
     Ok(())
 }
 

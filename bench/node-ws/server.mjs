@@ -1,0 +1,55 @@
+// A plain Node.js `ws` broadcaster: a baseline for viewcast's benchmarks.
+//
+// An internal timer (--hz H) builds one frame shaped like viewcast's `update` message and sends it
+// to every open socket; POST /publish/<view> broadcasts its body instead (for externally driven
+// load). A new client first gets the latest frame (its "snapshot"), then every later one.
+// Usage: node server.mjs --port P --hz H   (prints "listening 127.0.0.1:P"). Loopback only.
+import http from "node:http";
+import { WebSocketServer } from "ws";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const port = Number(args.port ?? 0);
+const hz = Number(args.hz ?? 0);
+
+const server = http.createServer((req, res) => {
+  if (req.method === "POST" && req.url.startsWith("/publish/")) {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      broadcast(Buffer.concat(chunks));
+      res.writeHead(204).end();
+    });
+    return;
+  }
+  res.writeHead(404).end();
+});
+const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 64 * 1024 });
+let latest = Buffer.from(`{"type":"snapshot","view":"bench_seq","ts":${Date.now()},"rows":[{"row":[0],"diff":1}]}`);
+
+function broadcast(buf) {
+  latest = buf;
+  for (const ws of wss.clients) {
+    if (ws.readyState === 1) ws.send(buf, { binary: false });
+  }
+}
+
+wss.on("connection", (ws) => {
+  ws.on("error", () => {});
+  if (latest) ws.send(latest, { binary: false });
+});
+
+let seq = 0;
+if (hz > 0) {
+  setInterval(() => {
+    seq += 1;
+    const ts = Date.now();
+    const frame = `{"type":"update","view":"bench_seq","ts":${ts},"rows":[{"row":[${seq - 1}],"diff":-1},{"row":[${seq}],"diff":1}]}`;
+    broadcast(Buffer.from(frame));
+  }, 1000 / hz);
+}
+
+server.listen(port, "127.0.0.1", 4096, () => {
+  console.log(`listening 127.0.0.1:${server.address().port}`);
+});

@@ -1,0 +1,430 @@
+//! Fan-out runs: one server under test (viewcast or a baseline, each a child process), N clients,
+//! a load of R changing timestamps per second, and what the clients and the kernel measured.
+//! `fanout`, `connect-storm` and `slow-consumers` are all this run with different settings.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::client::{self, Behaviour, ClientResult, ClientSpec, Shared, Transport, DONE, MEASURE};
+use crate::proc::{bench_dir, ProcSample, Server};
+
+/// Hard caps of the tool, whatever the flags say.
+pub const MAX_CLIENTS: usize = 60_000;
+pub const MAX_SECONDS: f64 = 120.0;
+pub const MAX_RATE: f64 = 100.0;
+/// How long connecting every client may take before the run goes on without the rest.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// viewcast over WebSocket (`GET /api/v1/stream/{view}`).
+    Viewcast,
+    /// viewcast over Server-Sent Events (same endpoint, `Accept: text/event-stream`).
+    ViewcastSse,
+    /// `viewcast-bench minimal-broadcaster`: tokio-tungstenite, one shared frame per tick.
+    Minimal,
+    /// `bench/node-ws/server.mjs`: Node.js + ws, internal timer.
+    Node,
+    /// `bench/tornado2020/server.py`: the 2020 design, one POST per changed row.
+    Tornado,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Viewcast => "viewcast",
+            System::ViewcastSse => "viewcast-sse",
+            System::Minimal => "minimal",
+            System::Node => "node-ws",
+            System::Tornado => "tornado2020",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub system: System,
+    pub clients: usize,
+    pub stalled: usize,
+    pub rate: f64,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub addresses: usize,
+    /// Connection attempts in flight at once; 0 = every client at once (a storm).
+    pub connect_concurrency: usize,
+    /// The view streamed: `bench_seq` (the bench's table, changed R times a second) or a demo view.
+    pub view: String,
+    /// Also run the demo's load generator and views (for `top10`).
+    pub demo: bool,
+    pub tick_ms: u64,
+    /// How viewcast's view is changed R times a second.
+    pub viewcast_load: ViewcastLoad,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ViewcastLoad {
+    /// The server's load generator at R events/s (one event every 1/R s, so at R <= 10 with 50 ms
+    /// ticks each event is its own timestamp); `bench_seq` counts the events.
+    Loadgen,
+    /// One `INSERT` per change through `POST /api/sql`, issued by the bench one after another.
+    /// Each INSERT returns once its timestamp is sealed, so the rate reached is at most
+    /// 1 / (wait for the tick + tick-to-sealed latency).
+    Insert,
+}
+
+/// The SQL a viewcast server under test starts with.
+fn viewcast_sql(spec: &RunSpec) -> String {
+    let mut sql = if spec.viewcast_load == ViewcastLoad::Loadgen && spec.rate > 0.0 {
+        format!(
+            "CREATE SOURCE bench_src FROM LOAD GENERATOR WIKIPEDIA (EVENTS PER SECOND {}, SEED 11);\n\
+             CREATE MATERIALIZED VIEW bench_seq AS SELECT count(*) AS seq FROM bench_src;\n",
+            spec.rate
+        )
+    } else {
+        String::from(
+            "CREATE TABLE bench_ticks (n bigint);\n\
+             CREATE MATERIALIZED VIEW bench_seq AS SELECT count(*) AS seq FROM bench_ticks;\n",
+        )
+    };
+    if spec.demo {
+        sql.push_str(include_str!("../../viewcast/src/demo.sql"));
+    }
+    sql
+}
+
+fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    let hz = format!("{}", spec.rate);
+    match spec.system {
+        System::Viewcast | System::ViewcastSse => {
+            let path = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
+            std::fs::write(&path, viewcast_sql(spec))?;
+            let bin = dir.join("viewcast");
+            anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
+            let mut cmd = Command::new(bin);
+            cmd.args(["serve", "--listen", "127.0.0.1:0", "--tick-ms", &spec.tick_ms.to_string(), "--sql"])
+                .arg(&path)
+                .env("RUST_LOG", "warn");
+            Server::spawn(spec.system.name(), cmd, "open ")
+        }
+        System::Minimal => {
+            let mut cmd = Command::new(exe);
+            cmd.args(["minimal-broadcaster", "--port", "0", "--hz", &hz]);
+            Server::spawn("minimal", cmd, "listening ")
+        }
+        System::Node => {
+            let script = bench_dir().join("node-ws/server.mjs");
+            let mut cmd = Command::new("node");
+            cmd.arg(script).args(["--port", "0", "--hz", &hz]);
+            Server::spawn("node-ws", cmd, "listening ")
+        }
+        System::Tornado => {
+            let py = bench_dir().join(".venv/bin/python");
+            anyhow::ensure!(py.exists(), "{} not found: run bench/setup.sh", py.display());
+            let mut cmd = Command::new(py);
+            cmd.arg(bench_dir().join("tornado2020/server.py")).args(["--port", "0"]);
+            Server::spawn("tornado2020", cmd, "listening ")
+        }
+    }
+}
+
+/// Drives R changes a second into viewcast (one INSERT each, via the SQL API) or the 2020 design
+/// (one POST per changed row: the old count's retraction, then the new count). Counts the changes
+/// issued during the measurement window.
+async fn drive(
+    system: System,
+    viewcast_load: ViewcastLoad,
+    view: String,
+    server: std::net::SocketAddr,
+    rate: f64,
+    shared: Arc<Shared>,
+    issued_in_window: Arc<AtomicU64>,
+) {
+    let internal = matches!(system, System::Minimal | System::Node)
+        || (matches!(system, System::Viewcast | System::ViewcastSse) && viewcast_load == ViewcastLoad::Loadgen);
+    if rate <= 0.0 || internal {
+        return;
+    }
+    let http = reqwest::Client::builder().http1_only().tcp_nodelay(true).build().expect("http client");
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    while shared.phase.load(Ordering::Relaxed) != DONE {
+        tick.tick().await;
+        n += 1;
+        let ms = client::now_us() / 1000;
+        shared.record_sent(n, ms);
+        let in_window = shared.phase.load(Ordering::Relaxed) == MEASURE;
+        let ok = match system {
+            System::Viewcast | System::ViewcastSse => {
+                let body = json!({ "query": format!("INSERT INTO bench_ticks VALUES ({n})") });
+                http.post(format!("http://{server}/api/sql"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+            System::Tornado => {
+                let url = format!("http://{server}/api/v1/update/{view}");
+                let mut ok = true;
+                for (row, diff) in [(n - 1, -1), (n, 1)] {
+                    if row == 0 && diff < 0 {
+                        continue;
+                    }
+                    let body = json!({ "view": view, "ts": ms, "row": [row], "diff": diff }).to_string();
+                    ok &= http.post(&url).body(body).send().await.is_ok_and(|r| r.status().is_success());
+                }
+                ok
+            }
+            System::Minimal | System::Node => return,
+        };
+        if !ok {
+            eprintln!("[driver] change {n} failed");
+        }
+        if in_window {
+            issued_in_window.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn hist(samples: impl Iterator<Item = u64>) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    for s in samples {
+        h.saturating_record(s.max(1));
+    }
+    h
+}
+
+fn ms(us: u64) -> f64 {
+    (us as f64 / 1000.0 * 10.0).round() / 10.0
+}
+
+fn summary(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!(null);
+    }
+    json!({
+        "n": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p95_ms": ms(h.value_at_quantile(0.95)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// Quantile -> ms pairs, for plots.
+fn cdf(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!([]);
+    }
+    let qs = (0..=100).map(|i| i as f64 / 100.0).chain([0.995, 0.999, 1.0]);
+    Value::Array(qs.map(|q| json!([q, ms(h.value_at_quantile(q.min(1.0)))])).collect())
+}
+
+/// Runs one system through one scenario; returns (the summary line, data for plots).
+pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
+    anyhow::ensure!(spec.clients + spec.stalled <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients");
+    anyhow::ensure!(spec.seconds <= MAX_SECONDS && spec.warmup <= MAX_SECONDS, "at most {MAX_SECONDS} s a phase");
+    anyhow::ensure!(spec.rate <= MAX_RATE, "at most {MAX_RATE} changes/s");
+    let server = start_server(spec)?;
+    let t0 = Instant::now();
+    let shared = Shared::new((spec.rate * (spec.seconds + spec.warmup + 200.0)) as usize + 16);
+    // Memory and CPU over the whole run.
+    let series: Arc<Mutex<Vec<(f64, u64)>>> = Arc::default();
+    let sampler = {
+        let series = series.clone();
+        let pid = server.pid();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let s = ProcSample::of(pid);
+                series.lock().expect("series").push((t0.elapsed().as_secs_f64(), s.rss_kib));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s_idle = server.sample();
+    let issued = Arc::new(AtomicU64::new(0));
+    let driver = tokio::spawn(drive(
+        spec.system,
+        spec.viewcast_load,
+        spec.view.clone(),
+        server.addr,
+        spec.rate,
+        shared.clone(),
+        issued.clone(),
+    ));
+
+    // Connect.
+    let transport = if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket };
+    let path = format!("/api/v1/stream/{}", spec.view);
+    let total = spec.clients + spec.stalled;
+    let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs_f64(spec.warmup + spec.seconds + 30.0);
+    let permits = Arc::new(tokio::sync::Semaphore::new(if spec.connect_concurrency == 0 {
+        total.max(1)
+    } else {
+        spec.connect_concurrency
+    }));
+    let finished_connecting = Arc::new(AtomicU64::new(0));
+    let connect_start = Instant::now();
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
+        // Stalled clients are spread among the fast ones.
+        let stalled = spec.stalled > 0 && i % (total / spec.stalled.max(1)).max(1) == 0 && {
+            let k = i / (total / spec.stalled.max(1)).max(1);
+            k < spec.stalled
+        };
+        let cs = ClientSpec {
+            server: server.addr,
+            path: path.clone(),
+            transport,
+            behaviour: if stalled { Behaviour::Stalled } else { Behaviour::Fast },
+            source: client::source_for(i, spec.addresses),
+        };
+        let shared = shared.clone();
+        // A connection slot is held until the client's handshake is done (or has failed).
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let done = finished_connecting.clone();
+        handles.push((
+            stalled,
+            tokio::spawn(async move {
+                let r = client::run_client(cs, shared, deadline, permit).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                r
+            }),
+        ));
+    }
+    // Wait until every client is connected or has given up, then (at most 10 s more) until the
+    // connected ones have their first frame (the 2020 design sends none until something changes).
+    let wait_until = connect_start + CONNECT_TIMEOUT;
+    loop {
+        let handshaken = shared.handshaken.load(Ordering::Relaxed) as usize;
+        let failed = finished_connecting.load(Ordering::Relaxed) as usize;
+        if handshaken + failed >= total || Instant::now() > wait_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_frames_until = Instant::now() + Duration::from_secs(10);
+    while (shared.ready.load(Ordering::Relaxed) as usize) < shared.handshaken.load(Ordering::Relaxed) as usize
+        && Instant::now() < first_frames_until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(spec.warmup)).await;
+    let s_connected = server.sample();
+    let me0 = ProcSample::of(std::process::id());
+    shared.set_phase(MEASURE);
+    let measure_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(spec.seconds)).await;
+    let window = measure_start.elapsed().as_secs_f64();
+    let s_end = server.sample();
+    let me1 = ProcSample::of(std::process::id());
+    shared.set_phase(DONE);
+    let _ = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    let mut fast: Vec<ClientResult> = Vec::new();
+    let mut slow: Vec<ClientResult> = Vec::new();
+    for (stalled, h) in handles {
+        let r = match tokio::time::timeout(Duration::from_secs(30), h).await {
+            Ok(Ok(r)) => r,
+            _ => ClientResult { error: Some("client task did not finish".into()), ..Default::default() },
+        };
+        if stalled {
+            slow.push(r)
+        } else {
+            fast.push(r)
+        }
+    }
+    sampler.abort();
+    drop(server);
+
+    let connected = fast.iter().filter(|r| r.connected).count();
+    let got_first = fast.iter().filter(|r| r.first_frame_us.is_some()).count();
+    let first_error = fast.iter().chain(&slow).find_map(|r| r.error.clone());
+    let errors = fast.iter().filter(|r| r.error.is_some()).count();
+    let lat = hist(fast.iter().flat_map(|r| r.lat_us.iter().copied()));
+    let e2e = hist(fast.iter().flat_map(|r| r.e2e_us.iter().copied()));
+    let prog = hist(fast.iter().flat_map(|r| r.progress_lat_us.iter().copied()));
+    let first = hist(fast.iter().filter_map(|r| r.first_frame_us));
+    let sum = |f: fn(&ClientResult) -> u64| fast.iter().map(f).sum::<u64>();
+    let (frames, bytes, updates, progress) =
+        (sum(|r| r.frames), sum(|r| r.bytes), sum(|r| r.updates), sum(|r| r.progress));
+    let changes = match (spec.system, spec.viewcast_load) {
+        (System::Tornado, _) | (System::Viewcast | System::ViewcastSse, ViewcastLoad::Insert) => {
+            issued.load(Ordering::Relaxed)
+        }
+        _ => (spec.rate * window).round() as u64,
+    };
+    // Per-client spread: with the same load every client should receive the same updates.
+    let per_client = fast.iter().filter(|r| r.connected).map(|r| r.updates);
+    let (min_updates, max_updates) = (per_client.clone().min().unwrap_or(0), per_client.max().unwrap_or(0));
+    // Timer-driven loads: the changing timestamps are what the best-served client received
+    // (the rate times the window only approximates them).
+    let changes = if changes == (spec.rate * window).round() as u64 && max_updates > 0 { max_updates } else { changes };
+    let expected = changes * connected as u64;
+    let rss_per_conn_kib = if connected + slow.len() > 0 {
+        (s_connected.rss_kib as f64 - s_idle.rss_kib as f64) / (connected + slow.len()) as f64
+    } else {
+        f64::NAN
+    };
+    let series = series.lock().expect("series").clone();
+    let rss_max = series.iter().map(|(_, r)| *r).max().unwrap_or(0);
+    let line = json!({
+        "system": spec.system.name(),
+        "clients": spec.clients,
+        "stalled": spec.stalled,
+        "view": spec.view,
+        "rate_target": spec.rate,
+        "changes_in_window": changes,
+        "window_s": (window * 100.0).round() / 100.0,
+        "connected": connected,
+        "got_first_frame": got_first,
+        "client_errors": errors,
+        "first_error": first_error,
+        "closed_early": fast.iter().filter(|r| r.closed_early).count(),
+        "connect_all_s": (connect_secs * 100.0).round() / 100.0,
+        "first_frame": summary(&first),
+        "frames_per_s": (frames as f64 / window).round(),
+        "updates_per_s": (updates as f64 / window).round(),
+        "progress_per_s": (progress as f64 / window).round(),
+        "bytes_per_s": (bytes as f64 / window).round(),
+        "updates_expected": expected,
+        "updates_delivered": updates,
+        "delivered_fraction": if expected > 0 { ((updates as f64 / expected as f64) * 10_000.0).round() / 10_000.0 } else { f64::NAN },
+        "updates_per_client_min": min_updates,
+        "updates_per_client_max": max_updates,
+        "seq_gaps": sum(|r| r.gaps),
+        "resyncs": sum(|r| r.resyncs),
+        "latency": summary(&lat),
+        "e2e_latency": summary(&e2e),
+        "progress_latency": summary(&prog),
+        "stalled_closed_by_server": slow.iter().filter(|r| r.closed_early).count(),
+        "server_cpu_pct": (s_end.cpu_percent_since(&s_connected) * 10.0).round() / 10.0,
+        "bench_cpu_pct": (me1.cpu_percent_since(&me0) * 10.0).round() / 10.0,
+        "server_rss_mib": {
+            "before_clients": s_idle.rss_kib / 1024,
+            "connected": s_connected.rss_kib / 1024,
+            "end": s_end.rss_kib / 1024,
+            "max": rss_max / 1024,
+        },
+        "rss_per_conn_kib": (rss_per_conn_kib * 10.0).round() / 10.0,
+    });
+    let plot = json!({
+        "system": spec.system.name(),
+        "latency_cdf": cdf(&lat),
+        "first_frame_cdf": cdf(&first),
+        "rss_series": series.iter().map(|(t, r)| json!([(t * 100.0).round() / 100.0, *r as f64 / 1024.0])).collect::<Vec<_>>(),
+        "measure_start_s": measure_start.duration_since(t0).as_secs_f64(),
+    });
+    Ok((line, plot))
+}
