@@ -36,6 +36,25 @@ pub(crate) struct Item {
     pub last_error: Option<String>,
 }
 
+impl Item {
+    /// An item with nothing but its name, kind, columns and creating statement.
+    pub fn new(name: &str, kind: ItemKind, desc: RelationDesc, create_sql: String) -> Item {
+        Item {
+            name: name.to_string(),
+            kind,
+            desc,
+            plan: None,
+            create_sql,
+            input: None,
+            depends_on: vec![],
+            source: None,
+            hidden: false,
+            errors: 0,
+            last_error: None,
+        }
+    }
+}
+
 /// One relation as listed by `/api/v1/views` and `SHOW`.
 #[derive(Clone, Debug)]
 pub struct RelationInfo {

@@ -115,14 +115,14 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
         Statement::Explain { text } => Ok(text_rows("QUERY PLAN", text.lines().map(str::to_string).collect())),
         Statement::Show(Show::Items(ItemKind::Sink)) => Ok(sink_rows(shared)),
         Statement::Show(show) => show_rows(shared, show),
-        Statement::CreateSink { name, if_not_exists, from, connector } => {
+        Statement::CreateSink { name, if_not_exists, from, connector, snapshot } => {
             if exists(shared, &name) {
                 if if_not_exists {
                     return ok("CREATE SINK");
                 }
                 return Err(already_exists(&name));
             }
-            create_sink(shared, &name, from, connector, sql)
+            create_sink(shared, &name, from, connector, snapshot, sql)
         }
         Statement::Subscribe(_) => Err(StatementError::new(
             "SUBSCRIBE needs a streaming connection: use GET /api/v1/stream/{view} (WebSocket or SSE)",
@@ -152,19 +152,7 @@ fn text_rows(column: &str, lines: Vec<String>) -> ExecuteResult {
 }
 
 fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
-    Item {
-        name: name.to_string(),
-        kind,
-        desc,
-        plan: None,
-        create_sql: sql.to_string(),
-        input: None,
-        depends_on: vec![],
-        source: None,
-        hidden: false,
-        errors: 0,
-        last_error: None,
-    }
+    Item::new(name, kind, desc, sql.to_string())
 }
 
 /// Rows queued between a source's producer and the tick loop: the bound of ingestion backpressure.
@@ -500,9 +488,10 @@ fn create_sink(
     name: &str,
     from: GlobalId,
     connector: SinkConnector,
+    snapshot: bool,
     sql: &str,
 ) -> Result<ExecuteResult, StatementError> {
-    let SinkConnector::Webhook { url } = connector;
+    let SinkConnector::Webhook { url, token, timeout_ms } = connector;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(StatementError::new(
             format!("invalid webhook URL '{url}': expected http:// or https://"),
@@ -523,50 +512,30 @@ fn create_sink(
     }
     let view = cat.name_of(from);
     let id = cat.allocate_id();
-    let mut item = new_item(name, ItemKind::Sink, RelationDesc::default(), sql);
+    // The statement as written would show the token in `SHOW CREATE SINK`: keep a redacted one.
+    let create_sql = match &token {
+        None => sql.to_string(),
+        Some(_) => format!(
+            "CREATE SINK {name} FROM {view} INTO WEBHOOK '{}' WITH (SNAPSHOT = {snapshot}, TOKEN = '<redacted>'{})",
+            url.replace('\'', "''"),
+            timeout_ms.map(|ms| format!(", TIMEOUT = '{ms}ms'")).unwrap_or_default()
+        ),
+    };
+    let mut item = new_item(name, ItemKind::Sink, RelationDesc::default(), &create_sql);
     item.depends_on = vec![from];
     cat.insert(id, item);
-    shared.sinks.start(id, name, shared.hub.clone(), from, &view, &url);
+    let options = crate::sinks::WebhookOptions {
+        url,
+        token,
+        timeout: timeout_ms.map(std::time::Duration::from_millis),
+        snapshot,
+    };
+    shared.sinks.start(id, name, shared.hub.clone(), from, &view, options);
     ok("CREATE SINK")
 }
 
-/// `SHOW SINKS`: every sink with its delivery status.
+/// `SHOW SINKS`: every sink with its delivery status (the rows of `viewcast_sink_status`, now).
 fn sink_rows(shared: &Shared) -> ExecuteResult {
-    let cat = shared.catalog.lock().expect("catalog lock");
-    let text = |n: &str| (n.to_string(), ColumnType::new(ScalarType::Text, false));
-    let int = |n: &str| (n.to_string(), ColumnType::new(ScalarType::Int64, true));
-    let desc = RelationDesc::new([
-        text("name"),
-        text("type"),
-        text("view"),
-        text("url"),
-        text("state"),
-        int("last_acked_ts"),
-        int("pending_rows"),
-        int("posts"),
-        int("errors"),
-        ("last_error".to_string(), ColumnType::new(ScalarType::Text, true)),
-    ]);
-    let mut rows: Vec<Row> = cat
-        .items
-        .iter()
-        .filter(|(_, i)| i.kind == ItemKind::Sink)
-        .filter_map(|(id, _)| shared.sinks.status(*id))
-        .map(|s| {
-            Row::new(vec![
-                Datum::text(&s.name),
-                Datum::text("webhook"),
-                Datum::text(&s.view),
-                Datum::text(&s.url),
-                Datum::text(s.state),
-                s.last_acked_ts.map_or(Datum::Null, |t| Datum::Int(t as i64)),
-                Datum::Int(s.pending_rows as i64),
-                Datum::Int(s.posts as i64),
-                Datum::Int(s.errors as i64),
-                s.last_error.as_deref().map_or(Datum::Null, Datum::text),
-            ])
-        })
-        .collect();
-    rows.sort();
-    ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
+    let rows: Vec<Row> = crate::system::sink_status_rows(shared, 0).into_values().collect();
+    ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc: crate::system::sink_status_desc(), rows }
 }

@@ -1,23 +1,19 @@
-//! Ingestion: starting sources from their connectors, rows pushed by webhooks, and the
-//! `viewcast_source_stats` system view.
+//! Ingestion: starting sources from their connectors, rows pushed by webhooks, and the rows of
+//! the `viewcast_source_stats` system view (published by [`crate::system`]).
 //!
 //! Webhook rows do not go through a source queue: each request becomes one pending write of the
 //! next tick (the mechanism table writes use), so a request's rows land in one timestamp, all or
 //! nothing, and the caller learns when that timestamp is sealed.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use viewcast_plan::{GlobalId, RelExpr};
-use viewcast_repr::{ColumnType, Datum, Diff, RelationDesc, Row, ScalarType, Timestamp};
+use viewcast_plan::GlobalId;
+use viewcast_repr::{Datum, Row, Timestamp};
 use viewcast_sources::{
     FileConfig, FileSource, LoadGenConfig, LoadGenerator, RecordFormat, SourceHandle, SourceStats, SseConfig, SseSource,
 };
-use viewcast_sql::{Format, ItemKind, LoadGenerator as LoadGenSpec, SourceConnector};
+use viewcast_sql::{Format, LoadGenerator as LoadGenSpec, SourceConnector};
 
-use crate::catalog::Item;
 use crate::clock::PendingWrite;
 use crate::execute::StatementError;
 use crate::Shared;
@@ -170,101 +166,8 @@ async fn ingest_rows(
     Ok(ts)
 }
 
-/// The name of the system view of source statistics.
-pub const SOURCE_STATS_VIEW: &str = "viewcast_source_stats";
-
-/// How often `viewcast_source_stats` is refreshed.
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-fn source_stats_desc() -> RelationDesc {
-    let col = |n: &str, t: ScalarType, nullable: bool| (n.to_string(), ColumnType::new(t, nullable));
-    RelationDesc::new([
-        col("name", ScalarType::Text, false),
-        col("events_in", ScalarType::Int64, false),
-        col("bytes_in", ScalarType::Int64, false),
-        col("errors", ScalarType::Int64, false),
-        col("skipped", ScalarType::Int64, false),
-        col("last_error", ScalarType::Text, true),
-        col("last_event_time", ScalarType::TimestampTz, true),
-        col("lag_ms", ScalarType::Int64, true),
-    ])
-}
-
-/// Registers `viewcast_source_stats`, a published view over a hidden input that
-/// [`stats_publisher`] rewrites every second; returns the input's id.
-pub(crate) fn register_source_stats(shared: &Shared) -> Result<GlobalId, StatementError> {
-    let desc = source_stats_desc();
-    let clock = shared.clock.lock().expect("clock lock");
-    let mut cat = shared.catalog.lock().expect("catalog lock");
-    let input = cat.allocate_id();
-    shared.engine.create_input(input, desc.arity()).map_err(|e| StatementError::new(e.to_string(), "XX000", None))?;
-    let mut hidden = new_item(&format!("__input_{SOURCE_STATS_VIEW}"), ItemKind::Source, desc.clone());
-    hidden.hidden = true;
-    cat.insert(input, hidden);
-    let id = cat.allocate_id();
-    let plan = RelExpr::Get { id: input, arity: desc.arity() };
-    shared.hub.register(id, SOURCE_STATS_VIEW, desc.clone(), clock.as_of());
-    shared.engine.create_view(id, plan.clone(), true).map_err(|e| StatementError::new(e.to_string(), "XX000", None))?;
-    let mut item = new_item(SOURCE_STATS_VIEW, ItemKind::View, desc);
-    item.plan = Some(plan);
-    item.depends_on = vec![input];
-    cat.insert(id, item);
-    Ok(input)
-}
-
-fn new_item(name: &str, kind: ItemKind, desc: RelationDesc) -> Item {
-    Item {
-        name: name.to_string(),
-        kind,
-        desc,
-        plan: None,
-        create_sql: format!("-- system view {SOURCE_STATS_VIEW}, refreshed every second"),
-        input: None,
-        depends_on: vec![],
-        source: None,
-        hidden: false,
-        errors: 0,
-        last_error: None,
-    }
-}
-
-/// Rewrites the stats input every second with the difference from what it holds, until shutdown.
-pub(crate) fn stats_publisher(shared: &Shared, input: GlobalId) {
-    let mut current: BTreeMap<String, Row> = BTreeMap::new();
-    while !shared.stop.load(Ordering::SeqCst) {
-        let now = crate::clock::now_ms();
-        let next: BTreeMap<String, Row> = {
-            let cat = shared.catalog.lock().expect("catalog lock");
-            cat.items
-                .values()
-                .filter(|it| !it.hidden)
-                .filter_map(|it| Some((it.name.clone(), stats_row(&it.name, &it.source.as_ref()?.handle, now))))
-                .collect()
-        };
-        let mut updates: Vec<(Row, Diff)> = Vec::new();
-        for (name, row) in &current {
-            if next.get(name) != Some(row) {
-                updates.push((row.clone(), -1));
-            }
-        }
-        for (name, row) in &next {
-            if current.get(name) != Some(row) {
-                updates.push((row.clone(), 1));
-            }
-        }
-        if !updates.is_empty() {
-            shared.clock.lock().expect("clock lock").pending.push(PendingWrite { id: input, updates, done: None });
-        }
-        current = next;
-        // Short sleeps, so shutdown is not held up by a whole interval.
-        let until = std::time::Instant::now() + STATS_INTERVAL;
-        while std::time::Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn stats_row(name: &str, handle: &SourceHandle, now: Timestamp) -> Row {
+/// One row of `viewcast_source_stats` for a source.
+pub(crate) fn stats_row(name: &str, handle: &SourceHandle, now: Timestamp) -> Row {
     let s = handle.stats().snapshot();
     let int = |v: u64| Datum::Int(i64::try_from(v).unwrap_or(i64::MAX));
     Row::new(vec![

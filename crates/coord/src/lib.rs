@@ -11,6 +11,7 @@ mod clock;
 mod execute;
 mod ingest;
 mod sinks;
+mod system;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,8 +22,8 @@ use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
 pub use execute::{ExecuteResult, StatementError};
-pub use ingest::SOURCE_STATS_VIEW;
 pub use sinks::{FollowError, SinkStatus, ViewFollower};
+pub use system::{SINK_STATUS_VIEW, SOURCE_STATS_VIEW};
 pub use viewcast_sources::SourceStatsSnapshot;
 
 /// Settings of one viewcast instance.
@@ -106,10 +107,10 @@ impl Coordinator {
             let shared = shared.clone();
             move || clock::tick_loop(&shared)
         })?;
-        let stats_input = ingest::register_source_stats(&shared).map_err(|e| CoordError::Setup(e.message))?;
-        let stats = std::thread::Builder::new().name("viewcast-source-stats".into()).spawn({
+        let system_views = system::register(&shared).map_err(|e| CoordError::Setup(e.message))?;
+        let stats = std::thread::Builder::new().name("viewcast-system-views".into()).spawn({
             let shared = shared.clone();
-            move || ingest::stats_publisher(&shared, stats_input)
+            move || system::publisher(&shared, system_views)
         })?;
         Ok(Coordinator { shared, threads: vec![applier, ticker, stats] })
     }

@@ -150,6 +150,17 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
+/// How a webhook sink delivers (`CREATE SINK ... WITH (...)`).
+pub(crate) struct WebhookOptions {
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`; never logged or shown.
+    pub token: Option<String>,
+    /// Per-request timeout (default [`REQUEST_TIMEOUT`]).
+    pub timeout: Option<Duration>,
+    /// POST the view's contents at the start time first.
+    pub snapshot: bool,
+}
+
 /// Backoff between attempts of one request: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -198,18 +209,21 @@ impl Sinks {
         out
     }
 
-    pub fn status(&self, id: GlobalId) -> Option<SinkStatus> {
-        let running = self.running.lock().expect("sinks lock");
-        running.get(&id).map(|h| h.shared.status.lock().expect("status lock").clone())
-    }
-
     /// Starts POSTing view `view_id`'s changes to `url`. Must be called inside a tokio runtime.
-    pub fn start(&self, id: GlobalId, name: &str, hub: Arc<Hub>, view_id: GlobalId, view: &str, url: &str) {
+    pub fn start(
+        &self,
+        id: GlobalId,
+        name: &str,
+        hub: Arc<Hub>,
+        view_id: GlobalId,
+        view: &str,
+        options: WebhookOptions,
+    ) {
         let shared = Arc::new(SinkShared {
             status: Mutex::new(SinkStatus {
                 name: name.to_string(),
                 view: view.to_string(),
-                url: url.to_string(),
+                url: options.url.clone(),
                 state: "starting",
                 last_acked_ts: None,
                 pending_rows: 0,
@@ -221,10 +235,11 @@ impl Sinks {
             notify: Notify::new(),
         });
         let reader = tokio::spawn(
-            follow(shared.clone(), hub, view_id).instrument(tracing::info_span!("sink-follow", sink = %name)),
+            follow(shared.clone(), hub, view_id, options.snapshot)
+                .instrument(tracing::info_span!("sink-follow", sink = %name)),
         );
         let sender = tokio::spawn(
-            post_loop(shared.clone(), view.to_string(), url.to_string())
+            post_loop(shared.clone(), view.to_string(), options)
                 .instrument(tracing::info_span!("sink-post", sink = %name)),
         );
         self.running.lock().expect("sinks lock").insert(id, SinkHandle { shared, tasks: vec![reader, sender] });
@@ -252,11 +267,18 @@ fn enqueue(shared: &SinkShared, batch: Batch) {
     shared.notify.notify_one();
 }
 
-async fn follow(shared: Arc<SinkShared>, hub: Arc<Hub>, view_id: GlobalId) {
+async fn follow(shared: Arc<SinkShared>, hub: Arc<Hub>, view_id: GlobalId, send_snapshot: bool) {
     let mut follower = loop {
         match ViewFollower::start(hub.clone(), view_id, None).await {
             Ok((follower, ts, snapshot)) => {
-                enqueue(&shared, Batch { ts, updates: snapshot });
+                if send_snapshot {
+                    enqueue(&shared, Batch { ts, updates: snapshot });
+                } else {
+                    // Nothing to send until the view changes: caught up as of the start time.
+                    let mut st = shared.status.lock().expect("status lock");
+                    st.state = "running";
+                    st.last_acked_ts = Some(ts);
+                }
                 break follower;
             }
             Err(FollowError::NotReady) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -296,8 +318,10 @@ struct Entry<'a> {
     diff: Diff,
 }
 
-async fn post_loop(shared: Arc<SinkShared>, view: String, url: String) {
-    let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
+async fn post_loop(shared: Arc<SinkShared>, view: String, options: WebhookOptions) {
+    let WebhookOptions { url, token, timeout, .. } = options;
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let client = match reqwest::Client::builder().timeout(timeout.unwrap_or(REQUEST_TIMEOUT)).build() {
         Ok(c) => c,
         Err(e) => return close(&shared, format!("http client: {e}")),
     };
@@ -336,13 +360,15 @@ async fn post_loop(shared: Arc<SinkShared>, view: String, url: String) {
         let in_flight = batch.updates.len() as u64;
         let mut backoff = BACKOFF_FIRST;
         loop {
-            let result = client
+            let mut request = client
                 .post(&url)
                 .header("content-type", "application/json")
                 .header("idempotency-key", &key)
-                .body(body.clone())
-                .send()
-                .await;
+                .body(body.clone());
+            if let Some(auth) = &authorization {
+                request = request.header("authorization", auth);
+            }
+            let result = request.send().await;
             let failure = match result {
                 Ok(resp) if resp.status().is_success() => None,
                 Ok(resp) => Some(format!("HTTP {}", resp.status())),

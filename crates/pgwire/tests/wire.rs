@@ -326,3 +326,103 @@ async fn webhook_sink_survives_a_flaky_receiver() {
     client.batch_execute("DROP SINK s").await.unwrap();
     assert!(coord.sink_statuses().is_empty());
 }
+
+/// `CREATE SINK ... WITH (SNAPSHOT = false, TOKEN = .., TIMEOUT = ..)`: the receiver sees the
+/// bearer token on every request and no snapshot (only changes after the sink started); the token
+/// never shows in `SHOW CREATE SINK`; `viewcast_sink_status` is a relation like any other, whose
+/// rows follow the sink's progress; bad options are errors that say which option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_sink_options_and_status_view() {
+    use axum::http::{HeaderMap, StatusCode};
+    let (_coord, addr) = start().await;
+    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let unauthorized = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let (bodies, unauthorized) = (bodies.clone(), unauthorized.clone());
+            move |headers: HeaderMap, body: String| {
+                let (bodies, unauthorized) = (bodies.clone(), unauthorized.clone());
+                async move {
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer s3cret") {
+                        unauthorized.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return Err(StatusCode::UNAUTHORIZED);
+                    }
+                    bodies.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                    Ok::<_, StatusCode>("ok")
+                }
+            }
+        }),
+    );
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await });
+
+    let client = connect(addr).await;
+    client.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1), (2)").await.unwrap();
+    let hook = format!("http://{http_addr}/hook");
+    for (bad, says) in [
+        ("WITH (SNAPSHOT = 7)", "TRUE or FALSE"),
+        ("WITH (TIMEOUT = 'soon')", "TIMEOUT"),
+        ("WITH (TOKEN = 5)", "string literal"),
+        ("WITH (COLOR = 'red')", "SNAPSHOT, TOKEN, TIMEOUT"),
+    ] {
+        let e = client.batch_execute(&format!("CREATE SINK bad FROM t INTO WEBHOOK '{hook}' {bad}")).await.unwrap_err();
+        let msg = e.as_db_error().unwrap().message().to_string();
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE SINK s FROM t INTO WEBHOOK '{hook}' WITH (SNAPSHOT = false, TOKEN = 's3cret', TIMEOUT = '5s')"
+        ))
+        .await
+        .unwrap();
+    client.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+    client.batch_execute("DELETE FROM t WHERE a = 1").await.unwrap();
+
+    // The receiver gets exactly the two changes (in one POST or two: a sink that falls behind
+    // consolidates), and the status view catches up with the deliveries.
+    let received = || -> Vec<(i64, i64)> {
+        let mut changes: Vec<(i64, i64)> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["rows"].as_array().unwrap().clone())
+            .map(|e| (e["row"][0].as_i64().unwrap(), e["diff"].as_i64().unwrap()))
+            .collect();
+        changes.sort_unstable();
+        changes
+    };
+    let sql = "SELECT state, posts, errors, pending_rows, url FROM viewcast_sink_status WHERE name = 's'";
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = rows_of(&client.simple_query(sql).await.unwrap());
+            let posts = bodies.lock().unwrap().len().to_string();
+            if received().len() >= 2 && r.first().is_some_and(|r| r[1] == posts) {
+                return r[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("viewcast_sink_status catches up with the receiver");
+    assert_eq!(received(), [(1, -1), (3, 1)], "no snapshot, only the two changes");
+    assert_eq!(status[0], "running");
+    assert_eq!(status[2..], ["0", "0", hook.as_str()]);
+    assert_eq!(unauthorized.load(std::sync::atomic::Ordering::SeqCst), 0, "every request carried the token");
+
+    let shown = rows_of(&client.simple_query("SHOW CREATE SINK s").await.unwrap());
+    assert!(!shown[0][1].contains("s3cret") && shown[0][1].contains("<redacted>"), "{shown:?}");
+    let listed = rows_of(&client.simple_query("SHOW SINKS").await.unwrap());
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0][0], "s");
+
+    client.batch_execute("DROP SINK s").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !rows_of(&client.simple_query("SELECT name FROM viewcast_sink_status").await.unwrap()).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a dropped sink leaves viewcast_sink_status");
+}

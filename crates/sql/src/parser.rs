@@ -76,6 +76,12 @@ pub(crate) struct CreateSinkAst {
     pub if_not_exists: bool,
     pub from: ast::ObjectName,
     pub url: String,
+    /// `WITH (SNAPSHOT = b)`: POST the view's contents first (default true).
+    pub snapshot: bool,
+    /// `WITH (TOKEN = '...')`: sent as `Authorization: Bearer ...`.
+    pub token: Option<String>,
+    /// `WITH (TIMEOUT = '10s')`: per-request timeout.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -299,17 +305,8 @@ fn parse_create_source(p: &mut Parser) -> CResult<Ast> {
     } else if eat_word(p, "SSE") {
         let url = p.parse_literal_string()?;
         let mut include_metadata = false;
-        if eat_word(p, "WITH") {
-            p.expect_token(&Token::LParen)?;
-            loop {
-                expect_word(p, "INCLUDE_METADATA")?;
-                let _ = p.consume_token(&Token::Eq);
-                include_metadata = parse_bool(p)?;
-                if !p.consume_token(&Token::Comma) {
-                    break;
-                }
-            }
-            p.expect_token(&Token::RParen)?;
+        for (_, value) in parse_with_options(p, &["INCLUDE_METADATA"])? {
+            include_metadata = value.boolean()?;
         }
         ConnectorAst::Sse { url, include_metadata }
     } else if eat_word(p, "WEBHOOK") {
@@ -319,17 +316,8 @@ fn parse_create_source(p: &mut Parser) -> CResult<Ast> {
     } else if eat_word(p, "FILE") {
         let path = p.parse_literal_string()?;
         let mut tail = false;
-        if eat_word(p, "WITH") {
-            p.expect_token(&Token::LParen)?;
-            loop {
-                expect_word(p, "TAIL")?;
-                let _ = p.consume_token(&Token::Eq);
-                tail = parse_bool(p)?;
-                if !p.consume_token(&Token::Comma) {
-                    break;
-                }
-            }
-            p.expect_token(&Token::RParen)?;
+        for (_, value) in parse_with_options(p, &["TAIL"])? {
+            tail = value.boolean()?;
         }
         let format = parse_format(p)?;
         ConnectorAst::File { path, tail, format }
@@ -339,14 +327,64 @@ fn parse_create_source(p: &mut Parser) -> CResult<Ast> {
     Ok(Ast::CreateSource(CreateSourceAst { name, if_not_exists, connector }))
 }
 
-fn parse_bool(p: &mut Parser) -> CResult<bool> {
-    if p.parse_keyword(Keyword::TRUE) || eat_word(p, "ON") {
-        Ok(true)
-    } else if p.parse_keyword(Keyword::FALSE) || eat_word(p, "OFF") {
-        Ok(false)
-    } else {
-        expected(p, "TRUE or FALSE")
+/// The value of one `WITH (NAME [=] value)` option: omitted (a bare name means true), or a token.
+enum OptionValue {
+    Omitted(Location),
+    Given(TokenWithSpan),
+}
+
+impl OptionValue {
+    fn boolean(self) -> CResult<bool> {
+        match self {
+            OptionValue::Omitted(_) => Ok(true),
+            OptionValue::Given(t) if word_is(&t, "TRUE") || word_is(&t, "ON") => Ok(true),
+            OptionValue::Given(t) if word_is(&t, "FALSE") || word_is(&t, "OFF") => Ok(false),
+            other => other.error("TRUE or FALSE"),
+        }
     }
+
+    fn string(self) -> CResult<String> {
+        match self {
+            OptionValue::Given(TokenWithSpan { token: Token::SingleQuotedString(s), .. }) => Ok(s),
+            other => other.error("a string literal"),
+        }
+    }
+
+    fn error<T>(self, what: &str) -> CResult<T> {
+        let (found, at) = match self {
+            OptionValue::Omitted(at) => ("nothing".to_string(), at),
+            OptionValue::Given(t) => (t.token.to_string(), t.span.start),
+        };
+        Err(Custom::Sql(SqlError::syntax(format!("Expected: {what}, found: {found}")), Some(at)))
+    }
+}
+
+/// `WITH (NAME [=] value, ...)`, if present, for option names in `allowed` (upper case, matched
+/// case-insensitively). Returns each option with its name as written in `allowed`, in order.
+fn parse_with_options(p: &mut Parser, allowed: &[&'static str]) -> CResult<Vec<(&'static str, OptionValue)>> {
+    let mut out = Vec::new();
+    if !eat_word(p, "WITH") {
+        return Ok(out);
+    }
+    p.expect_token(&Token::LParen)?;
+    loop {
+        let Some(&name) = allowed.iter().find(|n| eat_word(p, n)) else {
+            return expected(p, &format!("one of the options {}", allowed.join(", ")));
+        };
+        let _ = p.consume_token(&Token::Eq);
+        let next = p.peek_token();
+        let value = if matches!(next.token, Token::RParen | Token::Comma) {
+            OptionValue::Omitted(next.span.start)
+        } else {
+            OptionValue::Given(p.next_token())
+        };
+        out.push((name, value));
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    p.expect_token(&Token::RParen)?;
+    Ok(out)
 }
 
 fn parse_format(p: &mut Parser) -> CResult<Format> {
@@ -447,7 +485,21 @@ fn parse_create_sink(p: &mut Parser) -> CResult<Ast> {
     expect_word(p, "INTO")?;
     expect_word(p, "WEBHOOK")?;
     let url = p.parse_literal_string()?;
-    Ok(Ast::CreateSink(CreateSinkAst { name, if_not_exists, from, url }))
+    let mut sink = CreateSinkAst { name, if_not_exists, from, url, snapshot: true, token: None, timeout_ms: None };
+    for (option, value) in parse_with_options(p, &["SNAPSHOT", "TOKEN", "TIMEOUT"])? {
+        match option {
+            "SNAPSHOT" => sink.snapshot = value.boolean()?,
+            "TOKEN" => sink.token = Some(value.string()?),
+            _ => {
+                let text = value.string()?;
+                sink.timeout_ms = Some(parse_millis(&text).ok_or_else(|| {
+                    let msg = format!("invalid TIMEOUT '{text}': expected a duration such as '500ms' or '10s'");
+                    Custom::Sql(SqlError::new(crate::code::INVALID_PARAMETER_VALUE, msg), None)
+                })?);
+            }
+        }
+    }
+    Ok(Ast::CreateSink(sink))
 }
 
 fn parse_show(p: &mut Parser) -> CResult<Ast> {
@@ -511,29 +563,14 @@ fn parse_subscribe(p: &mut Parser) -> CResult<Ast> {
             sub.upsert_key = Some(p.parse_comma_separated(|p| p.parse_identifier())?);
             p.expect_token(&Token::RParen)?;
             p.expect_token(&Token::RParen)?;
-        } else if eat_word(p, "WITH") {
-            p.expect_token(&Token::LParen)?;
-            loop {
-                let snapshot = if eat_word(p, "SNAPSHOT") {
-                    true
-                } else if eat_word(p, "PROGRESS") {
-                    false
-                } else {
-                    return expected(p, "SNAPSHOT or PROGRESS");
-                };
-                let _ = p.consume_token(&Token::Eq);
-                let value =
-                    if matches!(p.peek_token().token, Token::RParen | Token::Comma) { true } else { parse_bool(p)? };
-                if snapshot {
-                    sub.snapshot = value;
-                } else {
-                    sub.progress = value;
-                }
-                if !p.consume_token(&Token::Comma) {
-                    break;
+        } else if peek_word(p, "WITH") {
+            for (name, value) in parse_with_options(p, &["SNAPSHOT", "PROGRESS"])? {
+                let value = value.boolean()?;
+                match name {
+                    "SNAPSHOT" => sub.snapshot = value,
+                    _ => sub.progress = value,
                 }
             }
-            p.expect_token(&Token::RParen)?;
         } else if eat_words(p, &["AS", "OF"]) {
             eat_word(p, "AT");
             eat_word(p, "LEAST");

@@ -16,12 +16,14 @@ pub enum Statement {
         connector: SourceConnector,
         desc: RelationDesc,
     },
-    /// `CREATE SINK name FROM item INTO WEBHOOK 'url'`.
+    /// `CREATE SINK name FROM item INTO WEBHOOK 'url' [WITH (SNAPSHOT = b, TOKEN = '..', TIMEOUT = '..')]`.
     CreateSink {
         name: String,
         if_not_exists: bool,
         from: GlobalId,
         connector: SinkConnector,
+        /// Send the item's contents at the sink's start first (default true).
+        snapshot: bool,
     },
     /// `CREATE [MATERIALIZED] VIEW`. `ORDER BY .. LIMIT` is part of `plan` (a `TopK`); an `ORDER BY`
     /// without `LIMIT` is dropped, as in Materialize.
@@ -155,10 +157,25 @@ pub enum LoadGeneratorKind {
     Wikipedia,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a sink delivers. Its `Debug` never shows a token.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SinkConnector {
-    /// POSTs each batch of changes as JSON to `url`.
-    Webhook { url: String },
+    /// POSTs each batch of changes as JSON to `url`, with `Authorization: Bearer token` when
+    /// given, each request abandoned and retried after `timeout_ms` (default 30 s).
+    Webhook { url: String, token: Option<String>, timeout_ms: Option<u64> },
+}
+
+impl std::fmt::Debug for SinkConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkConnector::Webhook { url, token, timeout_ms } => f
+                .debug_struct("Webhook")
+                .field("url", url)
+                .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .field("timeout_ms", timeout_ms)
+                .finish(),
+        }
+    }
 }
 
 /// `SUBSCRIBE [TO] item | (query) [ENVELOPE UPSERT (KEY (cols))] [WITH (SNAPSHOT = b, PROGRESS = b)]

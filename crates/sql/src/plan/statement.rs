@@ -63,7 +63,12 @@ impl Planner<'_> {
                     name,
                     if_not_exists: cs.if_not_exists,
                     from: from.id,
-                    connector: SinkConnector::Webhook { url: cs.url.clone() },
+                    connector: SinkConnector::Webhook {
+                        url: cs.url.clone(),
+                        token: cs.token.clone(),
+                        timeout_ms: cs.timeout_ms,
+                    },
+                    snapshot: cs.snapshot,
                 })
             }
             Ast::Drop { kind, names, if_exists, cascade } => Ok(Statement::Drop {
