@@ -24,6 +24,10 @@ pub(crate) struct PendingWrite {
 pub(crate) struct Clock {
     /// The timestamp of the last tick sent to the engine.
     pub last: Option<Timestamp>,
+    /// Wall-clock ms when the clock started: before the first tick, items are created as of this
+    /// time (not 0), so `AS OF` a time before the instance existed is refused rather than
+    /// answered with an empty past.
+    origin: Timestamp,
     /// Sent ticks not yet known to be sealed, oldest first.
     in_flight: VecDeque<Timestamp>,
     /// Table writes for the next tick; each statement's writes land in one tick.
@@ -32,18 +36,18 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { last: None, in_flight: VecDeque::new(), pending: Vec::new() }
+        Clock { last: None, origin: now_ms(), in_flight: VecDeque::new(), pending: Vec::new() }
     }
 
     /// The time at which an item created now has its initial contents: the engine's `as_of`,
-    /// right after the last tick (0 before the first).
+    /// right after the last tick (the clock's start time before the first).
     pub fn as_of(&self) -> Timestamp {
-        self.last.map(|l| l + 1).unwrap_or(0)
+        self.last.map_or(self.origin, |l| l + 1)
     }
 
     /// The timestamp the next tick carries: wall-clock ms, strictly after the last tick.
     pub fn next_ts(&self) -> Timestamp {
-        self.last.map(|l| l + 1).unwrap_or_else(now_ms).max(now_ms())
+        self.as_of().max(now_ms())
     }
 }
 
