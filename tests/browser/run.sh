@@ -45,7 +45,7 @@ start_server() {
 }
 
 cd "$here"
-for t in demo.test.mjs dashboard.test.mjs; do
+for t in demo.test.mjs dashboard.test.mjs a11y.test.mjs; do
   url="$(start_server)"
   server_pid="$(cat "$pidfile")"
   echo "== $t against $url"
