@@ -168,7 +168,7 @@ impl Catalog {
         let mut out: Vec<RelationInfo> = self
             .items
             .iter()
-            .filter(|(_, it)| !it.hidden)
+            .filter(|(_, it)| !it.hidden && it.kind != ItemKind::Index)
             .map(|(id, it)| {
                 let s = summaries.iter().find(|s| s.id == *id);
                 RelationInfo {

@@ -24,10 +24,6 @@ pub(crate) struct PendingWrite {
 pub(crate) struct Clock {
     /// The timestamp of the last tick sent to the engine.
     pub last: Option<Timestamp>,
-    /// Wall-clock ms when the clock started: before the first tick, items are created as of this
-    /// time (not 0), so `AS OF` a time before the instance existed is refused rather than
-    /// answered with an empty past.
-    origin: Timestamp,
     /// Sent ticks not yet known to be sealed, oldest first.
     in_flight: VecDeque<Timestamp>,
     /// Table writes for the next tick; each statement's writes land in one tick.
@@ -36,23 +32,37 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { last: None, origin: now_ms(), in_flight: VecDeque::new(), pending: Vec::new() }
+        Clock { last: None, in_flight: VecDeque::new(), pending: Vec::new() }
     }
 
     /// The time at which an item created now has its initial contents: the engine's `as_of`,
-    /// right after the last tick (the clock's start time before the first).
+    /// right after the last tick (0 before the first; [`crate::Coordinator::start`] sends a
+    /// first, empty tick before anything can be created, so no item is ever as of 0).
     pub fn as_of(&self) -> Timestamp {
-        self.last.map_or(self.origin, |l| l + 1)
+        self.last.map_or(0, |l| l + 1)
     }
 
     /// The timestamp the next tick carries: wall-clock ms, strictly after the last tick.
     pub fn next_ts(&self) -> Timestamp {
-        self.as_of().max(now_ms())
+        self.last.map(|l| l + 1).unwrap_or_else(now_ms).max(now_ms())
     }
 }
 
 pub(crate) fn now_ms() -> Timestamp {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
+}
+
+/// Sends the engine an empty tick at the current time, before any item exists: items are then
+/// created as of a real time (not 0), so `AS OF` a time before the instance existed is refused
+/// rather than answered with an empty past.
+pub(crate) fn first_tick(shared: &Shared) -> Result<(), viewcast_engine::EngineError> {
+    let mut clock = shared.clock.lock().expect("clock lock");
+    let ts = clock.next_ts();
+    shared.tick_sent.lock().expect("latency lock").push_back((ts, Instant::now()));
+    shared.engine.tick(ts, Vec::new())?;
+    clock.last = Some(ts);
+    clock.in_flight.push_back(ts);
+    Ok(())
 }
 
 pub(crate) fn tick_loop(shared: &Shared) {

@@ -104,9 +104,9 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
             }
             create_table(shared, &name, desc, sql).await
         }
-        // The engine already arranges every published relation; an index adds nothing to maintain
-        // (see `Statement::CreateIndex`), so it is not recorded in the catalog.
-        Statement::CreateIndex { .. } => ok("CREATE INDEX"),
+        Statement::CreateIndex { name, on, key, if_not_exists } => {
+            create_index(shared, name, on, &key, if_not_exists, sql)
+        }
         Statement::Insert { id, changes } => write(shared, id, changes, "INSERT 0").await,
         Statement::Update { id, changes } => write(shared, id, changes, "UPDATE").await,
         Statement::Delete { id, changes } => write(shared, id, changes, "DELETE").await,
@@ -273,9 +273,10 @@ fn drop_named(
                 ));
             }
             let closure = cat.dependents_closure(id);
+            // Indexes go with their relation, as in Postgres: they never block a drop.
             let visible_dependents: Vec<String> = closure
                 .iter()
-                .filter(|d| **d != id && !cat.items[d].hidden)
+                .filter(|d| **d != id && !cat.items[d].hidden && cat.items[d].kind != ItemKind::Index)
                 .map(|d| cat.items[d].name.clone())
                 .collect();
             if !cascade && !visible_dependents.is_empty() {
@@ -307,10 +308,18 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
     let _clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
     for id in ids {
-        if cat.items.get(id).is_some_and(|i| i.kind == ItemKind::Sink) {
-            shared.sinks.stop(*id);
-            cat.remove(*id);
-            continue;
+        match cat.items.get(id).map(|i| i.kind) {
+            Some(ItemKind::Sink) => {
+                shared.sinks.stop(*id);
+                cat.remove(*id);
+                continue;
+            }
+            // An index is only a catalog entry (see `create_index`).
+            Some(ItemKind::Index) => {
+                cat.remove(*id);
+                continue;
+            }
+            _ => {}
         }
         shared.hub.unregister(*id);
         shared.engine.drop_item(*id).map_err(engine_error)?;
@@ -435,6 +444,20 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
                 )
         }),
         Show::Objects => listing(&|_| true),
+        Show::Indexes { on } => {
+            let mut rows: Vec<Row> = cat
+                .items
+                .values()
+                .filter(|i| i.kind == ItemKind::Index && on.is_none_or(|on| i.depends_on == [on]))
+                .map(|i| {
+                    let on = i.depends_on.first().map(|d| cat.name_of(*d)).unwrap_or_default();
+                    Row::new(vec![text(&i.name), text(&on), text(&i.desc.names.join(", "))])
+                })
+                .collect();
+            rows.sort();
+            let desc = RelationDesc::new([col("name"), col("on"), col("key")]);
+            ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
+        }
         Show::Columns { desc, .. } => {
             let rows: Vec<Row> = desc
                 .names
@@ -479,6 +502,47 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
 
 fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
     StatementError::new(e.to_string(), "XX000", None)
+}
+
+/// An index: a catalog entry naming `on`'s key columns (its `desc` is theirs), dropped with
+/// `on`. The engine already keeps every published relation arranged, so nothing is built; a
+/// second arrangement by another key would cost memory and change no answer.
+fn create_index(
+    shared: &Shared,
+    name: Option<String>,
+    on: GlobalId,
+    key: &[usize],
+    if_not_exists: bool,
+    sql: &str,
+) -> Result<ExecuteResult, StatementError> {
+    let mut cat = shared.catalog.lock().expect("catalog lock");
+    let on_item = cat.items.get(&on).ok_or_else(|| StatementError::new("unknown relation", "42P01", None))?;
+    let key_names: Vec<&str> = key.iter().map(|i| on_item.desc.names[*i].as_str()).collect();
+    let name = match name {
+        Some(name) => {
+            if cat.resolve(&name).is_some() {
+                return if if_not_exists { ok("CREATE INDEX") } else { Err(already_exists(&name)) };
+            }
+            name
+        }
+        // Postgres's choice: <relation>_<columns>_idx, then a number until it is free.
+        None => {
+            let stem = format!("{}_{}_idx", on_item.name, key_names.join("_"));
+            let mut name = stem.clone();
+            let mut n = 1;
+            while cat.resolve(&name).is_some() {
+                name = format!("{stem}{n}");
+                n += 1;
+            }
+            name
+        }
+    };
+    let desc = RelationDesc::new(key.iter().map(|i| (on_item.desc.names[*i].clone(), on_item.desc.types[*i])));
+    let mut item = new_item(&name, ItemKind::Index, desc, sql);
+    item.depends_on = vec![on];
+    let id = cat.allocate_id();
+    cat.insert(id, item);
+    ok("CREATE INDEX")
 }
 
 /// A webhook sink: a catalog item (so it has a name, is listed, and blocks dropping its view

@@ -99,6 +99,7 @@ impl Coordinator {
             latencies_us: Mutex::new(Default::default()),
             sinks: sinks::Sinks::default(),
         });
+        clock::first_tick(&shared)?;
         let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({
             let shared = shared.clone();
             move || apply_loop(&shared, events_rx)

@@ -11,9 +11,25 @@ pub enum ItemKind {
     View,
     MaterializedView,
     Sink,
+    /// `CREATE INDEX`: a name for an arrangement of a relation by key columns.
+    Index,
 }
 
 impl ItemKind {
+    /// Whether it produces rows (can be read, subscribed to, indexed, sunk).
+    pub fn is_relation(self) -> bool {
+        !matches!(self, ItemKind::Sink | ItemKind::Index)
+    }
+
+    /// "a" or "an", whichever goes before [`ItemKind::name`].
+    pub fn article(self) -> &'static str {
+        if self.name().starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ItemKind::Source => "source",
@@ -21,6 +37,7 @@ impl ItemKind {
             ItemKind::View => "view",
             ItemKind::MaterializedView => "materialized view",
             ItemKind::Sink => "sink",
+            ItemKind::Index => "index",
         }
     }
 }

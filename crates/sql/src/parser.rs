@@ -89,6 +89,7 @@ pub(crate) enum ShowAst {
     Items(crate::ItemKind),
     Objects,
     Columns(ast::ObjectName),
+    Indexes(Option<ast::ObjectName>),
     Create(crate::ItemKind, ast::ObjectName),
     Variable(String),
 }
@@ -276,6 +277,7 @@ fn parse_one(p: &mut Parser) -> CResult<Ast> {
                 ast::ObjectType::Table => crate::ItemKind::Table,
                 ast::ObjectType::View => crate::ItemKind::View,
                 ast::ObjectType::MaterializedView => crate::ItemKind::MaterializedView,
+                ast::ObjectType::Index => crate::ItemKind::Index,
                 other => {
                     return Err(Custom::Sql(SqlError::unsupported(format!("DROP {other}")), Some(start)));
                 }
@@ -516,6 +518,13 @@ fn parse_show(p: &mut Parser) -> CResult<Ast> {
         ShowAst::Items(crate::ItemKind::Sink)
     } else if eat_word(p, "OBJECTS") {
         ShowAst::Objects
+    } else if eat_word(p, "INDEXES") || eat_word(p, "INDEX") || eat_word(p, "KEYS") {
+        let on = if eat_word(p, "FROM") || eat_word(p, "IN") || eat_word(p, "ON") {
+            Some(p.parse_object_name(false)?)
+        } else {
+            None
+        };
+        ShowAst::Indexes(on)
     } else if eat_word(p, "COLUMNS") {
         if !eat_word(p, "FROM") {
             expect_word(p, "IN")?;
@@ -532,8 +541,10 @@ fn parse_show(p: &mut Parser) -> CResult<Ast> {
             crate::ItemKind::MaterializedView
         } else if eat_word(p, "SINK") {
             crate::ItemKind::Sink
+        } else if eat_word(p, "INDEX") {
+            crate::ItemKind::Index
         } else {
-            return expected(p, "SOURCE, TABLE, VIEW, MATERIALIZED VIEW or SINK");
+            return expected(p, "SOURCE, TABLE, VIEW, MATERIALIZED VIEW, SINK or INDEX");
         };
         ShowAst::Create(kind, p.parse_object_name(false)?)
     } else {

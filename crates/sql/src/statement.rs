@@ -36,11 +36,15 @@ pub enum Statement {
         desc: RelationDesc,
     },
     /// `CREATE [UNIQUE] INDEX [name] ON item (columns)`. Every table and view is already arranged
-    /// by the engine, so an index changes no result and no plan; it is accepted (and validated) for
+    /// by the engine, so an index changes no result and no plan; it is recorded in the catalog
+    /// (listed by `SHOW INDEXES`, dropped by `DROP INDEX` or with its relation) for
     /// compatibility. Uniqueness is not enforced.
     CreateIndex {
+        /// `None`: named `<relation>_<columns>_idx` as Postgres and Materialize do.
         name: Option<String>,
         on: GlobalId,
+        /// The key columns' positions in `on`'s columns.
+        key: Vec<usize>,
         if_not_exists: bool,
     },
     CreateTable {
@@ -95,6 +99,8 @@ pub enum Show {
     Items(ItemKind),
     /// `SHOW OBJECTS`: every item.
     Objects,
+    /// `SHOW INDEXES [FROM|IN|ON item]`.
+    Indexes { on: Option<GlobalId> },
     /// `SHOW COLUMNS FROM item`.
     Columns { id: GlobalId, desc: RelationDesc },
     /// `SHOW CREATE <kind> name`: the coordinator prints the stored SQL.

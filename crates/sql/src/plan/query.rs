@@ -1107,10 +1107,10 @@ impl Planner<'_> {
                             SqlError::new(code::UNDEFINED_TABLE, format!("relation \"{table}\" does not exist"))
                                 .at(self.pos_of(name))
                         })?;
-                        if item.kind == crate::ItemKind::Sink {
+                        if !item.kind.is_relation() {
                             return Err(SqlError::new(
                                 code::WRONG_OBJECT_TYPE,
-                                format!("\"{table}\" is a sink, not a relation"),
+                                format!("\"{table}\" is {} {}, not a relation", item.kind.article(), item.kind.name()),
                             )
                             .at(pos));
                         }

@@ -55,9 +55,9 @@ impl Planner<'_> {
             Ast::CreateSink(cs) => {
                 let name = self.object_name(&cs.name)?;
                 let from = self.resolve(&cs.from)?;
-                if from.kind == ItemKind::Sink {
-                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot create a sink from a sink")
-                        .at(self.pos_of(&cs.from)));
+                if !from.kind.is_relation() {
+                    let msg = format!("cannot create a sink from {} {}", from.kind.article(), from.kind.name());
+                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, msg).at(self.pos_of(&cs.from)));
                 }
                 Ok(Statement::CreateSink {
                     name,
@@ -80,6 +80,9 @@ impl Planner<'_> {
             Ast::Show(show) => Ok(Statement::Show(match show {
                 ShowAst::Items(kind) => Show::Items(*kind),
                 ShowAst::Objects => Show::Objects,
+                ShowAst::Indexes(on) => {
+                    Show::Indexes { on: on.as_ref().map(|n| self.resolve(n)).transpose()?.map(|i| i.id) }
+                }
                 ShowAst::Columns(name) => {
                     let item = self.resolve(name)?;
                     Show::Columns { id: item.id, desc: item.desc }
@@ -91,9 +94,9 @@ impl Planner<'_> {
                 let (target, desc) = match &sub.target {
                     SubscribeTargetAst::Name(name) => {
                         let item = self.resolve(name)?;
-                        if item.kind == ItemKind::Sink {
-                            return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot subscribe to a sink")
-                                .at(self.pos_of(name)));
+                        if !item.kind.is_relation() {
+                            let msg = format!("cannot subscribe to {} {}", item.kind.article(), item.kind.name());
+                            return Err(SqlError::new(code::WRONG_OBJECT_TYPE, msg).at(self.pos_of(name)));
                         }
                         (SubscribeTarget::Item(item.id), item.desc)
                     }
@@ -320,22 +323,25 @@ impl Planner<'_> {
                     return Err(SqlError::unsupported("these CREATE INDEX options").at(pos));
                 }
                 let on = self.resolve(&ci.table_name)?;
-                if on.kind == ItemKind::Sink {
-                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, "cannot index a sink").at(pos));
+                if !on.kind.is_relation() {
+                    let msg = format!("cannot index {} {}", on.kind.article(), on.kind.name());
+                    return Err(SqlError::new(code::WRONG_OBJECT_TYPE, msg).at(pos));
                 }
                 // Only plain column keys are accepted; they must name columns of the relation.
+                let mut key = Vec::new();
                 for c in &ci.columns {
                     let ast::Expr::Identifier(ident) = &c.column.expr else {
                         return Err(SqlError::unsupported("index keys other than columns").at(pos));
                     };
                     let name = normalize_ident(ident);
-                    if on.desc.position(&name).is_none() {
+                    let Some(i) = on.desc.position(&name) else {
                         return Err(SqlError::new(code::UNDEFINED_COLUMN, format!("column \"{name}\" does not exist"))
                             .at(self.pos(ident.span)));
-                    }
+                    };
+                    key.push(i);
                 }
                 let name = ci.name.as_ref().map(|n| self.object_name(n)).transpose()?;
-                Ok(Statement::CreateIndex { name, on: on.id, if_not_exists: ci.if_not_exists })
+                Ok(Statement::CreateIndex { name, on: on.id, key, if_not_exists: ci.if_not_exists })
             }
             ast::Statement::Explain { analyze, statement, describe_alias, .. } => {
                 if *analyze {
