@@ -440,7 +440,7 @@ impl Planner<'_> {
                 Ok(Typed::new(expr, ScalarType::Bool, false))
             }
             Expr::Between { expr, negated, low, high } => {
-                if let Some(t) = self.bind_temporal_between(ecx, rel, e, expr, *negated, low, high) {
+                if let Some(t) = self.bind_temporal_between(ecx, rel, e) {
                     return t;
                 }
                 let x = self.bind(ecx, rel, expr)?;

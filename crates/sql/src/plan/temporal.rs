@@ -130,25 +130,25 @@ impl Planner<'_> {
         )
     }
 
-    /// Binds `mz_now() BETWEEN low AND high` as two temporal predicates; `None` if `expr` is not `mz_now()`.
+    /// Binds `whole`, a `BETWEEN`, as two temporal predicates if it is `mz_now() BETWEEN low AND
+    /// high`; `None` if its operand is not `mz_now()`.
     pub(crate) fn bind_temporal_between(
         &self,
         ecx: &Ecx,
         rel: &mut Rel,
         whole: &Expr,
-        expr: &Expr,
-        negated: bool,
-        low: &Expr,
-        high: &Expr,
     ) -> Option<Result<Typed, SqlError>> {
+        let Expr::Between { expr, negated, low, high } = whole else {
+            return None;
+        };
         if !is_mz_now(expr) {
             return None;
         }
-        if negated || !self.temporal_allowed(whole) {
+        if *negated || !self.temporal_allowed(whole) {
             if *self.one_shot.borrow() {
                 return None;
             }
-            return Some(self.bind_mz_now_call(ecx, self.pos_of(expr)));
+            return Some(self.bind_mz_now_call(ecx, self.pos_of(&**expr)));
         }
         let bound = (|| {
             let (lo, lo_null) = self.temporal_comparand(ecx, rel, low)?;
