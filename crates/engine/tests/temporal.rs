@@ -2,7 +2,8 @@
 //! deletes, random gaps between ticks and ticks with no input. At every sealed tick, and at every
 //! time between ticks at which a view changed, each view equals the reference interpreter's
 //! evaluation from scratch with `mz_now()` = that time. Views over temporal views, a temporal view
-//! created late, and 1 and 2 workers (whose event logs must be identical).
+//! created late, a temporal filter over a linear (inlined) view, and 1 and 2 workers (whose event
+//! logs must be identical).
 
 mod common;
 
@@ -43,6 +44,8 @@ fn star() -> AggregateExpr {
 
 fn views() -> Vec<(GlobalId, RelExpr)> {
     vec![
+        // A linear view (rendered inline into its readers), and a temporal filter over it (58).
+        (45, RelExpr::Map { input: get(A, 3), scalars: vec![col(0).call_binary(BinaryFunc::Mul, int(2))] }),
         // Valid over [lo, hi): a row enters in the future and leaves later.
         (50, *filter(get(A, 3), vec![now(BinaryFunc::Gte, col(1)), now(BinaryFunc::Lt, col(2))])),
         // A window on a computed column, behind a Map and before a Project, with a plain predicate.
@@ -96,6 +99,7 @@ fn views() -> Vec<(GlobalId, RelExpr)> {
         (56, *filter(get(A, 3), vec![now(BinaryFunc::Eq, col(1))])),
         // A global count over a temporal filter (its default row while empty).
         (57, RelExpr::Reduce { input: get(51, 2), group_key: vec![], aggregates: vec![star()] }),
+        (58, *filter(get(45, 4), vec![now(BinaryFunc::Gte, col(1)), now(BinaryFunc::Lte, col(2))])),
     ]
 }
 
@@ -205,7 +209,7 @@ fn run(workers: usize, seed: u64, ticks: usize) -> SealedLog {
     assert!(h.errors.is_empty(), "no evaluation errors: {:?}", h.errors);
     assert!(changes_between_ticks > 0, "some rows entered or left between ticks");
     let ids: BTreeSet<GlobalId> = h.log.iter().flat_map(|(_, c)| c.iter().map(|(id, _)| *id)).collect();
-    assert!(ids.contains(&56) && ids.contains(&60), "equality and late views produced output: {ids:?}");
+    assert!(ids.contains(&56) && ids.contains(&58) && ids.contains(&60), "every kind of view produced output: {ids:?}");
     std::mem::take(&mut h.log)
 }
 
