@@ -21,8 +21,9 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// The update `(t, d)` of a row valid over `self`, as timed updates: the row enters at
-    /// `max(t, lower)` and leaves at `upper`. Empty when the interval ends at or before `t`.
+    /// Where an update at time `t` of a row valid over `self` takes effect, as `(time, sign)`: it
+    /// enters at `max(t, lower)` (sign 1) and leaves at `upper` (sign -1). Empty when the interval
+    /// ends at or before `t`.
     pub fn updates(self, t: Timestamp) -> impl Iterator<Item = (Timestamp, i64)> {
         let start = t.max(self.lower);
         let live = self.upper.is_none_or(|u| start < u);
