@@ -338,6 +338,34 @@ export function autoSpec(shape, height = 260) {
   };
 }
 
+/**
+ * A sliding window: bars of a count per second, from a view of (`second` in Unix seconds, `value`)
+ * rows such as `editslastminute`. Bars enter on the right as events arrive and leave on the left
+ * when the view's temporal filter retracts them.
+ */
+export function windowSpec(second, value, height = 210) {
+  return {
+    data: { name: 'rows' },
+    width: 'container',
+    height,
+    autosize: { type: 'fit-x', contains: 'padding', resize: true },
+    transform: [{ calculate: `toNumber(datum[${JSON.stringify(second)}]) * 1000`, as: 't' }],
+    mark: { type: 'bar', color: '#2563eb' },
+    encoding: {
+      x: {
+        field: 't',
+        type: 'temporal',
+        timeUnit: 'yearmonthdatehoursminutesseconds',
+        bandPosition: 0,
+        axis: { title: null, format: '%H:%M:%S', gridColor: '#eef1f5', tickCount: 6 },
+      },
+      y: { field: value, type: 'quantitative', axis: { title: `${value} per second`, gridColor: '#eef1f5', tickCount: 4 } },
+      tooltip: [{ field: 't', type: 'temporal', title: 'second', format: '%H:%M:%S' }, { field: value, type: 'quantitative' }],
+    },
+    config: CHART_CONFIG,
+  };
+}
+
 const SERIES_LIMIT = 600;
 
 /** Keeps a line chart's `series` dataset following a single-value subscription over time. */

@@ -1,6 +1,7 @@
 // The end-to-end demo in a real browser: the Wikipedia demo page (/demo/wikipedia), opened
 // mid-stream, must end up showing exactly what SQL says the views hold once the load generator
-// has stopped.
+// has stopped; its sliding-window chart must then follow the view as seconds leave the window
+// with no new events.
 //
 // VIEWCAST_URL=http://127.0.0.1:PORT points it at a running viewcast whose load generator stops
 // after a fixed number of events. Without it, the test starts tests/browser/fake-server.mjs.
@@ -117,6 +118,81 @@ test('page equals SQL once the stream is quiet', async () => {
   // Sorted descending, as the page promises.
   const counts = result.s.top10.map((r) => r[1]);
   assert.deepEqual(counts, [...counts].sort((a, b) => b - a), 'viewcastState.top10 is sorted by count, descending');
+});
+
+/** What the sliding-window panel shows: its Vega data, scenegraph bars, SVG bars and total. */
+function readWindow(page) {
+  return page.evaluate(() => {
+    const s = window.viewcastWindow ?? { rows: [], total: null, ts: null };
+    const view = window.viewcastWindowChart;
+    let sceneBars = 0;
+    const walk = (mark) => {
+      if (!mark || !mark.items) return;
+      if (mark.marktype === 'rect' && mark.role === 'mark') {
+        sceneBars += mark.items.length;
+        return;
+      }
+      for (const item of mark.items) for (const child of item.items || []) walk(child);
+    };
+    if (view) walk(view.scenegraph().root);
+    return {
+      rows: s.rows,
+      total: s.total,
+      ts: s.ts,
+      totalText: document.getElementById('minute-total').textContent,
+      sceneBars,
+      svgBars: document.querySelectorAll('#minute-chart svg g.mark-rect.role-mark path').length,
+      hidden: document.getElementById('minute-card').hidden,
+    };
+  });
+}
+
+test('sliding-window chart equals SQL, and its bars leave with no new events', async (t) => {
+  const { views } = await (await fetch(`${base}/api/v1/views`)).json();
+  if (!views.some((v) => v.name === 'editslastminute')) {
+    if (process.env.VIEWCAST_URL) assert.fail('the demo has no editslastminute view');
+    t.skip('the fake server has no temporal view');
+    return;
+  }
+  const QUERY = 'SELECT second, edits FROM editslastminute';
+  const agree = async () => {
+    const answer = await sql(base, QUERY);
+    const expected = answer.rows.map((r) => [Number(r[0]), Number(r[1])]);
+    const w = await readWindow(page);
+    const total = expected.reduce((a, r) => a + r[1], 0);
+    const ok =
+      canon(w.rows).join() === canon(expected).join() &&
+      w.sceneBars === expected.length &&
+      w.svgBars === expected.length &&
+      w.total === total &&
+      w.totalText.replace(/,/g, '') === `${total} edits`;
+    return { ok, expected, w };
+  };
+  const describe = (r) => {
+    const { missing, extra } = multisetDiff(r.expected, r.w.rows);
+    return `SQL ${r.expected.length} seconds; page ${JSON.stringify({ ...r.w, rows: undefined })}; missing ${missing.join(' ') || '-'}; extra ${extra.join(' ') || '-'}`;
+  };
+
+  // The page agrees with SQL once the load generator has stopped (the window is then still full).
+  const first = await poll(async () => {
+    const r = await agree();
+    return { ...r, ok: r.ok && r.expected.length > 0 };
+  }, { timeoutMs: QUIET_TIMEOUT_MS, intervalMs: 500 });
+  assert.ok(first.ok, `the window chart never equaled SQL: ${describe(first)}`);
+  assert.equal(first.w.hidden, false, 'the panel is shown');
+  const counter = await sql(base, 'SELECT * FROM counter');
+
+  // No new events arrive; as time passes the oldest seconds leave the view and the chart follows.
+  const later = await poll(async () => {
+    const r = await agree();
+    return { ...r, ok: r.ok && r.expected.length < first.expected.length };
+  }, { timeoutMs: QUIET_TIMEOUT_MS, intervalMs: 200 });
+  await page.screenshot({ path: join(OUT_DIR, 'demo-window.png'), fullPage: true });
+  assert.ok(later.ok, `no second left the window, or the chart did not follow: ${describe(later)}`);
+  const gone = first.expected.filter(([s]) => !later.expected.some(([s2]) => s2 === s)).map(([s]) => s);
+  const oldest = Math.min(...first.expected.map(([s]) => s));
+  assert.ok(gone.includes(oldest), `the oldest second ${oldest} left first (gone: ${gone})`);
+  assert.deepEqual((await sql(base, 'SELECT * FROM counter')).rows, counter.rows, 'no events arrived meanwhile');
 });
 
 test('no page errors and no requests outside the server', () => {

@@ -388,23 +388,30 @@ fn shift(mut e: StatementError, by: usize) -> StatementError {
     e
 }
 
-/// Evaluates a plan at the latest sealed timestamp. Over published relations only, the reference
-/// interpreter reads the hub's logs at one common timestamp; otherwise (raw sources) a transient
-/// dataflow computes it.
+/// Evaluates a plan at the latest sealed timestamp, which is what `mz_now()` means in it. Over
+/// published relations only, the reference interpreter reads the hub's logs at one common
+/// timestamp; otherwise (raw sources) a transient dataflow computes it, rendering temporal filters
+/// as a view would, and binding any other `mz_now()` to the time the dataflow starts (a tick or
+/// so before the time it is read at).
 async fn evaluate(shared: &Shared, plan: &RelExpr) -> Result<Vec<(Row, Diff)>, StatementError> {
     let deps = plan.depends_on();
     if deps.iter().all(|id| shared.hub.is_ready(*id)) {
-        return shared.hub.read(|_ts, get| {
-            viewcast_plan::interpret::evaluate(plan, &|id| {
+        return shared.hub.read(|ts, get| {
+            viewcast_plan::interpret::evaluate_at(plan, ts, &|id| {
                 get(id).ok_or_else(|| viewcast_plan::EvalError::Other(format!("relation {id} was dropped")))
             })
             .map_err(StatementError::from)
         });
     }
+    let mut plan = plan.clone();
+    if plan.check_temporal().is_err() {
+        let as_of = shared.clock.lock().expect("clock lock").as_of();
+        plan.bind_mz_now(as_of);
+    }
     let name = format!("__query_{}", TRANSIENT.fetch_add(1, Ordering::Relaxed));
     let arity = plan.arity();
     let desc = RelationDesc::new((0..arity).map(|i| (format!("c{i}"), ColumnType::new(ScalarType::Text, true))));
-    let id = create_view(shared, &name, plan.clone(), desc, ItemKind::View, "", true).await?;
+    let id = create_view(shared, &name, plan, desc, ItemKind::View, "", true).await?;
     let rows = shared.hub.read(|_ts, get| get(id).unwrap_or_default());
     drop_items(shared, &[id])?;
     Ok(rows)
@@ -501,7 +508,11 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
 }
 
 fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
-    StatementError::new(e.to_string(), "XX000", None)
+    let code = match e {
+        viewcast_engine::EngineError::Temporal(_) => "0A000",
+        _ => "XX000",
+    };
+    StatementError::new(e.to_string(), code, None)
 }
 
 /// An index: a catalog entry naming `on`'s key columns (its `desc` is theirs), dropped with

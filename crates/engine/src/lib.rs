@@ -57,6 +57,10 @@ pub enum EngineEvent {
     /// `(row, time)` and sorted by time. Emitted strictly in increasing `upto` order, exactly once
     /// per tick (`upto = ts + 1`), with empty `changes` when nothing changed. `upto` is the global
     /// sealed frontier: the minimum over all dataflows and all workers.
+    ///
+    /// Changes are usually at tick times, but a temporal filter's changes are at the times its rows
+    /// enter or leave (`mz_now()` crossing a bound), which may lie between ticks: they are held until
+    /// a tick seals past them and then arrive in that tick's event, at their own times.
     Sealed { upto: Timestamp, changes: Vec<(GlobalId, Vec<Update>)> },
     /// A scalar evaluation error in a view's dataflow: the offending row was dropped. At most one
     /// event per view per second per worker; `message` says how many rows were dropped since the last one.
@@ -80,6 +84,8 @@ pub enum EngineError {
     ArityMismatch { id: GlobalId, expected: usize, got: usize },
     #[error("plan arity {got} does not match item {id} of arity {expected}")]
     PlanArity { id: GlobalId, expected: usize, got: usize },
+    #[error(transparent)]
+    Temporal(#[from] viewcast_plan::TemporalError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the engine has stopped")]
@@ -262,6 +268,7 @@ impl Engine {
         if let Some(e) = bad {
             return Err(e);
         }
+        plan.check_temporal()?;
         let as_of = st.next_time();
         let depends_on = plan.depends_on();
         st.items.insert(id, ItemInfo { arity: plan.arity(), input: false, depends_on, published: publish });

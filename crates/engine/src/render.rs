@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Scope;
 use timely::progress::Antichain;
-use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr};
+use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr, Validity};
 use viewcast_repr::{Datum, Diff, Row, Timestamp};
 
 use crate::scalar;
@@ -50,8 +50,11 @@ pub(crate) fn count_view(plan: &RelExpr) -> Option<(&RelExpr, &[usize], CountSha
 }
 
 /// Whether `plan` keeps no state: dependents can render it inline instead of importing it.
+///
+/// A plan with a temporal filter is not linear: the filter emits retractions at future times, and
+/// the snapshot/live split of [`crate::forward`] assumes every change is at the time of its input.
 pub(crate) fn is_linear(plan: &RelExpr, items: &Items) -> bool {
-    let mut linear = true;
+    let mut linear = !plan.contains_mz_now();
     plan.visit(&mut |e| match e {
         RelExpr::Get { id, .. } => {
             if let Some(view) = items.views.get(id) {
@@ -266,7 +269,8 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                     node = input;
                 }
                 RelExpr::Filter { input, predicates } => {
-                    ops.push(MfpOp::Filter(predicates.clone()));
+                    let (temporal, plain) = predicates.iter().cloned().partition(|p| p.contains_mz_now());
+                    ops.push(MfpOp::Filter { plain, temporal });
                     node = input;
                 }
                 RelExpr::Project { input, outputs } => {
@@ -279,7 +283,23 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         ops.reverse();
         let input = self.render_part(node, part);
         let (errors, id) = (self.errors.clone(), self.id);
-        input.flat_map(move |row: Row| apply_mfp(&ops, row, &errors, id))
+        if !ops.iter().any(|op| matches!(op, MfpOp::Filter { temporal, .. } if !temporal.is_empty())) {
+            return input.flat_map(move |row: Row| apply_mfp(&ops, row, &errors, id).map(|(row, _)| row));
+        }
+        // A temporal filter: each update `(row, t, d)` becomes `(row, max(t, lower), d)` and
+        // `(row, upper, -d)` for the row's validity `[lower, upper)`. Times only move forward, so
+        // the updates stay at or after their message's capability.
+        use timely::dataflow::operators::core::Map;
+        input
+            .inner
+            .flat_map::<Vec<(Row, Timestamp, Diff)>, _, _>(move |(row, time, diff): (Row, Timestamp, Diff)| {
+                let valid = apply_mfp(&ops, row, &errors, id);
+                valid.into_iter().flat_map(move |(row, validity)| {
+                    let validity = validity.unwrap_or(Validity { lower: 0, upper: None });
+                    validity.updates(time).map(move |(t, sign)| (row.clone(), t, sign * diff))
+                })
+            })
+            .as_collection()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -613,12 +633,20 @@ fn key_by<'s>(c: Coll<'s>, cols: Rc<[usize]>) -> VecCollection<'s, Timestamp, (R
 
 enum MfpOp {
     Map(Vec<ScalarExpr>),
-    Filter(Vec<ScalarExpr>),
+    /// `temporal` holds the predicates with `mz_now()` (each a temporal predicate: the handle
+    /// checked the plan); they bound the row's validity instead of dropping it.
+    Filter {
+        plain: Vec<ScalarExpr>,
+        temporal: Vec<ScalarExpr>,
+    },
     Project(Vec<usize>),
 }
 
-fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Option<Row> {
+/// The row after `ops`, with its validity interval if a temporal filter bounded it; `None` when a
+/// predicate drops it, its interval is empty, or evaluation fails (reported to `errors`).
+fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Option<(Row, Option<Validity>)> {
     let mut datums = row.0;
+    let mut validity: Option<Validity> = None;
     for op in ops {
         match op {
             MfpOp::Map(scalars) => {
@@ -633,11 +661,21 @@ fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Optio
                     }
                 }
             }
-            MfpOp::Filter(predicates) => {
-                for p in predicates {
+            MfpOp::Filter { plain, temporal } => {
+                for p in plain {
                     match scalar::eval(p, &datums) {
                         Ok(Datum::Bool(true)) => {}
                         Ok(_) => return None,
+                        Err(e) => {
+                            errors.report(id, &e);
+                            return None;
+                        }
+                    }
+                }
+                if !temporal.is_empty() {
+                    match viewcast_plan::temporal::validity(temporal, &datums) {
+                        Ok(Some(v)) => validity = Some(intersect(validity, v)),
+                        Ok(None) => return None,
                         Err(e) => {
                             errors.report(id, &e);
                             return None;
@@ -650,5 +688,22 @@ fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Optio
             }
         }
     }
-    Some(Row::new(datums))
+    if validity.is_some_and(|v| v.upper.is_some_and(|u| u <= v.lower)) {
+        return None;
+    }
+    Some((Row::new(datums), validity))
+}
+
+/// The intersection of two validity intervals (possibly empty: `upper <= lower`).
+fn intersect(a: Option<Validity>, b: Validity) -> Validity {
+    match a {
+        None => b,
+        Some(a) => Validity {
+            lower: a.lower.max(b.lower),
+            upper: match (a.upper, b.upper) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            },
+        },
+    }
 }

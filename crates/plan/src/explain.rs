@@ -175,6 +175,7 @@ impl fmt::Display for ScalarExpr {
                 write!(f, "{}({})", format!("{func:?}").to_lowercase(), list(exprs))
             }
             ScalarExpr::If { cond, then, els } => write!(f, "CASE WHEN {cond} THEN {then} ELSE {els} END"),
+            ScalarExpr::MzNow => write!(f, "mz_now()"),
         }
     }
 }

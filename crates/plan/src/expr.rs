@@ -61,6 +61,11 @@ pub enum ScalarExpr {
         then: Box<ScalarExpr>,
         els: Box<ScalarExpr>,
     },
+    /// `mz_now()`: the logical time (ms since the Unix epoch) at which the result is valid. A
+    /// maintained plan holds it only in temporal filters (see [`crate::temporal`]); a one-shot plan
+    /// has it replaced by the query's timestamp before evaluation ([`crate::RelExpr::bind_mz_now`]).
+    /// Evaluating it unbound is an error.
+    MzNow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +95,10 @@ pub enum UnaryFunc {
     JsonbTypeof,
     /// Passes a value through; NULL is an error (a `NOT NULL` column being written).
     AssertNotNull,
+    /// Milliseconds since the Unix epoch of a timestamp, timestamptz or date, rounded down, as
+    /// bigint: how a temporal filter compares `mz_now()` with a timestamp (Materialize's cast to
+    /// `mz_timestamp`).
+    EpochMillis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -177,6 +186,7 @@ impl ScalarExpr {
                 Datum::Bool(true) => then.eval(row),
                 _ => els.eval(row),
             },
+            ScalarExpr::MzNow => Err(EvalError::Other("mz_now() has no value here".into())),
         }
     }
 
@@ -197,7 +207,7 @@ impl ScalarExpr {
     pub fn visit_mut(&mut self, f: &mut impl FnMut(&mut ScalarExpr)) {
         f(self);
         match self {
-            ScalarExpr::Column(_) | ScalarExpr::Literal(..) => {}
+            ScalarExpr::Column(_) | ScalarExpr::Literal(..) | ScalarExpr::MzNow => {}
             ScalarExpr::CallUnary { expr, .. } => expr.visit_mut(f),
             ScalarExpr::CallBinary { left, right, .. } => {
                 left.visit_mut(f);
@@ -277,6 +287,11 @@ fn eval_unary(func: UnaryFunc, d: Datum) -> Result<Datum, EvalError> {
                 _ => x.sqrt(),
             }))
         }
+        UnaryFunc::EpochMillis => match d {
+            Datum::Timestamp(us) => Ok(Datum::Int(us.div_euclid(1000))),
+            Datum::Date(days) => Ok(Datum::Int(days as i64 * 86_400_000)),
+            other => Err(EvalError::Other(format!("cannot cast {other} to mz_timestamp"))),
+        },
         UnaryFunc::JsonbTypeof => match d {
             Datum::Jsonb(j) => Ok(Datum::text(json_type_name(j.value()))),
             other => Err(EvalError::Other(format!("jsonb_typeof of non-jsonb {other}"))),

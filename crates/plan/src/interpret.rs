@@ -25,6 +25,20 @@ pub fn evaluate(
     Ok(out)
 }
 
+/// Evaluates `expr` as of logical time `ts`: `mz_now()` is `ts`.
+pub fn evaluate_at(
+    expr: &RelExpr,
+    ts: viewcast_repr::Timestamp,
+    get: &dyn Fn(GlobalId) -> Result<Vec<(Row, Diff)>, EvalError>,
+) -> Result<Vec<(Row, Diff)>, EvalError> {
+    if !expr.contains_mz_now() {
+        return evaluate(expr, get);
+    }
+    let mut bound = expr.clone();
+    bound.bind_mz_now(ts);
+    evaluate(&bound, get)
+}
+
 fn consolidated(mut v: Collection) -> Collection {
     consolidate_updates(&mut v);
     v

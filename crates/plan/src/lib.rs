@@ -10,6 +10,8 @@ mod explain;
 pub mod expr;
 pub mod interpret;
 pub mod relation;
+pub mod temporal;
 
 pub use expr::{AggregateExpr, AggregateFunc, BinaryFunc, EvalError, ScalarExpr, UnaryFunc, VariadicFunc};
 pub use relation::{ColumnOrder, GlobalId, JoinKind, RelExpr};
+pub use temporal::{TemporalError, Validity};

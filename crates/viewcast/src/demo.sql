@@ -9,3 +9,8 @@ CREATE MATERIALIZED VIEW counter AS SELECT COUNT(*) FROM recentchanges;
 CREATE MATERIALIZED VIEW useredits AS SELECT user, count(*) FROM recentchanges GROUP BY user;
 CREATE MATERIALIZED VIEW top10 AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10;
 CREATE MATERIALIZED VIEW editsperwiki AS SELECT wiki, count(*) FROM recentchanges GROUP BY wiki;
+-- A sliding window: edits per second over the last minute. r_ts is the event's Unix time in
+-- seconds; a second's row leaves when mz_now() (ms) passes it by a minute, with no new input.
+CREATE MATERIALIZED VIEW editslastminute AS
+  SELECT r_ts::bigint AS second, count(*) AS edits FROM recentchanges
+  WHERE mz_now() <= r_ts * 1000 + 60000 GROUP BY r_ts;

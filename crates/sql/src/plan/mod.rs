@@ -8,8 +8,10 @@
 mod query;
 mod scalar;
 mod statement;
+mod temporal;
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 
 use sqlparser::ast::{self, Spanned};
 use sqlparser::tokenizer::Span;
@@ -23,7 +25,13 @@ pub(crate) use query::{Col, Rel};
 
 /// Plans one parsed statement against `catalog`.
 pub fn plan(stmt: &Parsed, catalog: &dyn Catalog) -> Result<Statement, SqlError> {
-    let planner = Planner { catalog, parsed: stmt, ctes: RefCell::new(Vec::new()), one_shot: RefCell::new(false) };
+    let planner = Planner {
+        catalog,
+        parsed: stmt,
+        ctes: RefCell::new(Vec::new()),
+        one_shot: RefCell::new(false),
+        temporal_sites: RefCell::new(HashSet::new()),
+    };
     planner.plan_statement(&stmt.ast)
 }
 
@@ -34,6 +42,9 @@ pub(crate) struct Planner<'a> {
     ctes: RefCell<Vec<(String, Rel)>>,
     /// Whether the query runs once (so `now()` has a value) rather than being maintained.
     one_shot: RefCell<bool>,
+    /// The comparisons with `mz_now()` that are temporal predicates (top-level conjuncts of WHERE
+    /// or HAVING), by address in the statement's syntax tree, which outlives planning.
+    temporal_sites: RefCell<HashSet<*const ast::Expr>>,
 }
 
 impl Planner<'_> {

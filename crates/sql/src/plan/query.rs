@@ -493,6 +493,7 @@ impl Planner<'_> {
 
         // WHERE
         if let Some(selection) = &s.selection {
+            self.mark_temporal(selection);
             let t = self.bind(&Ecx::new(qcx, "WHERE").subqueries(), &mut rel, selection)?;
             let pred = self.coerce_bool(t, "WHERE", self.pos_of(selection))?;
             rel.filter(split_conjuncts(pred));
@@ -544,6 +545,7 @@ impl Planner<'_> {
             }
         };
         if let Some(h) = &s.having {
+            self.mark_temporal(h);
             let t = self.bind(&ecx("HAVING"), &mut rel, h)?;
             let pred = self.coerce_bool(t, "HAVING", self.pos_of(h))?;
             rel.filter(split_conjuncts(pred));

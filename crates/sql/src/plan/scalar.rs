@@ -56,7 +56,7 @@ pub(crate) struct Typed {
 }
 
 impl Typed {
-    fn new(expr: ScalarExpr, scalar: ScalarType, nullable: bool) -> Typed {
+    pub(crate) fn new(expr: ScalarExpr, scalar: ScalarType, nullable: bool) -> Typed {
         Typed { expr, ty: ColumnType::new(scalar, nullable), lit: Lit::Typed }
     }
     pub fn is_null_literal(&self) -> bool {
@@ -401,7 +401,12 @@ impl Planner<'_> {
                 }
                 other => unsupported(&format!("operator {other}")),
             },
-            Expr::BinaryOp { left, op, right } => self.bind_binary(ecx, rel, left, op, right, pos),
+            Expr::BinaryOp { left, op, right } => {
+                if let Some(t) = self.bind_temporal_comparison(ecx, rel, e, left, op, right) {
+                    return t;
+                }
+                self.bind_binary(ecx, rel, left, op, right, pos)
+            }
             Expr::IsNull(x) | Expr::IsNotNull(x) => {
                 let t = self.bind(ecx, rel, x)?;
                 let is_null = t.expr.call_unary(UnaryFunc::IsNull);
@@ -435,6 +440,9 @@ impl Planner<'_> {
                 Ok(Typed::new(expr, ScalarType::Bool, false))
             }
             Expr::Between { expr, negated, low, high } => {
+                if let Some(t) = self.bind_temporal_between(ecx, rel, e) {
+                    return t;
+                }
                 let x = self.bind(ecx, rel, expr)?;
                 let lo = self.bind(ecx, rel, low)?;
                 let hi = self.bind(ecx, rel, high)?;
@@ -1157,7 +1165,7 @@ impl Planner<'_> {
                 ))
             }
             ("now" | "current_timestamp", 0) => self.now(pos),
-            ("mz_now", 0) => Err(SqlError::unsupported("mz_now() temporal filters").at(pos)),
+            ("mz_now", 0) => self.bind_mz_now_call(ecx, pos),
             _ => no_such(&bound),
         }
     }

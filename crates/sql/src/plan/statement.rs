@@ -102,6 +102,7 @@ impl Planner<'_> {
                     }
                     SubscribeTargetAst::Query(q) => {
                         let (rel, _) = self.plan_query_rel(q, None)?;
+                        super::temporal::check_maintained(&rel.expr)?;
                         let desc = desc_of(&rel);
                         (SubscribeTarget::Query(rel.expr), desc)
                     }
@@ -188,6 +189,7 @@ impl Planner<'_> {
                         c.name = normalize_ident(&def.name);
                     }
                 }
+                super::temporal::check_maintained(&rel.expr)?;
                 let desc = desc_of(&rel);
                 let mut seen = BTreeSet::new();
                 for n in &desc.names {

@@ -2,10 +2,10 @@
 
 #![allow(dead_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use viewcast_plan::interpret::evaluate;
+use viewcast_plan::interpret::evaluate_at;
 use viewcast_plan::{EvalError, GlobalId, RelExpr};
 use viewcast_repr::{consolidate_updates, Datum, Diff, Jsonb, RelationDesc, Row};
 use viewcast_sql::{parse, plan, Catalog, CatalogItem, ItemKind, SqlError, Statement};
@@ -16,6 +16,8 @@ pub struct Db {
     views: RefCell<HashMap<GlobalId, RelExpr>>,
     data: RefCell<HashMap<GlobalId, Vec<(Row, Diff)>>>,
     next_id: RefCell<GlobalId>,
+    /// The logical time queries and views are evaluated at: `mz_now()` (0 means [`Db::NOW`]).
+    pub time: Cell<u64>,
 }
 
 impl Catalog for Db {
@@ -23,7 +25,7 @@ impl Catalog for Db {
         self.items.borrow().get(name).cloned()
     }
     fn now(&self) -> Option<u64> {
-        Some(1_700_000_000_000)
+        Some(Db::NOW)
     }
 }
 
@@ -47,8 +49,22 @@ impl From<EvalError> for Error {
 pub type Rows = Vec<Vec<Datum>>;
 
 impl Db {
+    /// The default logical time, equal to the catalog's wall clock for `now()`.
+    pub const NOW: u64 = 1_700_000_000_000;
+
     pub fn new() -> Db {
         Db::default()
+    }
+
+    fn at(&self) -> u64 {
+        match self.time.get() {
+            0 => Db::NOW,
+            t => t,
+        }
+    }
+
+    fn evaluate(&self, plan: &RelExpr) -> Result<Vec<(Row, Diff)>, EvalError> {
+        evaluate_at(plan, self.at(), &|i| self.contents(i))
     }
 
     fn register(&self, name: String, desc: RelationDesc, kind: ItemKind) -> GlobalId {
@@ -69,7 +85,7 @@ impl Db {
 
     pub fn contents(&self, id: GlobalId) -> Result<Vec<(Row, Diff)>, EvalError> {
         if let Some(plan) = self.views.borrow().get(&id).cloned() {
-            return evaluate(&plan, &|i| self.contents(i));
+            return self.evaluate(&plan);
         }
         Ok(self.data.borrow().get(&id).cloned().unwrap_or_default())
     }
@@ -131,7 +147,7 @@ impl Db {
             Statement::Insert { id, changes }
             | Statement::Delete { id, changes }
             | Statement::Update { id, changes } => {
-                let diffs = evaluate(&changes, &|i| self.contents(i))?;
+                let diffs = self.evaluate(&changes)?;
                 let mut data = self.data.borrow_mut();
                 let rows = data.entry(id).or_default();
                 rows.extend(diffs);
@@ -139,7 +155,7 @@ impl Db {
                 assert!(rows.iter().all(|(_, d)| *d > 0), "table went negative");
             }
             Statement::Select { plan, finishing, .. } => {
-                let out = evaluate(&plan, &|i| self.contents(i))?;
+                let out = self.evaluate(&plan)?;
                 return Ok(Some(finishing.apply(out).into_iter().map(|r| r.0).collect()));
             }
             Statement::Subscribe(_)
