@@ -17,13 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
-use viewcast_hub::{Hub, HubConfig};
+use viewcast_hub::Hub;
 use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
 pub use execute::{ExecuteResult, StatementError};
 pub use sinks::{FollowError, SinkStatus, ViewFollower};
 pub use system::{SINK_STATUS_VIEW, SOURCE_STATS_VIEW};
+pub use viewcast_hub::HubConfig;
 pub use viewcast_sources::SourceStatsSnapshot;
 
 /// Settings of one viewcast instance.
