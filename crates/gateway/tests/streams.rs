@@ -393,3 +393,53 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
     }
     assert!(last_ts.is_some(), "the stalled client had received data before it stalled");
 }
+
+/// An unchanging view costs a subscriber about one `progress` a second (not one per 50 ms tick);
+/// an update still arrives at once; a resumed subscription is told at once how far the view is
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_view_sends_progress_about_once_a_second_and_updates_at_once() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start("CREATE TABLE t (a int)", CoordConfig::default()).await;
+    let mut ws = common::ws_connect(server.addr, "t").await;
+    let snap = ws_next(&mut ws).await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    // The view's progress clock is per view, not per subscriber: the first progress may follow
+    // the snapshot sooner than the interval; later ones are at least the interval apart.
+    let mut last_ts = snap["ts"].as_u64().unwrap();
+    let mut progress: Vec<u64> = Vec::new();
+    let watch_until = Instant::now() + Duration::from_millis(3_500);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(watch_until.into(), ws.next()).await {
+        let Message::Text(t) = m else { continue };
+        let m: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(m["type"], "progress", "nothing changed: {m}");
+        let ts = m["ts"].as_u64().unwrap();
+        assert!(ts > last_ts, "progress goes forward");
+        if !progress.is_empty() {
+            assert!(ts >= last_ts + 1_000, "progress {ts} less than the interval after {last_ts}");
+        }
+        last_ts = ts;
+        progress.push(ts);
+    }
+    // 3.5 s at 50 ms ticks would be 70 progress frames unthrottled.
+    assert!((2..=5).contains(&progress.len()), "progress frames in 3.5 s: {progress:?}");
+
+    let r = server.sql("INSERT INTO t VALUES (1)").await;
+    assert_eq!(r["ok"], "INSERT 0 1", "{r}");
+    let asked = Instant::now();
+    let m = ws_next(&mut ws).await;
+    assert_eq!(m["type"], "update", "the change comes next, not after a progress: {m}");
+    assert!(asked.elapsed() < Duration::from_millis(900), "an update waits for no progress interval");
+    let update_ts = m["ts"].as_u64().unwrap();
+
+    // Resuming from before the update: the update, then progress at the sealed time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sealed = server.coord.sealed_ts();
+    let mut mux = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut mux, json!({ "type": "subscribe", "id": "r", "view": "t", "since": update_ts - 1 })).await;
+    let replayed = ws_next(&mut mux).await;
+    assert_eq!((replayed["type"].as_str(), replayed["ts"].as_u64()), (Some("update"), Some(update_ts)), "{replayed}");
+    let caught_up = ws_next(&mut mux).await;
+    assert_eq!(caught_up["type"], "progress", "{caught_up}");
+    assert!(caught_up["ts"].as_u64().unwrap() >= sealed, "{caught_up} vs sealed {sealed}");
+}
