@@ -65,6 +65,8 @@ pub struct RunSpec {
     pub tick_ms: u64,
     /// How viewcast's view is changed R times a second.
     pub viewcast_load: ViewcastLoad,
+    /// The viewcast binary (default: `viewcast` beside the bench tool).
+    pub viewcast_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -106,7 +108,7 @@ fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
         System::Viewcast | System::ViewcastSse => {
             let path = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
             std::fs::write(&path, viewcast_sql(spec))?;
-            let bin = dir.join("viewcast");
+            let bin = spec.viewcast_bin.clone().unwrap_or_else(|| dir.join("viewcast"));
             anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
             let mut cmd = Command::new(bin);
             cmd.args(["serve", "--listen", "127.0.0.1:0", "--tick-ms", &spec.tick_ms.to_string(), "--sql"])
@@ -418,6 +420,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
             "max": rss_max / 1024,
         },
         "rss_per_conn_kib": (rss_per_conn_kib * 10.0).round() / 10.0,
+        "loadavg_1m_end": loadavg_1m(),
     });
     let plot = json!({
         "system": spec.system.name(),
@@ -427,4 +430,9 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "measure_start_s": measure_start.duration_since(t0).as_secs_f64(),
     });
     Ok((line, plot))
+}
+
+/// The machine's 1-minute load average (the share of the cores the servers competed for).
+fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }

@@ -60,6 +60,10 @@ struct LoadArgs {
     /// Write a PNG plot here.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// The viewcast binary to start (default: `viewcast` beside this tool), e.g. another build
+    /// to compare before and after a change.
+    #[arg(long)]
+    viewcast_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +197,7 @@ async fn scenario(
             demo,
             tick_ms: load.tick_ms,
             viewcast_load: load.viewcast_load,
+            viewcast_bin: load.viewcast_bin.clone(),
         };
         let (mut line, plot) = match fanout::run(&spec).await {
             Ok(r) => r,

@@ -330,8 +330,14 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
 
 /// Evaluates a write's `changes` over the table's current contents and applies them at one timestamp.
 async fn write(shared: &Shared, id: GlobalId, changes: RelExpr, verb: &str) -> Result<ExecuteResult, StatementError> {
-    // One write at a time, so each reads the contents the previous one left.
-    let _writer = shared.write_lock.lock().await;
+    // One write at a time, so each reads the contents the previous one left. A write holds the
+    // lock until its timestamp is assigned (at most a tick), not until it is sealed: the clock
+    // applies queued writes in order, so blind writes (INSERT ... VALUES) pipeline one per tick,
+    // and a write that reads tables first waits for the previous write to be sealed.
+    let mut last_write_ts = shared.write_lock.lock().await;
+    if *last_write_ts > 0 && !changes.depends_on().is_empty() {
+        shared.hub.wait_for(*last_write_ts + 1).await;
+    }
     let input = shared
         .catalog
         .lock()
@@ -355,6 +361,8 @@ async fn write(shared: &Shared, id: GlobalId, changes: RelExpr, verb: &str) -> R
             done: Some(tx),
         });
         let ts = rx.await.map_err(|_| StatementError::new("server is shutting down", "57P01", None))?;
+        *last_write_ts = ts;
+        drop(last_write_ts);
         shared.hub.wait_for(ts + 1).await;
     }
     ok(&format!("{verb} {affected}"))

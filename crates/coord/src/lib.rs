@@ -17,13 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
-use viewcast_hub::{Hub, HubConfig};
+use viewcast_hub::Hub;
 use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
 pub use execute::{ExecuteResult, StatementError};
 pub use sinks::{FollowError, SinkStatus, ViewFollower};
 pub use system::{SINK_STATUS_VIEW, SOURCE_STATS_VIEW};
+pub use viewcast_hub::HubConfig;
 pub use viewcast_sources::SourceStatsSnapshot;
 
 /// Settings of one viewcast instance.
@@ -63,8 +64,10 @@ pub(crate) struct Shared {
     pub catalog: Mutex<catalog::Catalog>,
     pub clock: Mutex<clock::Clock>,
     pub stop: std::sync::atomic::AtomicBool,
-    /// Serializes table writes so each reads what the previous one wrote.
-    pub write_lock: tokio::sync::Mutex<()>,
+    /// Serializes table writes so each reads what the previous one wrote. Holds the timestamp of
+    /// the last write queued (0: none); held by a write only until its timestamp is assigned, not
+    /// until it is sealed (see `execute::write`).
+    pub write_lock: tokio::sync::Mutex<u64>,
     /// When each in-flight tick was sent, to measure tick-to-sealed latency.
     pub tick_sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
     /// Tick-to-sealed latencies in microseconds, most recent last (bounded).
@@ -94,7 +97,7 @@ impl Coordinator {
             catalog: Mutex::new(catalog::Catalog::default()),
             clock: Mutex::new(clock::Clock::new()),
             stop: std::sync::atomic::AtomicBool::new(false),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(0),
             tick_sent: Mutex::new(Default::default()),
             latencies_us: Mutex::new(Default::default()),
             sinks: sinks::Sinks::default(),

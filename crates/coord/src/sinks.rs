@@ -2,8 +2,8 @@
 //!
 //! [`ViewFollower`] is how every long-lived reader of a view (pgwire `SUBSCRIBE`, sinks) gets its
 //! changes without a dataflow of its own: it takes the view's contents at a start time from the
-//! hub's [`ViewLog`](viewcast_changelog::ViewLog), then uses the view's broadcast frames only as
-//! wake-ups and reads each newly sealed [`Batch`] back from the shared log (`ViewLog::resume`).
+//! hub's [`ViewLog`](viewcast_changelog::ViewLog), then uses the view's broadcast frames and the
+//! hub's frontier only as wake-ups and reads each newly sealed [`Batch`] back from the shared log (`ViewLog::resume`).
 //! A thousand followers of one view share one log.
 //!
 //! A webhook sink POSTs each completed timestamp's changes, in order, as
@@ -115,7 +115,14 @@ impl ViewFollower {
             if let Some(r) = self.try_next() {
                 return r;
             }
-            match self.wake.recv().await {
+            // Frames wake on changes (and throttled progress); the hub's frontier on every
+            // advance of time, so a quiet view still reports each sealed step.
+            let next_step = self.hub.frontier().max(self.since.saturating_add(1)).saturating_add(1);
+            let woken = tokio::select! {
+                r = self.wake.recv() => r,
+                _ = self.hub.wait_for(next_step) => continue,
+            };
+            match woken {
                 Ok(frame) if frame.ts.is_none() => {
                     // An error frame: the view is gone. (Re-check the log in case it is a resync.)
                     if self.hub.with_log(self.id, |_| ()).is_err() {

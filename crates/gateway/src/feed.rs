@@ -9,13 +9,13 @@
 //! and the client is sent `resync` and a fresh snapshot. The engine, the hub and other clients
 //! never wait for a slow client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Notify;
 use viewcast_hub::{wire, Frame, FrameKind, Hub, HubError, Start, Subscription};
 use viewcast_repr::{Diff, Row, Timestamp};
 
@@ -44,101 +44,214 @@ pub struct StreamMetrics {
     pub stalled_closes: AtomicU64,
 }
 
-/// The queue of encoded messages to one socket, bounded in bytes.
-#[derive(Clone)]
+/// The queue of encoded messages to one socket, bounded in bytes. Each of the connection's pumps
+/// holds a clone and queues; the connection's socket writer holds the [`OutboxReceiver`] and takes.
+/// Overflow policy: a message that does not fit is handed back (`try_send`) and its pump
+/// consolidates instead, or the sender waits for room (`send`, for the few messages that must go).
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<(OutMsg, u32)>,
-    budget: Arc<Semaphore>,
-    max: u32,
+    shared: Arc<OutboxShared>,
     pub metrics: Arc<StreamMetrics>,
+}
+
+/// What an outbox's senders and its receiver share.
+struct OutboxShared {
+    state: Mutex<OutboxState>,
+    /// Wakes the receiver: a message was queued, or the last sender went away.
+    queued: Notify,
+    /// Wakes senders waiting for room: bytes were given back, or the receiver went away.
+    room: Notify,
+    max: usize,
+}
+
+struct OutboxState {
+    /// Queued messages and their cost. Starts empty and unallocated, so an idle connection holds
+    /// no queue memory.
+    queue: VecDeque<(OutMsg, usize)>,
+    /// Bytes queued or being written: taken when queued, given back once written.
+    used: usize,
+    senders: usize,
+    receiver_gone: bool,
 }
 
 /// The socket side of an [`Outbox`].
 pub(crate) struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<(OutMsg, u32)>,
-    budget: Arc<Semaphore>,
+    shared: Arc<OutboxShared>,
     metrics: Arc<StreamMetrics>,
+}
+
+impl OutboxShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().expect("outbox lock")
+    }
+}
+
+impl OutboxState {
+    /// Takes the oldest message; a queue that a burst grew is freed once it is empty again.
+    fn pop(&mut self) -> Option<(OutMsg, usize)> {
+        let next = self.queue.pop_front();
+        if self.queue.is_empty() && self.queue.capacity() > 16 {
+            self.queue = VecDeque::new();
+        }
+        next
+    }
 }
 
 impl Outbox {
     pub fn new(max_bytes: usize, metrics: Arc<StreamMetrics>) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let max = max_bytes.clamp(1, u32::MAX as usize >> 4) as u32;
-        let budget = Arc::new(Semaphore::new(max as usize));
-        let receiver = OutboxReceiver { rx, budget: budget.clone(), metrics: metrics.clone() };
-        (Outbox { tx, budget, max, metrics }, receiver)
+        let state = OutboxState { queue: VecDeque::new(), used: 0, senders: 1, receiver_gone: false };
+        let shared = Arc::new(OutboxShared {
+            state: Mutex::new(state),
+            queued: Notify::new(),
+            room: Notify::new(),
+            max: max_bytes.max(1),
+        });
+        let receiver = OutboxReceiver { shared: shared.clone(), metrics: metrics.clone() };
+        (Outbox { shared, metrics }, receiver)
     }
 
-    fn cost(&self, bytes: &Bytes) -> u32 {
-        (bytes.len() as u32).clamp(1, self.max)
+    /// A message's share of the budget: its length, at least 1 and at most the whole budget (so
+    /// an oversized message still goes, alone).
+    fn cost(&self, bytes: &Bytes) -> usize {
+        bytes.len().clamp(1, self.shared.max)
+    }
+
+    /// Queues `msg` under the lock if it fits; otherwise hands it back.
+    fn push(&self, st: &mut OutboxState, msg: OutMsg) -> Result<(), OutMsg> {
+        let cost = self.cost(&msg.bytes);
+        if st.receiver_gone || st.used + cost > self.shared.max {
+            return Err(msg);
+        }
+        st.used += cost;
+        st.queue.push_back((msg, cost));
+        self.metrics.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.shared.queued.notify_one();
+        Ok(())
     }
 
     /// Queues `msg` if the budget allows now; otherwise hands it back.
     pub fn try_send(&self, msg: OutMsg) -> Result<(), OutMsg> {
-        let cost = self.cost(&msg.bytes);
-        match self.budget.try_acquire_many(cost) {
-            Ok(p) => {
-                p.forget();
-                self.metrics.queued_bytes.fetch_add(cost as usize, Ordering::Relaxed);
-                self.tx.send((msg, cost)).map_err(|e| e.0 .0)
-            }
-            Err(_) => Err(msg),
-        }
+        let mut st = self.shared.lock();
+        self.push(&mut st, msg)
     }
 
     /// Queues `msg`, waiting for budget. Returns false once the connection is gone.
     pub async fn send(&self, msg: OutMsg) -> bool {
-        let cost = self.cost(&msg.bytes);
-        match self.budget.acquire_many(cost).await {
-            Ok(p) => p.forget(),
-            Err(_) => return false,
+        let mut msg = msg;
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                if st.receiver_gone {
+                    return false;
+                }
+                match self.push(&mut st, msg) {
+                    Ok(()) => return true,
+                    Err(m) => msg = m,
+                }
+            }
+            room.await;
         }
-        self.metrics.queued_bytes.fetch_add(cost as usize, Ordering::Relaxed);
-        self.tx.send((msg, cost)).is_ok()
     }
 
-    /// Waits until `bytes` worth of budget is free (without taking it).
+    /// Waits until `bytes` worth of budget is free (without taking it), or the connection is gone.
     async fn wait_for_room(&self, bytes: usize) {
-        let cost = (bytes as u32).clamp(1, self.max);
-        if let Ok(p) = self.budget.acquire_many(cost).await {
-            drop(p);
+        let cost = bytes.clamp(1, self.shared.max);
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let st = self.shared.lock();
+                if st.receiver_gone || st.used + cost <= self.shared.max {
+                    return;
+                }
+            }
+            room.await;
         }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().receiver_gone
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Outbox {
+        self.shared.lock().senders += 1;
+        Outbox { shared: self.shared.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.senders -= 1;
+        if st.senders == 0 {
+            self.shared.queued.notify_one();
+        }
     }
 }
 
 impl OutboxReceiver {
     /// The next message; its budget is returned once the caller has written it (drop the guard).
+    /// `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<(OutMsg, BudgetGuard)> {
-        let (msg, cost) = self.rx.recv().await?;
-        Some((msg, BudgetGuard { budget: self.budget.clone(), cost, metrics: self.metrics.clone() }))
+        loop {
+            let queued = self.shared.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                if let Some((msg, cost)) = st.pop() {
+                    return Some(self.guarded(msg, cost));
+                }
+                if st.senders == 0 {
+                    return None;
+                }
+            }
+            queued.await;
+        }
+    }
+
+    /// The next message if one is queued already (for writing several with one flush).
+    pub fn try_recv(&mut self) -> Option<(OutMsg, BudgetGuard)> {
+        let (msg, cost) = self.shared.lock().pop()?;
+        Some(self.guarded(msg, cost))
+    }
+
+    fn guarded(&self, msg: OutMsg, cost: usize) -> (OutMsg, BudgetGuard) {
+        (msg, BudgetGuard { shared: self.shared.clone(), cost, metrics: self.metrics.clone() })
     }
 }
 
 /// Returns a message's budget when dropped.
 pub(crate) struct BudgetGuard {
-    budget: Arc<Semaphore>,
-    cost: u32,
+    shared: Arc<OutboxShared>,
+    cost: usize,
     metrics: Arc<StreamMetrics>,
 }
 
 impl Drop for BudgetGuard {
     fn drop(&mut self) {
-        self.budget.add_permits(self.cost as usize);
-        self.metrics.queued_bytes.fetch_sub(self.cost as usize, Ordering::Relaxed);
+        self.shared.lock().used -= self.cost;
+        self.metrics.queued_bytes.fetch_sub(self.cost, Ordering::Relaxed);
+        self.shared.room.notify_waiters();
     }
 }
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        // Messages never written give their bytes back to the gauge.
-        self.rx.close();
-        while let Ok((_, cost)) = self.rx.try_recv() {
-            self.metrics.queued_bytes.fetch_sub(cost as usize, Ordering::Relaxed);
+        // Messages never written give their bytes back to the gauge; waiting senders give up.
+        let mut st = self.shared.lock();
+        st.receiver_gone = true;
+        for (_, cost) in st.queue.drain(..) {
+            self.metrics.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
         }
+        st.queue = VecDeque::new();
+        drop(st);
+        self.shared.room.notify_waiters();
     }
 }
 
@@ -448,5 +561,57 @@ impl Pump {
             *backlog = Backlog::Resync;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn msg(n: usize) -> OutMsg {
+        OutMsg { bytes: Bytes::from(vec![b'x'; n]), view: Arc::from("v"), ts: None }
+    }
+
+    #[tokio::test]
+    async fn outbox_is_bounded_in_bytes_and_gives_budget_back_once_written() {
+        let metrics = Arc::new(StreamMetrics::default());
+        let (outbox, mut rx) = Outbox::new(100, metrics.clone());
+        assert!(outbox.try_send(msg(60)).is_ok());
+        assert!(outbox.try_send(msg(60)).is_err(), "past the budget: handed back");
+        assert!(outbox.try_send(msg(40)).is_ok());
+        assert_eq!(metrics.queued_bytes.load(Ordering::Relaxed), 100);
+        // A waiting send completes only once a written message's guard is dropped.
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.send(msg(50)).await })
+        };
+        let (first, guard) = rx.recv().await.unwrap();
+        assert_eq!(first.bytes.len(), 60);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "taken but not yet written: still counted");
+        drop(guard);
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap());
+        let lens: Vec<usize> = std::iter::from_fn(|| rx.try_recv()).map(|(m, _)| m.bytes.len()).collect();
+        assert_eq!(lens, vec![40, 50], "in order");
+        assert_eq!(metrics.queued_bytes.load(Ordering::Relaxed), 0);
+        // An oversized message still goes, alone.
+        assert!(outbox.try_send(msg(500)).is_ok());
+        assert!(outbox.try_send(msg(1)).is_err());
+        drop(rx.recv().await.unwrap());
+        // Once every sender is gone the receiver ends; once the receiver is gone senders fail.
+        drop(outbox);
+        assert!(rx.recv().await.is_none());
+        let (outbox, rx) = Outbox::new(10, metrics.clone());
+        assert!(outbox.try_send(msg(10)).is_ok());
+        let blocked = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.send(msg(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert!(!tokio::time::timeout(Duration::from_secs(5), blocked).await.unwrap().unwrap());
+        assert!(outbox.is_closed());
+        assert_eq!(metrics.queued_bytes.load(Ordering::Relaxed), 0, "unwritten bytes leave the gauge");
     }
 }

@@ -162,14 +162,21 @@ async fn open_stream(
             outbox,
             max_backlog_bytes: st.config.client_buffer_bytes,
         };
-        tokio::spawn(pump.run(params.since));
         let config = st.config.clone();
         let metrics = st.metrics.clone();
+        // One task per connection: the pump, the socket writer and the reader of client frames
+        // run in the upgrade's task, so a frame costs one wake-up, not three task hops.
         return Ok(configure(ws, &config).on_upgrade(move |socket| async move {
             let (sink, incoming) = socket.split();
-            let reader = tokio::spawn(drain_incoming(incoming));
-            write_ws(sink, rx, &config, &metrics, slot).await;
-            reader.abort();
+            let pump = pump.run(params.since);
+            let writer = write_ws(sink, rx, Some(incoming), &config, &metrics, slot);
+            tokio::pin!(pump, writer);
+            tokio::select! {
+                // The view ended (its error is queued; the pump dropped its outbox): flush, close.
+                _ = &mut pump => writer.await,
+                // The client went away or stalled: the pump ends with this task.
+                _ = &mut writer => {}
+            }
         }));
     }
     if wants_sse(&headers) {
@@ -195,11 +202,14 @@ async fn open_stream(
     Err(ApiError::BadRequest("a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string()))
 }
 
+/// Socket settings of every streaming WebSocket. Clients send little (subscribe messages,
+/// pongs), so the read buffer is small: it is allocated whole per connection and grows only while
+/// a larger message arrives. The write buffer is a flush threshold, not an allocation.
 pub(crate) fn configure(ws: WebSocketUpgrade, config: &crate::GatewayConfig) -> WebSocketUpgrade {
     let max = config.max_ws_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(8 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(8 << 10)
         .max_write_buffer_size(4 << 20)
 }
@@ -226,20 +236,17 @@ fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
-/// Reads and discards client frames (pings are answered by the library), ending on close.
-async fn drain_incoming(mut incoming: futures::stream::SplitStream<WebSocket>) {
-    while let Some(Ok(msg)) = incoming.next().await {
-        if matches!(msg, Message::Close(_)) {
-            break;
-        }
-    }
-}
+/// Most bytes written with one flush when a client is behind (several frames per syscall).
+const COALESCE_BYTES: usize = 64 << 10;
 
-/// Writes queued messages to the socket. A client that cannot take a message within the stall
-/// timeout is closed with the reason and where to resume.
+/// Writes queued messages to the socket, several per flush when more than one is waiting. A
+/// client that cannot take a write within the stall timeout is closed with the reason and where
+/// to resume. With `incoming`, client frames are read (and discarded) here too, ending on close;
+/// pings are answered by the library.
 pub(crate) async fn write_ws(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: OutboxReceiver,
+    mut incoming: Option<futures::stream::SplitStream<WebSocket>>,
     config: &crate::GatewayConfig,
     metrics: &crate::feed::StreamMetrics,
     _slot: ConnectionSlot,
@@ -247,14 +254,28 @@ pub(crate) async fn write_ws(
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let mut last_ts: Option<Timestamp> = None;
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             next = rx.recv() => {
-                let Some((msg, guard)) = next else { break };
-                let Ok(text) = Utf8Bytes::try_from(msg.bytes) else { break };
-                match tokio::time::timeout(config.stall_timeout, sink.send(Message::Text(text))).await {
+                let Some(first) = next else { break };
+                let mut bytes = first.0.bytes.len();
+                batch.push(first);
+                while bytes < COALESCE_BYTES {
+                    let Some(more) = rx.try_recv() else { break };
+                    bytes += more.0.bytes.len();
+                    batch.push(more);
+                }
+                let write = async {
+                    for (msg, _) in &batch {
+                        let text = Utf8Bytes::try_from(msg.bytes.clone()).map_err(|_| ())?;
+                        sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                    }
+                    sink.flush().await.map_err(|_| ())
+                };
+                match tokio::time::timeout(config.stall_timeout, write).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
+                    Ok(Err(())) => return,
                     Err(_) => {
                         let reason = match last_ts {
                             Some(t) => format!("client stalled; resume with since={t}"),
@@ -269,10 +290,16 @@ pub(crate) async fn write_ws(
                         return;
                     }
                 }
-                if msg.ts.is_some() {
-                    last_ts = msg.ts;
+                if let Some(t) = batch.iter().rev().find_map(|(m, _)| m.ts) {
+                    last_ts = Some(t);
                 }
-                drop(guard);
+                // Written: the budget guards give the bytes back.
+                batch.clear();
+            }
+            msg = next_incoming(&mut incoming) => {
+                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                    return;
+                }
             }
             _ = ping.tick() => {
                 if tokio::time::timeout(config.stall_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
@@ -282,4 +309,14 @@ pub(crate) async fn write_ws(
         }
     }
     let _ = sink.send(Message::Close(None)).await;
+}
+
+/// The client's next frame, or never when this writer does not read.
+async fn next_incoming(
+    incoming: &mut Option<futures::stream::SplitStream<WebSocket>>,
+) -> Option<Result<Message, axum::Error>> {
+    match incoming {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }

@@ -14,6 +14,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures::stream::SplitStream;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -83,28 +84,52 @@ fn error_msg(id: Option<&str>, message: &str) -> OutMsg {
     control(v)
 }
 
-async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: ConnectionSlot) {
-    let (sink, mut incoming) = socket.split();
+/// Serves one multiplexed connection in one task: the reader of client messages and the socket
+/// writer run side by side here; each subscription is a pump task feeding the shared outbox.
+async fn run(socket: WebSocket, st: AppState, access: Access, slot: ConnectionSlot) {
+    let (sink, incoming) = socket.split();
     let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
     let config = st.config.clone();
     let metrics = st.metrics.clone();
-    let mut writer = tokio::spawn(async move { write_ws(sink, rx, &config, &metrics, slot).await });
+    let writer = write_ws(sink, rx, None, &config, &metrics, slot);
+    tokio::pin!(writer);
     let mut subs: HashMap<String, Sub> = HashMap::new();
-    loop {
-        let next = tokio::select! {
+    let writer_done = {
+        let reader = read_messages(incoming, &st, access, &outbox, &mut subs);
+        tokio::pin!(reader);
+        tokio::select! {
+            _ = &mut reader => false,
             // The writer ends when the client stalled or the socket broke: close everything.
-            _ = &mut writer => break,
-            n = tokio::time::timeout(st.config.idle_timeout, incoming.next()) => n,
-        };
-        let next = match next {
+            _ = &mut writer => true,
+        }
+    };
+    for (_, sub) in subs.drain() {
+        stop(&st, sub);
+    }
+    drop(outbox);
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
+}
+
+/// Handles client messages until the client closes, goes idle or fails to authenticate.
+async fn read_messages(
+    mut incoming: SplitStream<WebSocket>,
+    st: &AppState,
+    mut access: Access,
+    outbox: &Outbox,
+    subs: &mut HashMap<String, Sub>,
+) {
+    loop {
+        let next = match tokio::time::timeout(st.config.idle_timeout, incoming.next()).await {
             Ok(n) => n,
             Err(_) => {
                 outbox.send(error_msg(None, "idle timeout: no message or pong from the client")).await;
-                break;
+                return;
             }
         };
         let text = match next {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
                 outbox.send(error_msg(None, "binary messages are not understood; send JSON text")).await;
@@ -123,13 +148,13 @@ async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: Connecti
             access = st.auth.check(Some(token));
             if matches!(access, Access::None) {
                 outbox.send(error_msg(None, "invalid token")).await;
-                break;
+                return;
             }
             continue;
         }
         if matches!(access, Access::None) {
             outbox.send(error_msg(None, "authentication required: send {\"type\":\"auth\",\"token\":...} first")).await;
-            break;
+            return;
         }
         match msg {
             ClientMsg::Subscribe { id, view, query, since, key } => {
@@ -145,7 +170,7 @@ async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: Connecti
                     outbox.send(error_msg(Some(&id), "too many subscriptions on this connection")).await;
                     continue;
                 }
-                match start(&st, &access, &outbox, &id, view, query, since, key) {
+                match start(st, &access, outbox, &id, view, query, since, key) {
                     Ok(sub) => {
                         subs.insert(id, sub);
                     }
@@ -156,18 +181,11 @@ async fn run(socket: WebSocket, st: AppState, mut access: Access, slot: Connecti
             }
             ClientMsg::Unsubscribe { id } => {
                 if let Some(sub) = id_string(&id).and_then(|id| subs.remove(&id)) {
-                    stop(&st, sub);
+                    stop(st, sub);
                 }
             }
             ClientMsg::Auth { .. } => unreachable!("handled above"),
         }
-    }
-    for (_, sub) in subs.drain() {
-        stop(&st, sub);
-    }
-    drop(outbox);
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
 }
 

@@ -324,6 +324,12 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
     let (mut stalled, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
     let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
     stalled.send(Message::Text(sub.to_string().into())).await.unwrap();
+    // Another, on the single-view WebSocket (one task runs its pump, writer and reader).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let single_url = format!("ws://{}/api/v1/stream/recentchanges", server.addr);
+    let (stalled_single, _) = tokio_tungstenite::client_async(single_url, tcp).await.unwrap();
     // A reading client of the same view.
     let mut reader = ws_connect_url(&mux_url(&server)).await;
     ws_send(&mut reader, json!({ "type": "subscribe", "id": "r", "view": "recentchanges" })).await;
@@ -353,8 +359,8 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
     let expected = server.select_multiset("SELECT * FROM recentchanges").await;
     assert_eq!(replica.rows, expected, "the reading client's replica equals the view");
     let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
-    // Two connections, each with at most `bound` queued; backlog per subscription at most `bound`.
-    assert!(max_queued <= 2 * bound as u64, "queued {max_queued} > 2 x {bound}");
+    // Three connections, each with at most `bound` queued; backlog per subscription at most `bound`.
+    assert!(max_queued <= 3 * bound as u64, "queued {max_queued} > 3 x {bound}");
     assert!(max_backlog <= bound as u64 + (512 << 10), "backlog {max_backlog}");
     assert!(
         s["max_backlog_bytes"].as_u64().unwrap() + s["consolidated"].as_u64().unwrap() + s["resyncs"].as_u64().unwrap()
@@ -366,14 +372,20 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
     let t0 = Instant::now();
     loop {
         let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
-        if s["stalled_closes"].as_u64().unwrap() >= 1 {
+        if s["stalled_closes"].as_u64().unwrap() >= 2 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the stalled client was never closed: {s}");
+        assert!(t0.elapsed() < Duration::from_secs(60), "the stalled clients were not both closed: {s}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The close frame (with the reason and resume point) is best effort: it queues behind what the
     // client never read, so the connection may simply end. Either way it is closed.
+    for stalled in [stalled, stalled_single] {
+        expect_stall_close(stalled).await;
+    }
+}
+
+async fn expect_stall_close(mut stalled: tokio_tungstenite::WebSocketStream<TcpStream>) {
     let mut last_ts = None;
     loop {
         match tokio::time::timeout(Duration::from_secs(30), stalled.next()).await {
@@ -392,4 +404,54 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
         }
     }
     assert!(last_ts.is_some(), "the stalled client had received data before it stalled");
+}
+
+/// An unchanging view costs a subscriber about one `progress` a second (not one per 50 ms tick);
+/// an update still arrives at once; a resumed subscription is told at once how far the view is
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_view_sends_progress_about_once_a_second_and_updates_at_once() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start("CREATE TABLE t (a int)", CoordConfig::default()).await;
+    let mut ws = common::ws_connect(server.addr, "t").await;
+    let snap = ws_next(&mut ws).await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    // The view's progress clock is per view, not per subscriber: the first progress may follow
+    // the snapshot sooner than the interval; later ones are at least the interval apart.
+    let mut last_ts = snap["ts"].as_u64().unwrap();
+    let mut progress: Vec<u64> = Vec::new();
+    let watch_until = Instant::now() + Duration::from_millis(3_500);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(watch_until.into(), ws.next()).await {
+        let Message::Text(t) = m else { continue };
+        let m: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(m["type"], "progress", "nothing changed: {m}");
+        let ts = m["ts"].as_u64().unwrap();
+        assert!(ts > last_ts, "progress goes forward");
+        if !progress.is_empty() {
+            assert!(ts >= last_ts + 1_000, "progress {ts} less than the interval after {last_ts}");
+        }
+        last_ts = ts;
+        progress.push(ts);
+    }
+    // 3.5 s at 50 ms ticks would be 70 progress frames unthrottled.
+    assert!((2..=5).contains(&progress.len()), "progress frames in 3.5 s: {progress:?}");
+
+    let r = server.sql("INSERT INTO t VALUES (1)").await;
+    assert_eq!(r["ok"], "INSERT 0 1", "{r}");
+    let asked = Instant::now();
+    let m = ws_next(&mut ws).await;
+    assert_eq!(m["type"], "update", "the change comes next, not after a progress: {m}");
+    assert!(asked.elapsed() < Duration::from_millis(900), "an update waits for no progress interval");
+    let update_ts = m["ts"].as_u64().unwrap();
+
+    // Resuming from before the update: the update, then progress at the sealed time.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sealed = server.coord.sealed_ts();
+    let mut mux = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut mux, json!({ "type": "subscribe", "id": "r", "view": "t", "since": update_ts - 1 })).await;
+    let replayed = ws_next(&mut mux).await;
+    assert_eq!((replayed["type"].as_str(), replayed["ts"].as_u64()), (Some("update"), Some(update_ts)), "{replayed}");
+    let caught_up = ws_next(&mut mux).await;
+    assert_eq!(caught_up["type"], "progress", "{caught_up}");
+    assert!(caught_up["ts"].as_u64().unwrap() >= sealed, "{caught_up} vs sealed {sealed}");
 }

@@ -6,6 +6,13 @@
 //! Never touches: sockets, HTTP, SQL, dataflow. Overflow policy: each view's broadcast queue holds
 //! at most [`HubConfig::queue_frames`] frames; a subscriber that falls further behind is told to
 //! resync and gets a fresh snapshot (its backlog is dropped, so memory stays bounded).
+//!
+//! Progress: a view without changes gets a `progress` frame at most once per
+//! [`HubConfig::progress_interval_ms`] of timestamp time (wall-clock ms), not at every tick, so an
+//! unchanging view costs its subscribers about one frame a second instead of twenty. Updates are
+//! never delayed by this (an update is itself progress through its timestamp). Readers that need
+//! every advance of time (pgwire `SUBSCRIBE ... WITH (PROGRESS)`, sinks) wait on the hub's frontier
+//! ([`Hub::wait_for`]) as well as on frames.
 
 pub mod wire;
 
@@ -32,11 +39,14 @@ pub struct HubConfig {
     /// Frames buffered per view for subscribers that are behind (see the crate's overflow policy).
     pub queue_frames: usize,
     pub retention: Retention,
+    /// Most timestamp time (ms) between two frames of an unchanging view: its subscribers get a
+    /// `progress` frame once this much time has passed since the view's last frame. 0: every tick.
+    pub progress_interval_ms: Timestamp,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { queue_frames: 1024, retention: Retention::default() }
+        HubConfig { queue_frames: 1024, retention: Retention::default(), progress_interval_ms: 1000 }
     }
 }
 
@@ -48,6 +58,8 @@ struct ViewEntry {
     tx: broadcast::Sender<Frame>,
     /// The snapshot frame of the current sealed time, built once for every subscriber that joins then.
     snapshot_cache: Mutex<Option<Frame>>,
+    /// The `ts` of the last update or progress frame sent to `tx` (progress throttling).
+    last_frame_ts: Timestamp,
 }
 
 #[derive(Default)]
@@ -106,7 +118,9 @@ impl Hub {
         let mut st = self.state.write().expect("hub lock");
         let (tx, _) = broadcast::channel(self.config.queue_frames);
         let log = ViewLog::new(desc, as_of, self.config.retention);
-        st.views.insert(id, ViewEntry { name: name.to_string(), as_of, log, tx, snapshot_cache: Mutex::new(None) });
+        let entry =
+            ViewEntry { name: name.to_string(), as_of, log, tx, snapshot_cache: Mutex::new(None), last_frame_ts: 0 };
+        st.views.insert(id, entry);
         st.by_name.insert(name.to_string(), id);
     }
 
@@ -120,7 +134,8 @@ impl Hub {
     }
 
     /// Applies one sealed step of the engine: all changes at times below `upto`, per view.
-    /// Views without changes get a progress frame. Frames are built only for views with subscribers.
+    /// Views without changes get a progress frame when [`HubConfig::progress_interval_ms`] has
+    /// passed since their last frame. Frames are built only for views with subscribers.
     pub fn apply(&self, upto: Timestamp, changes: Vec<(GlobalId, Vec<Update>)>) {
         let mut st = self.state.write().expect("hub lock");
         let mut changed: HashMap<GlobalId, Vec<Update>> = changes.into_iter().collect();
@@ -144,8 +159,15 @@ impl Hub {
             for b in batches {
                 let _ = view.tx.send(wire::update(&view.name, b.ts, Arc::new(b.updates)));
             }
-            if last_ts != Some(upto - 1) {
-                let _ = view.tx.send(wire::progress(&view.name, upto - 1));
+            let through = upto - 1;
+            if let Some(t) = last_ts {
+                view.last_frame_ts = t;
+            }
+            if last_ts != Some(through)
+                && through >= view.last_frame_ts.saturating_add(self.config.progress_interval_ms)
+            {
+                let _ = view.tx.send(wire::progress(&view.name, through));
+                view.last_frame_ts = through;
             }
         }
         for id in changed.keys() {
@@ -157,7 +179,8 @@ impl Hub {
     }
 
     /// Subscribes to `view`: its snapshot at the current sealed time (or, with `since`, the retained
-    /// timestamps after it) and then every later timestamp, with nothing missed or repeated.
+    /// timestamps after it, then a progress frame at the sealed time if the last of them is
+    /// earlier) and then every later timestamp, with nothing missed or repeated.
     pub fn subscribe(&self, view: &str, since: Option<Timestamp>) -> Result<Subscription, HubError> {
         let st = self.state.read().expect("hub lock");
         let id = st.by_name.get(view).ok_or_else(|| HubError::UnknownView(view.to_string()))?;
@@ -177,9 +200,19 @@ impl Hub {
         let start = match since {
             None => Start::Snapshot(snapshot()),
             Some(since) => match entry.log.resume(since) {
-                viewcast_changelog::Resume::Replay(batches) => Start::Replay(
-                    batches.into_iter().map(|b| wire::update(&entry.name, b.ts, Arc::new(b.updates.clone()))).collect(),
-                ),
+                viewcast_changelog::Resume::Replay(batches) => {
+                    let mut frames: Vec<Frame> = batches
+                        .into_iter()
+                        .map(|b| wire::update(&entry.name, b.ts, Arc::new(b.updates.clone())))
+                        .collect();
+                    // A resuming client learns at once how far the view is complete, without
+                    // waiting for the next (throttled) progress frame.
+                    let sealed = entry.log.sealed_ts();
+                    if frames.last().and_then(|f| f.ts).unwrap_or(since) < sealed {
+                        frames.push(wire::progress(&entry.name, sealed));
+                    }
+                    Start::Replay(frames)
+                }
                 viewcast_changelog::Resume::TooOld => Start::Resync(snapshot()),
             },
         };
@@ -240,7 +273,8 @@ impl Hub {
     /// Subscribes to view `id` without serializing anything for it: runs `f` over the view's log
     /// under the same lock that takes the receiver, so the receiver carries exactly the timestamps
     /// after `f` saw the log's sealed time. Frames serve as wake-ups (their `ts` says how far the
-    /// view is complete); typed changes are read back with [`Hub::with_log`] (`ViewLog::resume`),
+    /// view is complete; progress frames are throttled, so wait on [`Hub::wait_for`] too to see
+    /// every advance of time); typed changes are read back with [`Hub::with_log`] (`ViewLog::resume`),
     /// so every subscriber of a view shares its one log (pgwire `SUBSCRIBE`, sinks).
     pub fn subscribe_log<T>(
         &self,
@@ -300,12 +334,16 @@ mod tests {
                 (v["type"].as_str().unwrap().to_string(), v["ts"].as_u64().unwrap())
             })
             .collect();
-        assert_eq!(kinds, vec![("update".into(), 103), ("update".into(), 104), ("progress".into(), 105)]);
+        // No progress at 105: 104's update was sent less than a progress interval before.
+        assert_eq!(kinds, vec![("update".into(), 103), ("update".into(), 104)]);
         assert!(matches!(hub.subscribe("nope", None), Err(HubError::UnknownView(_))));
-        // Resuming from 100 replays 103 and 104 only; from before the view existed, a resync.
+        // Resuming from 100 replays 103 and 104, then says at once that 105 is complete.
         let resumed = hub.subscribe("v", Some(100)).unwrap();
         let Start::Replay(frames) = resumed.start else { panic!("replay") };
-        assert_eq!(frames.iter().map(|f| f.ts.unwrap()).collect::<Vec<_>>(), vec![103, 104]);
+        assert_eq!(
+            frames.iter().map(|f| (f.kind, f.ts.unwrap())).collect::<Vec<_>>(),
+            vec![(FrameKind::Update, 103), (FrameKind::Update, 104), (FrameKind::Progress, 105)]
+        );
         assert!(matches!(hub.subscribe("v", Some(105)).unwrap().start, Start::Replay(ref f) if f.is_empty()));
     }
 
@@ -323,5 +361,55 @@ mod tests {
         let Start::Snapshot(snap) = hub.subscribe("v", None).unwrap().start else { panic!() };
         let snap = json(&snap);
         assert_eq!(snap["rows"].as_array().unwrap().len(), 19);
+    }
+
+    /// Random changes over 50 ms ticks: every changed timestamp arrives as an update at its own
+    /// tick (never delayed), progress frames are at least the interval apart, and a subscriber
+    /// never goes longer than the interval plus one tick without a frame telling it time passed.
+    #[test]
+    fn progress_is_throttled_but_updates_are_not_and_time_keeps_passing() {
+        use rand::{Rng, SeedableRng};
+        let interval = 1000;
+        let hub = Hub::new(HubConfig { progress_interval_ms: interval, ..HubConfig::default() });
+        hub.register(1, "v", desc(), 0);
+        hub.apply(50, vec![]);
+        let mut sub = hub.subscribe("v", None).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let (mut last_seen, mut last_progress) = (sub.start_ts, None::<Timestamp>);
+        let mut progress_frames = 0;
+        for tick in 2..2_000u64 {
+            let upto = tick * 50;
+            let changed = rng.gen_bool(0.05);
+            let changes = if changed { vec![(1, vec![(r(tick as i64), upto - 1, 1)])] } else { vec![] };
+            hub.apply(upto, changes);
+            let frames: Vec<Frame> = std::iter::from_fn(|| sub.updates.try_recv().ok()).collect();
+            if changed {
+                assert!(
+                    frames.iter().any(|f| f.kind == FrameKind::Update && f.ts == Some(upto - 1)),
+                    "update sent at once"
+                );
+            }
+            for f in &frames {
+                let ts = f.ts.unwrap();
+                assert!(ts > last_seen, "frames go forward");
+                last_seen = ts;
+                if f.kind == FrameKind::Progress {
+                    progress_frames += 1;
+                    assert!(last_progress.is_none_or(|p| ts >= p + interval), "progress at most once per interval");
+                    last_progress = Some(ts);
+                }
+            }
+            assert!(upto - 1 - last_seen < interval + 50, "time passed unannounced: {last_seen} at {upto}");
+        }
+        assert!(progress_frames > 50 && progress_frames <= 100, "{progress_frames} progress frames in 100 s");
+        // Interval 0 restores a progress frame at every tick without changes.
+        let hub = Hub::new(HubConfig { progress_interval_ms: 0, ..HubConfig::default() });
+        hub.register(1, "v", desc(), 0);
+        hub.apply(1, vec![]);
+        let mut sub = hub.subscribe("v", None).unwrap();
+        for upto in 2..12 {
+            hub.apply(upto, vec![]);
+        }
+        assert_eq!(std::iter::from_fn(|| sub.updates.try_recv().ok()).count(), 10);
     }
 }

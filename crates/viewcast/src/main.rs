@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult};
+use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult, HubConfig};
 use viewcast_gateway::auth::Grant;
 use viewcast_gateway::GatewayConfig;
 
@@ -82,6 +82,10 @@ struct ServerArgs {
     /// Dataflow worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Most milliseconds between two messages of an unchanging view's stream: a `progress`
+    /// message is sent once this much time passed since the last one (0: at every tick).
+    #[arg(long, default_value_t = 1000)]
+    progress_ms: u64,
     /// An Origin (e.g. http://localhost:3000) allowed to open WebSockets besides the server's own. Repeatable.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
@@ -144,8 +148,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
+    let defaults = CoordConfig::default();
+    let hub = HubConfig { progress_interval_ms: args.progress_ms, ..defaults.hub };
     let coord = Arc::new(
-        Coordinator::start(CoordConfig { workers: args.workers, tick_ms: args.tick_ms, ..CoordConfig::default() })
+        Coordinator::start(CoordConfig { workers: args.workers, tick_ms: args.tick_ms, hub, ..defaults })
             .context("starting the engine")?,
     );
     if !sql.trim().is_empty() {
