@@ -83,6 +83,10 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
             if if_not_exists && exists(shared, &name) {
                 return ok("CREATE SOURCE");
             }
+            if let SourceConnector::Upstream { url, view } = connector {
+                crate::upstream::create_upstream(shared, &name, &url, &view, sql).await?;
+                return ok("CREATE SOURCE");
+            }
             create_source(shared, &name, connector, desc, sql)
         }
         Statement::CreateView { name, if_not_exists, or_replace, plan, desc, materialized } => {
@@ -136,7 +140,7 @@ fn exists(shared: &Shared, name: &str) -> bool {
     shared.catalog.lock().expect("catalog lock").resolve(name).is_some()
 }
 
-fn already_exists(name: &str) -> StatementError {
+pub(crate) fn already_exists(name: &str) -> StatementError {
     StatementError::new(format!("catalog item '{name}' already exists"), "42710", None)
 }
 
@@ -151,7 +155,7 @@ fn text_rows(column: &str, lines: Vec<String>) -> ExecuteResult {
     ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
 }
 
-fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
+pub(crate) fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
     Item {
         name: name.to_string(),
         kind,
@@ -161,6 +165,7 @@ fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
         input: None,
         depends_on: vec![],
         source: None,
+        upstream: None,
         hidden: false,
         errors: 0,
         last_error: None,
@@ -489,7 +494,7 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
     })
 }
 
-fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
+pub(crate) fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
     StatementError::new(e.to_string(), "XX000", None)
 }
 

@@ -80,6 +80,9 @@ pub(crate) fn start_source(
             let handle = SourceHandle::passive(name, Arc::new(SourceStats::new()));
             return Ok(Started { handle, webhook: Some(format) });
         }
+        SourceConnector::Upstream { .. } => {
+            return Err(config_error("an upstream view is not a row source (see coord::upstream)"));
+        }
     };
     Ok(Started { handle: handle.map_err(config_error)?, webhook: None })
 }
@@ -213,19 +216,7 @@ pub(crate) fn register_source_stats(shared: &Shared) -> Result<GlobalId, Stateme
 }
 
 fn new_item(name: &str, kind: ItemKind, desc: RelationDesc) -> Item {
-    Item {
-        name: name.to_string(),
-        kind,
-        desc,
-        plan: None,
-        create_sql: format!("-- system view {SOURCE_STATS_VIEW}, refreshed every second"),
-        input: None,
-        depends_on: vec![],
-        source: None,
-        hidden: false,
-        errors: 0,
-        last_error: None,
-    }
+    crate::execute::new_item(name, kind, desc, &format!("-- system view {SOURCE_STATS_VIEW}, refreshed every second"))
 }
 
 /// Rewrites the stats input every second with the difference from what it holds, until shutdown.

@@ -11,6 +11,7 @@ mod clock;
 mod execute;
 mod ingest;
 mod sinks;
+mod upstream;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub latencies_us: Mutex<std::collections::VecDeque<u64>>,
     /// Running webhook sinks.
     pub sinks: sinks::Sinks,
+    /// Upstream views' changes for the engine inputs that local views read (gateway mode).
+    pub upstream_mailbox: Arc<upstream::UpstreamMailbox>,
 }
 
 /// Latency samples kept for [`Coordinator::take_tick_latencies`].
@@ -97,6 +100,7 @@ impl Coordinator {
             tick_sent: Mutex::new(Default::default()),
             latencies_us: Mutex::new(Default::default()),
             sinks: sinks::Sinks::default(),
+            upstream_mailbox: Arc::default(),
         });
         let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({
             let shared = shared.clone();

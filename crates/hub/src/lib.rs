@@ -31,6 +31,13 @@ pub enum HubError {
     UnknownView(String),
     #[error("view \"{0}\" is not ready yet")]
     NotReady(String),
+}
+
+/// Why [`Hub::apply_view`] refused a step.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyViewError {
+    #[error("unknown view #{0}")]
+    UnknownView(GlobalId),
     #[error("view \"{0}\" is driven by the engine's clock, not its own")]
     NotOwnClock(String),
     #[error("view \"{view}\": {source}")]
@@ -201,16 +208,16 @@ impl Hub {
     /// `updates` are all its changes at times in `[frontier, upto)`. Subscribers get one update
     /// frame per changed timestamp, then a progress frame at `upto - 1` if that time had none.
     /// A call with `upto` at or below the view's frontier and no updates is a no-op.
-    pub fn apply_view(&self, id: GlobalId, upto: Timestamp, updates: Vec<Update>) -> Result<(), HubError> {
+    pub fn apply_view(&self, id: GlobalId, upto: Timestamp, updates: Vec<Update>) -> Result<(), ApplyViewError> {
         let mut st = self.state.write().expect("hub lock");
-        let view = st.views.get_mut(&id).ok_or_else(|| HubError::UnknownView(format!("#{id}")))?;
+        let view = st.views.get_mut(&id).ok_or(ApplyViewError::UnknownView(id))?;
         if !view.own_clock {
-            return Err(HubError::NotOwnClock(view.name.clone()));
+            return Err(ApplyViewError::NotOwnClock(view.name.clone()));
         }
         if upto <= view.log.frontier() && updates.is_empty() {
             return Ok(());
         }
-        view.seal(upto, updates).map_err(|source| HubError::Seal { view: view.name.clone(), source })?;
+        view.seal(upto, updates).map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
         drop(st);
         self.sealed_epoch.send_modify(|e| *e += 1);
         Ok(())
@@ -388,7 +395,7 @@ mod tests {
         let hub = Hub::new(HubConfig::default());
         hub.register(1, "local", desc(), 0);
         hub.register_own_clock(2, "up", desc(), 0);
-        assert!(matches!(hub.apply_view(1, 5, vec![]), Err(HubError::NotOwnClock(_))));
+        assert!(matches!(hub.apply_view(1, 5, vec![]), Err(ApplyViewError::NotOwnClock(_))));
         hub.apply(10, vec![(1, vec![(r(1), 3, 1)]), (2, vec![(r(9), 3, 1)])]);
         assert_eq!(hub.view_frontier(1), Some(10));
         assert_eq!(hub.view_frontier(2), Some(0), "the engine's step does not seal an own-clock view");
