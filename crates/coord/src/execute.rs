@@ -245,7 +245,8 @@ pub(crate) async fn create_view(
         let as_of = clock.as_of();
         shared.hub.register(id, name, desc.clone(), as_of);
         let depends_on = plan.depends_on();
-        if let Err(e) = shared.engine.create_view(id, plan.clone(), true) {
+        let engine_plan = crate::upstream::engine_plan(&cat, plan.clone());
+        if let Err(e) = shared.engine.create_view(id, engine_plan, true) {
             shared.hub.unregister(id);
             return Err(engine_error(e));
         }
@@ -326,6 +327,12 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
     for id in ids {
         if cat.items.get(id).is_some_and(|i| i.kind == ItemKind::Sink) {
             shared.sinks.stop(*id);
+            cat.remove(*id);
+            continue;
+        }
+        // An upstream view lives in the hub only (its engine input is dropped separately).
+        if cat.items.get(id).is_some_and(|i| i.upstream.is_some()) {
+            shared.hub.unregister(*id);
             cat.remove(*id);
             continue;
         }

@@ -6,8 +6,9 @@
 //!   timestamps as each of them completes, so streams, pgwire `SUBSCRIBE`, sinks and `SELECT`
 //!   see exactly the upstream's timestamps;
 //! - a hidden engine input, fed the same changes at the next local tick, so local views can read
-//!   it (a filter, a join with a local source): their timestamps are the local clock's;
-//! - an unpublished identity view over that input under the item's id, which local plans name.
+//!   it (a filter, a join with a local source): their timestamps are the local clock's. Plans name
+//!   the item's id; [`engine_plan`] points them at the input before they reach the engine (which
+//!   never knows the item's id).
 //!
 //! The task following the upstream (crate `viewcast-upstream`) is owned by the catalog item and
 //! aborted when the item is dropped.
@@ -22,6 +23,7 @@ use viewcast_repr::{consolidate_updates, Diff, Row, Timestamp, Update};
 use viewcast_sql::ItemKind;
 use viewcast_upstream::{UpstreamConfig, UpstreamSink};
 
+use crate::catalog::Catalog;
 use crate::execute::{already_exists, engine_error, new_item, StatementError};
 use crate::Shared;
 
@@ -101,6 +103,18 @@ impl UpstreamSink for Feed {
     }
 }
 
+/// `plan` with every read of an upstream view turned into a read of its engine input.
+pub(crate) fn engine_plan(cat: &Catalog, mut plan: RelExpr) -> RelExpr {
+    plan.visit_mut(&mut |e| {
+        if let RelExpr::Get { id, .. } = e {
+            if let Some(input) = cat.items.get(id).filter(|i| i.upstream.is_some()).and_then(|i| i.input) {
+                *id = input;
+            }
+        }
+    });
+    plan
+}
+
 /// How long `CREATE SOURCE ... FROM UPSTREAM` waits for the upstream's first complete timestamp
 /// before returning anyway (the view then becomes readable when it arrives).
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
@@ -134,11 +148,6 @@ pub(crate) async fn create_upstream(
         hidden.hidden = true;
         cat.insert(input, hidden);
         let id = cat.allocate_id();
-        if let Err(e) = shared.engine.create_view(id, RelExpr::Get { id: input, arity: desc.arity() }, false) {
-            let _ = shared.engine.drop_item(input);
-            cat.remove(input);
-            return Err(engine_error(e));
-        }
         shared.hub.register_own_clock(id, name, desc.clone(), 0);
         let feed = Feed { hub: shared.hub.clone(), view: id, input, mailbox: shared.upstream_mailbox.clone() };
         let task = tokio::spawn(viewcast_upstream::run(config, desc.clone(), Arc::new(feed)));

@@ -12,7 +12,11 @@ use crate::UpstreamError;
 pub(crate) enum SubscribeRow {
     /// `mz_progressed = true`: no later row has a timestamp below `ts`.
     Progress(Timestamp),
-    Data { ts: Timestamp, diff: Diff, row: Row },
+    Data {
+        ts: Timestamp,
+        diff: Diff,
+        row: Row,
+    },
 }
 
 /// The viewcast type a Postgres (or Materialize) column type maps to. Types without a
@@ -147,10 +151,7 @@ mod tests {
     #[test]
     fn fields_unescape_and_nulls() {
         let f = split_fields(b"1\\tx\t\\N\ta\\\\b\\nc\t\\101\\x42").unwrap();
-        assert_eq!(
-            f,
-            vec![Some("1\tx".to_string()), None, Some("a\\b\nc".to_string()), Some("AB".to_string())]
-        );
+        assert_eq!(f, vec![Some("1\tx".to_string()), None, Some("a\\b\nc".to_string()), Some("AB".to_string())]);
         assert!(split_fields(b"abc\\").is_err());
     }
 
@@ -165,10 +166,7 @@ mod tests {
         assert_eq!(row.get(2).to_json(), serde_json_value(r#"{"a":[1]}"#));
         assert_eq!(row.get(3), &Datum::float(1.5));
         assert_eq!(row.get(4), &Datum::Bool(true));
-        assert_eq!(
-            decode_row(b"17\tt\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N", &types).unwrap(),
-            SubscribeRow::Progress(17)
-        );
+        assert_eq!(decode_row(b"17\tt\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N", &types).unwrap(), SubscribeRow::Progress(17));
         assert!(decode_row(b"17\tf\t1\t1", &types).is_err(), "wrong column count");
         assert!(decode_row(b"x\tf\t1\t1\ta\t1\t1\tt", &types).is_err(), "bad timestamp");
         assert!(decode_row(b"1\tf\t1\tnope\ta\t1\t1\tt", &types).is_err(), "bad integer");

@@ -172,10 +172,9 @@ async fn follow_once(
     let view = &config.view;
     let resume_from = if snapshot { None } else { sink.frontier() };
     let sql = match resume_from {
-        Some(f) => format!(
-            "COPY (SUBSCRIBE {view} WITH (PROGRESS, SNAPSHOT = false) AS OF {}) TO STDOUT",
-            f.saturating_sub(1)
-        ),
+        Some(f) => {
+            format!("COPY (SUBSCRIBE {view} WITH (PROGRESS, SNAPSHOT = false) AS OF {}) TO STDOUT", f.saturating_sub(1))
+        }
         None => format!("COPY (SUBSCRIBE {view} WITH (PROGRESS)) TO STDOUT"),
     };
     tracing::info!(%view, %sql, "upstream: subscribing");

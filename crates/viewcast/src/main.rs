@@ -172,7 +172,10 @@ fn gateway_sql(upstream: &str, views: &[String]) -> anyhow::Result<String> {
     for v in views {
         let (local, remote) = v.split_once('=').unwrap_or((v, v));
         let local = local.rsplit('.').next().unwrap_or(local).trim();
-        anyhow::ensure!(!local.is_empty() && !remote.trim().is_empty(), "--view {v:?}: expected NAME or LOCAL=UPSTREAM");
+        anyhow::ensure!(
+            !local.is_empty() && !remote.trim().is_empty(),
+            "--view {v:?}: expected NAME or LOCAL=UPSTREAM"
+        );
         sql.push_str(&format!("CREATE SOURCE {local} FROM UPSTREAM '{url}' SUBSCRIBE {};\n", remote.trim()));
     }
     Ok(sql)

@@ -42,10 +42,9 @@ impl Planner<'_> {
                         SourceConnector::File { path: path.clone(), tail: *tail, format: format.clone() },
                         format_desc(format),
                     ),
-                    ConnectorAst::Upstream { url, view } => (
-                        SourceConnector::Upstream { url: url.clone(), view: view.clone() },
-                        RelationDesc::default(),
-                    ),
+                    ConnectorAst::Upstream { url, view } => {
+                        (SourceConnector::Upstream { url: url.clone(), view: view.clone() }, RelationDesc::default())
+                    }
                 };
                 if desc.arity() == 0 && !matches!(cs.connector, ConnectorAst::Upstream { .. }) {
                     return Err(SqlError::new(
