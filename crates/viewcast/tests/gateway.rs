@@ -501,3 +501,79 @@ async fn clients_need_no_resync_when_the_upstream_restarts() {
     .await
     .expect("test timed out");
 }
+
+/// Speed, not correctness (run by hand, see BENCHMARKS.md): the time the gateway adds between the
+/// upstream's progress row and a WebSocket client's receipt of that timestamp. A direct SUBSCRIBE
+/// client of the upstream timestamps each progress row `p` on arrival; each of `GW_CLIENTS`
+/// gateway clients (default 1) timestamps its frame for `p - 1` (the same complete timestamp).
+/// Runs `GW_SECONDS` (default 10) with the writer changing the upstream every ~7 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
+async fn gateway_added_latency() {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (clients, seconds) = (env("GW_CLIENTS", 1) as usize, env("GW_SECONDS", 10));
+    let upstream = Proc::upstream(free_port(), "bench-upstream").await;
+    let gateway = Proc::gateway(upstream.pg, "bench-gateway").await;
+    let direct: Arc<Mutex<BTreeMap<u64, Instant>>> = Arc::default();
+    {
+        let direct = direct.clone();
+        let client = pg(upstream.pg).await.unwrap();
+        tokio::spawn(async move {
+            let stream = client.copy_out("COPY (SUBSCRIBE totals WITH (PROGRESS)) TO STDOUT").await.unwrap();
+            futures::pin_mut!(stream);
+            while let Some(Ok(chunk)) = stream.next().await {
+                let now = Instant::now();
+                for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let line = String::from_utf8_lossy(line);
+                    let mut f = line.split('\t');
+                    let (ts, progressed) = (f.next().unwrap(), f.next() == Some("t"));
+                    if progressed {
+                        direct.lock().unwrap().insert(ts.parse().unwrap(), now);
+                    }
+                }
+            }
+        });
+    }
+    let received: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let url = format!("ws://{}/api/v1/stream/totals", gateway.http);
+    for _ in 0..clients {
+        let (received, url) = (received.clone(), url.clone());
+        tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let mut mine = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                let now = Instant::now();
+                let tokio_tungstenite::tungstenite::Message::Text(text) = msg else { continue };
+                let m: Value = serde_json::from_str(&text).unwrap();
+                if let Some(ts) = m["ts"].as_u64() {
+                    mine.push((ts, now));
+                }
+                if mine.len() >= 64 {
+                    received.lock().unwrap().append(&mut mine);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    received.lock().unwrap().clear();
+    let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    writer.stop().await;
+    let direct = direct.lock().unwrap();
+    let mut added_us: Vec<i64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(ts, at)| direct.get(&(ts + 1)).map(|d| at.duration_since(*d).as_micros() as i64))
+        .collect();
+    added_us.sort_unstable();
+    assert!(!added_us.is_empty(), "no timestamps matched");
+    let pct = |p: f64| added_us[((added_us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    println!(
+        "gateway added latency, {clients} client(s), {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        added_us.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+}
