@@ -432,6 +432,8 @@ async fn clients_see_the_upstream_at_every_timestamp_across_connection_loss() {
         let proxy = Proxy::start(upstream.pg).await;
         let oracle = Oracle::start(upstream.pg);
         let gateway = Proc::gateway(proxy.addr, "gateway-loss").await;
+        // A Postgres client of the gateway, subscribing to the upstream view through it.
+        let via_pgwire = Oracle::start(gateway.pg);
         let client = Client::start(gateway.http, "totals");
         let local = Client::start(gateway.http, "big");
         let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
@@ -449,6 +451,11 @@ async fn clients_see_the_upstream_at_every_timestamp_across_connection_loss() {
         .await;
         let compared = check(&client.lock().unwrap(), &[&oracle.lock().unwrap()]);
         assert!(compared >= 20, "only {compared} timestamps compared");
+        {
+            let (o, p) = (oracle.lock().unwrap(), via_pgwire.lock().unwrap());
+            let same: Vec<bool> = p.history.iter().filter_map(|(ts, c)| o.at(*ts).map(|e| e == c)).collect();
+            assert!(same.len() >= 20 && same.iter().all(|s| *s), "pgwire SUBSCRIBE through the gateway differs");
+        }
         let log = gateway.log();
         assert!(
             log.matches("SNAPSHOT = false").count() >= 3,
