@@ -27,6 +27,9 @@ pub enum System {
     Viewcast,
     /// viewcast over Server-Sent Events (same endpoint, `Accept: text/event-stream`).
     ViewcastSse,
+    /// `viewcast gateway` in front of an upstream `viewcast serve` (one upstream SUBSCRIBE for the
+    /// view); the clients connect to the gateway over WebSocket. Load generator load only.
+    ViewcastGateway,
     /// `viewcast-bench minimal-broadcaster`: tokio-tungstenite, one shared frame per tick.
     Minimal,
     /// `bench/node-ws/server.mjs`: Node.js + ws, internal timer.
@@ -40,6 +43,7 @@ impl System {
         match self {
             System::Viewcast => "viewcast",
             System::ViewcastSse => "viewcast-sse",
+            System::ViewcastGateway => "viewcast-gateway",
             System::Minimal => "minimal",
             System::Node => "node-ws",
             System::Tornado => "tornado2020",
@@ -116,6 +120,28 @@ fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
                 .env("RUST_LOG", "warn");
             Server::spawn(spec.system.name(), cmd, "open ")
         }
+        System::ViewcastGateway => {
+            anyhow::ensure!(
+                spec.viewcast_load == ViewcastLoad::Loadgen,
+                "viewcast-gateway runs with --viewcast-load loadgen"
+            );
+            let path = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
+            std::fs::write(&path, viewcast_sql(spec))?;
+            let bin = dir.join("viewcast");
+            anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
+            let pg = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let mut up = Command::new(&bin);
+            up.args(["serve", "--listen", "127.0.0.1:0", "--tick-ms", &spec.tick_ms.to_string(), "--sql"])
+                .arg(&path)
+                .args(["--pgwire-listen", &pg.to_string()])
+                .env("RUST_LOG", "warn");
+            let upstream = Server::spawn("viewcast-upstream", up, "open ")?;
+            let mut gw = Command::new(&bin);
+            gw.args(["gateway", "--listen", "127.0.0.1:0", "--pgwire-listen", "127.0.0.1:0"])
+                .args(["--upstream", &format!("postgres://materialize@{pg}/materialize"), "--view", &spec.view])
+                .env("RUST_LOG", "warn");
+            Ok(Server::spawn(spec.system.name(), gw, "open ")?.with_companion(upstream))
+        }
         System::Minimal => {
             let mut cmd = Command::new(exe);
             cmd.args(["minimal-broadcaster", "--port", "0", "--hz", &hz]);
@@ -150,7 +176,8 @@ async fn drive(
     issued_in_window: Arc<AtomicU64>,
 ) {
     let internal = matches!(system, System::Minimal | System::Node)
-        || (matches!(system, System::Viewcast | System::ViewcastSse) && viewcast_load == ViewcastLoad::Loadgen);
+        || (matches!(system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway)
+            && viewcast_load == ViewcastLoad::Loadgen);
     if rate <= 0.0 || internal {
         return;
     }
@@ -186,7 +213,7 @@ async fn drive(
                 }
                 ok
             }
-            System::Minimal | System::Node => return,
+            System::Minimal | System::Node | System::ViewcastGateway => return,
         };
         if !ok {
             eprintln!("[driver] change {n} failed");

@@ -18,6 +18,8 @@ pub fn bench_dir() -> PathBuf {
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
+    /// A process this one needs (the upstream of a gateway), stopped after it.
+    companion: Option<Box<Server>>,
 }
 
 impl Server {
@@ -57,9 +59,15 @@ impl Server {
                 let addr: SocketAddr = addr.parse().with_context(|| format!("{name} printed {line:?}"))?;
                 // Keep draining stdout in the background.
                 std::thread::spawn(move || while rx.recv().is_ok() {});
-                return Ok(Server { addr, child });
+                return Ok(Server { addr, child, companion: None });
             }
         }
+    }
+
+    /// Keeps `upstream` running as long as this server.
+    pub fn with_companion(mut self, upstream: Server) -> Server {
+        self.companion = Some(Box::new(upstream));
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -75,6 +83,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(self.companion.take());
     }
 }
 

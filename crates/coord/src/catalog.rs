@@ -30,6 +30,8 @@ pub(crate) struct Item {
     pub input: Option<GlobalId>,
     pub depends_on: Vec<GlobalId>,
     pub source: Option<SourceRuntime>,
+    /// For an upstream view (gateway mode): the task following it.
+    pub upstream: Option<crate::upstream::UpstreamRuntime>,
     /// Hidden items (transient query dataflows) are not listed and cannot be named.
     pub hidden: bool,
     pub errors: u64,
@@ -48,6 +50,7 @@ impl Item {
             input: None,
             depends_on: vec![],
             source: None,
+            upstream: None,
             hidden: false,
             errors: 0,
             last_error: None,
@@ -161,6 +164,7 @@ impl Catalog {
     pub fn stop_sources(&mut self) {
         for item in self.items.values_mut() {
             item.source = None;
+            item.upstream = None;
         }
     }
 

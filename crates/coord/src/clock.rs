@@ -86,6 +86,7 @@ pub(crate) fn tick_loop(shared: &Shared) {
         }
         let ts = clock.next_ts();
         let mut updates = shared.catalog.lock().expect("catalog lock").drain_sources(shared.config.max_rows_per_tick);
+        updates.extend(shared.upstream_mailbox.take());
         let mut done = Vec::new();
         for w in clock.pending.drain(..) {
             updates.push((w.id, w.updates));

@@ -83,6 +83,10 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
             if if_not_exists && exists(shared, &name) {
                 return ok("CREATE SOURCE");
             }
+            if let SourceConnector::Upstream { url, view } = connector {
+                crate::upstream::create_upstream(shared, &name, &url, &view, sql).await?;
+                return ok("CREATE SOURCE");
+            }
             create_source(shared, &name, connector, desc, sql)
         }
         Statement::CreateView { name, if_not_exists, or_replace, plan, desc, materialized } => {
@@ -136,7 +140,7 @@ fn exists(shared: &Shared, name: &str) -> bool {
     shared.catalog.lock().expect("catalog lock").resolve(name).is_some()
 }
 
-fn already_exists(name: &str) -> StatementError {
+pub(crate) fn already_exists(name: &str) -> StatementError {
     StatementError::new(format!("catalog item '{name}' already exists"), "42710", None)
 }
 
@@ -151,7 +155,7 @@ fn text_rows(column: &str, lines: Vec<String>) -> ExecuteResult {
     ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
 }
 
-fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
+pub(crate) fn new_item(name: &str, kind: ItemKind, desc: RelationDesc, sql: &str) -> Item {
     Item::new(name, kind, desc, sql.to_string())
 }
 
@@ -228,7 +232,8 @@ pub(crate) async fn create_view(
         let as_of = clock.as_of();
         shared.hub.register(id, name, desc.clone(), as_of);
         let depends_on = plan.depends_on();
-        if let Err(e) = shared.engine.create_view(id, plan.clone(), true) {
+        let engine_plan = crate::upstream::engine_plan(&cat, plan.clone());
+        if let Err(e) = shared.engine.create_view(id, engine_plan, true) {
             shared.hub.unregister(id);
             return Err(engine_error(e));
         }
@@ -320,6 +325,12 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
                 continue;
             }
             _ => {}
+        }
+        // An upstream view lives in the hub only (its engine input is dropped separately).
+        if cat.items.get(id).is_some_and(|i| i.upstream.is_some()) {
+            shared.hub.unregister(*id);
+            cat.remove(*id);
+            continue;
         }
         shared.hub.unregister(*id);
         shared.engine.drop_item(*id).map_err(engine_error)?;
@@ -515,7 +526,7 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
     })
 }
 
-fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
+pub(crate) fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
     let code = match e {
         viewcast_engine::EngineError::Temporal(_) => "0A000",
         _ => "XX000",

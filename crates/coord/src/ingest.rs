@@ -76,6 +76,9 @@ pub(crate) fn start_source(
             let handle = SourceHandle::passive(name, Arc::new(SourceStats::new()));
             return Ok(Started { handle, webhook: Some(format) });
         }
+        SourceConnector::Upstream { .. } => {
+            return Err(config_error("an upstream view is not a row source (see coord::upstream)"));
+        }
     };
     Ok(Started { handle: handle.map_err(config_error)?, webhook: None })
 }

@@ -12,6 +12,7 @@ mod execute;
 mod ingest;
 mod sinks;
 mod system;
+mod upstream;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     pub latencies_us: Mutex<std::collections::VecDeque<u64>>,
     /// Running webhook sinks.
     pub sinks: sinks::Sinks,
+    /// Upstream views' changes for the engine inputs that local views read (gateway mode).
+    pub upstream_mailbox: Arc<upstream::UpstreamMailbox>,
 }
 
 /// Latency samples kept for [`Coordinator::take_tick_latencies`].
@@ -101,6 +104,7 @@ impl Coordinator {
             tick_sent: Mutex::new(Default::default()),
             latencies_us: Mutex::new(Default::default()),
             sinks: sinks::Sinks::default(),
+            upstream_mailbox: Arc::default(),
         });
         clock::first_tick(&shared)?;
         let applier = std::thread::Builder::new().name("viewcast-apply".into()).spawn({

@@ -60,7 +60,7 @@ impl ViewFollower {
         as_of: Option<Timestamp>,
     ) -> Result<(ViewFollower, Timestamp, Vec<(Row, Diff)>), FollowError> {
         if let Some(t) = as_of {
-            hub.wait_for(t.saturating_add(1)).await;
+            hub.wait_for_view(id, t.saturating_add(1)).await;
         }
         let ((start, snapshot), wake) = hub
             .subscribe_log(id, |log| {

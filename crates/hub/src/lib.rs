@@ -3,6 +3,12 @@
 //! Owns: applying sealed engine output to each view's [`ViewLog`], serializing each timestamp's
 //! message once, and handing subscribers a snapshot at `t` followed by every complete timestamp
 //! after `t`, atomically (nothing missed, nothing repeated).
+//!
+//! Clocks: most views follow the engine's one frontier ([`Hub::apply`] seals every such view to
+//! the same `upto`). A view registered with [`Hub::register_own_clock`] (an upstream view of
+//! gateway mode) has its own frontier instead, advanced only by [`Hub::apply_view`] with the
+//! upstream's timestamps; `apply` never touches it. Every guarantee (complete timestamps, in
+//! order, snapshot then exactly the later ones) holds per view, whichever clock drives it.
 //! Never touches: sockets, HTTP, SQL, dataflow. Overflow policy: each view's broadcast queue holds
 //! at most [`HubConfig::queue_frames`] frames; a subscriber that falls further behind is told to
 //! resync and gets a fresh snapshot (its backlog is dropped, so memory stays bounded).
@@ -34,6 +40,21 @@ pub enum HubError {
     NotReady(String),
 }
 
+/// Why [`Hub::apply_view`] refused a step.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyViewError {
+    #[error("unknown view #{0}")]
+    UnknownView(GlobalId),
+    #[error("view \"{0}\" is driven by the engine's clock, not its own")]
+    NotOwnClock(String),
+    #[error("view \"{view}\": {source}")]
+    Seal {
+        view: String,
+        #[source]
+        source: viewcast_changelog::SealError,
+    },
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct HubConfig {
     /// Frames buffered per view for subscribers that are behind (see the crate's overflow policy).
@@ -60,6 +81,8 @@ struct ViewEntry {
     snapshot_cache: Mutex<Option<Frame>>,
     /// The `ts` of the last update or progress frame sent to `tx` (progress throttling).
     last_frame_ts: Timestamp,
+    /// Sealed by [`Hub::apply_view`] with its own timestamps rather than by the engine's steps.
+    own_clock: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +91,37 @@ struct HubState {
     frontier: Timestamp,
     views: HashMap<GlobalId, ViewEntry>,
     by_name: HashMap<String, GlobalId>,
+}
+
+impl ViewEntry {
+    /// Seals the log through `upto` and broadcasts the frames (only if someone listens): one
+    /// update per changed timestamp, and a progress frame at `upto - 1` if that time had no change
+    /// and at least `progress_interval_ms` passed since the last frame.
+    fn seal(
+        &mut self,
+        upto: Timestamp,
+        updates: Vec<Update>,
+        progress_interval_ms: Timestamp,
+    ) -> Result<(), viewcast_changelog::SealError> {
+        let batches = self.log.seal(upto, updates)?;
+        *self.snapshot_cache.lock().expect("cache lock") = None;
+        let last_ts = batches.last().map(|b| b.ts);
+        if self.tx.receiver_count() == 0 {
+            return Ok(());
+        }
+        for b in batches {
+            let _ = self.tx.send(wire::update(&self.name, b.ts, Arc::new(b.updates)));
+        }
+        let through = upto - 1;
+        if let Some(t) = last_ts {
+            self.last_frame_ts = t;
+        }
+        if last_ts != Some(through) && through >= self.last_frame_ts.saturating_add(progress_interval_ms) {
+            let _ = self.tx.send(wire::progress(&self.name, through));
+            self.last_frame_ts = through;
+        }
+        Ok(())
+    }
 }
 
 /// What a new subscriber is sent first.
@@ -106,20 +160,44 @@ pub struct Hub {
     config: HubConfig,
     state: RwLock<HubState>,
     frontier_tx: watch::Sender<Timestamp>,
+    /// Bumped after every seal of any view (either clock), to wake [`Hub::wait_for_view`].
+    sealed_epoch: watch::Sender<u64>,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
-        Hub { config, state: RwLock::new(HubState::default()), frontier_tx: watch::channel(0).0 }
+        Hub {
+            config,
+            state: RwLock::new(HubState::default()),
+            frontier_tx: watch::channel(0).0,
+            sealed_epoch: watch::channel(0).0,
+        }
     }
 
     /// Publishes a view whose contents start at `as_of` (its first sealed changes are its initial contents).
     pub fn register(&self, id: GlobalId, name: &str, desc: RelationDesc, as_of: Timestamp) {
+        self.insert(id, name, desc, as_of, false);
+    }
+
+    /// Publishes a view with its own clock: it is sealed only by [`Hub::apply_view`], whose first
+    /// call (at any `upto` above `as_of`) carries its initial contents.
+    pub fn register_own_clock(&self, id: GlobalId, name: &str, desc: RelationDesc, as_of: Timestamp) {
+        self.insert(id, name, desc, as_of, true);
+    }
+
+    fn insert(&self, id: GlobalId, name: &str, desc: RelationDesc, as_of: Timestamp, own_clock: bool) {
         let mut st = self.state.write().expect("hub lock");
         let (tx, _) = broadcast::channel(self.config.queue_frames);
         let log = ViewLog::new(desc, as_of, self.config.retention);
-        let entry =
-            ViewEntry { name: name.to_string(), as_of, log, tx, snapshot_cache: Mutex::new(None), last_frame_ts: 0 };
+        let entry = ViewEntry {
+            name: name.to_string(),
+            as_of,
+            log,
+            tx,
+            snapshot_cache: Mutex::new(None),
+            last_frame_ts: 0,
+            own_clock,
+        };
         st.views.insert(id, entry);
         st.by_name.insert(name.to_string(), id);
     }
@@ -131,6 +209,8 @@ impl Hub {
             st.by_name.remove(&v.name);
             let _ = v.tx.send(wire::error(Some(&v.name), "view was dropped"));
         }
+        drop(st);
+        self.sealed_epoch.send_modify(|e| *e += 1);
     }
 
     /// Applies one sealed step of the engine: all changes at times below `upto`, per view.
@@ -140,34 +220,12 @@ impl Hub {
         let mut st = self.state.write().expect("hub lock");
         let mut changed: HashMap<GlobalId, Vec<Update>> = changes.into_iter().collect();
         for (id, view) in st.views.iter_mut() {
-            if upto <= view.log.frontier() {
-                continue; // Not yet live: registered after this step was sealed.
+            if view.own_clock || upto <= view.log.frontier() {
+                continue; // Its own clock, or not yet live: registered after this step was sealed.
             }
             let updates = changed.remove(id).unwrap_or_default();
-            let batches = match view.log.seal(upto, updates) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(view = %view.name, error = %e, "engine output out of order; dropping it");
-                    continue;
-                }
-            };
-            *view.snapshot_cache.lock().expect("cache lock") = None;
-            let last_ts = batches.last().map(|b| b.ts);
-            if view.tx.receiver_count() == 0 {
-                continue;
-            }
-            for b in batches {
-                let _ = view.tx.send(wire::update(&view.name, b.ts, Arc::new(b.updates)));
-            }
-            let through = upto - 1;
-            if let Some(t) = last_ts {
-                view.last_frame_ts = t;
-            }
-            if last_ts != Some(through)
-                && through >= view.last_frame_ts.saturating_add(self.config.progress_interval_ms)
-            {
-                let _ = view.tx.send(wire::progress(&view.name, through));
-                view.last_frame_ts = through;
+            if let Err(e) = view.seal(upto, updates, self.config.progress_interval_ms) {
+                tracing::error!(view = %view.name, error = %e, "engine output out of order; dropping it");
             }
         }
         for id in changed.keys() {
@@ -176,6 +234,39 @@ impl Hub {
         st.frontier = st.frontier.max(upto);
         drop(st);
         self.frontier_tx.send_replace(upto);
+        self.sealed_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Seals an own-clock view (see [`Hub::register_own_clock`]) through every time below `upto`:
+    /// `updates` are all its changes at times in `[frontier, upto)`. Subscribers get one update
+    /// frame per changed timestamp, then a progress frame at `upto - 1` if that time had none
+    /// (throttled like the engine's views, see [`HubConfig::progress_interval_ms`]).
+    /// A call with `upto` at or below the view's frontier and no updates is a no-op.
+    pub fn apply_view(&self, id: GlobalId, upto: Timestamp, updates: Vec<Update>) -> Result<(), ApplyViewError> {
+        let mut st = self.state.write().expect("hub lock");
+        let view = st.views.get_mut(&id).ok_or(ApplyViewError::UnknownView(id))?;
+        if !view.own_clock {
+            return Err(ApplyViewError::NotOwnClock(view.name.clone()));
+        }
+        if upto <= view.log.frontier() && updates.is_empty() {
+            return Ok(());
+        }
+        view.seal(upto, updates, self.config.progress_interval_ms).map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
+        drop(st);
+        self.sealed_epoch.send_modify(|e| *e += 1);
+        Ok(())
+    }
+
+    /// Every time below the returned one is sealed in view `id`'s log (its own frontier).
+    pub fn view_frontier(&self, id: GlobalId) -> Option<Timestamp> {
+        self.state.read().expect("hub lock").views.get(&id).map(|v| v.log.frontier())
+    }
+
+    /// Resolves once every time below `ts` is sealed in view `id` (whichever clock drives it), or
+    /// once the view is dropped.
+    pub async fn wait_for_view(&self, id: GlobalId, ts: Timestamp) {
+        let mut rx = self.sealed_epoch.subscribe();
+        let _ = rx.wait_for(|_| self.view_frontier(id).is_none_or(|f| f >= ts)).await;
     }
 
     /// Subscribes to `view`: its snapshot at the current sealed time (or, with `since`, the retained
@@ -226,7 +317,9 @@ impl Hub {
         })
     }
 
-    /// Runs `f` over the contents of the given views at one common sealed timestamp.
+    /// Runs `f` over the contents of the given views at one common sealed timestamp of the engine's
+    /// clock (the `Timestamp` passed). Own-clock views are read at their own last sealed time: their
+    /// timestamps belong to another clock, so no common time with the engine's views exists.
     pub fn read<T>(&self, f: impl FnOnce(Timestamp, &dyn Fn(GlobalId) -> Option<Vec<(Row, Diff)>>) -> T) -> T {
         let st = self.state.read().expect("hub lock");
         let get = |id: GlobalId| st.views.get(&id).map(|v| v.log.rows().map(|(r, d)| (r.clone(), d)).collect());
@@ -345,6 +438,61 @@ mod tests {
             vec![(FrameKind::Update, 103), (FrameKind::Update, 104), (FrameKind::Progress, 105)]
         );
         assert!(matches!(hub.subscribe("v", Some(105)).unwrap().start, Start::Replay(ref f) if f.is_empty()));
+    }
+
+    #[test]
+    fn own_clock_views_keep_their_frontier_apart_from_the_engine() {
+        let hub = Hub::new(HubConfig::default());
+        hub.register(1, "local", desc(), 0);
+        hub.register_own_clock(2, "up", desc(), 0);
+        assert!(matches!(hub.apply_view(1, 5, vec![]), Err(ApplyViewError::NotOwnClock(_))));
+        hub.apply(10, vec![(1, vec![(r(1), 3, 1)]), (2, vec![(r(9), 3, 1)])]);
+        assert_eq!(hub.view_frontier(1), Some(10));
+        assert_eq!(hub.view_frontier(2), Some(0), "the engine's step does not seal an own-clock view");
+        assert!(matches!(hub.subscribe("up", None), Err(HubError::NotReady(_))));
+        // The upstream's clock is far ahead of the engine's: 1000 is its first complete time.
+        hub.apply_view(2, 1001, vec![(r(7), 1000, 1), (r(8), 1000, 1)]).unwrap();
+        let mut sub = hub.subscribe("up", None).unwrap();
+        assert_eq!(sub.start_ts, 1000);
+        hub.apply(20, vec![]);
+        hub.apply_view(2, 1001, vec![]).unwrap();
+        hub.apply_view(2, 1006, vec![(r(7), 1003, -1)]).unwrap();
+        hub.apply_view(2, 1007, vec![]).unwrap();
+        let frames: Vec<(String, u64)> = std::iter::from_fn(|| sub.updates.try_recv().ok())
+            .map(|f| {
+                let v = json(&f);
+                (v["type"].as_str().unwrap().to_string(), v["ts"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(frames, vec![("update".into(), 1003), ("progress".into(), 1005), ("progress".into(), 1006)]);
+        assert!(hub.apply_view(2, 1010, vec![(r(1), 1002, 1)]).is_err(), "a time already sealed is refused");
+        assert_eq!(hub.view_frontier(2), Some(1007));
+        assert_eq!(hub.view_frontier(1), Some(20));
+        let summaries = hub.summaries();
+        assert_eq!(summaries.iter().map(|s| s.sealed_ts).collect::<Vec<_>>(), vec![19, 1006]);
+    }
+
+    #[tokio::test]
+    async fn wait_for_view_follows_the_views_own_frontier() {
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        hub.register_own_clock(2, "up", desc(), 0);
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.wait_for_view(2, 500).await }
+        });
+        hub.apply(600, vec![]);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "the engine's frontier says nothing about an own-clock view");
+        hub.apply_view(2, 500, vec![]).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        // A dropped view does not leave its waiters hanging.
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.wait_for_view(2, 10_000).await }
+        });
+        hub.unregister(2);
+        hub.apply(700, vec![]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 
     #[test]

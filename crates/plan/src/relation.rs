@@ -171,6 +171,27 @@ impl RelExpr {
         }
     }
 
+    /// Calls `f` on this node and every node below it, parents first, allowing changes.
+    pub fn visit_mut(&mut self, f: &mut impl FnMut(&mut RelExpr)) {
+        f(self);
+        match self {
+            RelExpr::Get { .. } | RelExpr::Constant { .. } => {}
+            RelExpr::Map { input, .. }
+            | RelExpr::Filter { input, .. }
+            | RelExpr::Project { input, .. }
+            | RelExpr::Reduce { input, .. }
+            | RelExpr::TopK { input, .. }
+            | RelExpr::Negate { input }
+            | RelExpr::Distinct { input }
+            | RelExpr::Threshold { input } => input.visit_mut(f),
+            RelExpr::Join { left, right, .. } => {
+                left.visit_mut(f);
+                right.visit_mut(f);
+            }
+            RelExpr::Union { inputs } => inputs.iter_mut().for_each(|i| i.visit_mut(f)),
+        }
+    }
+
     /// A row of `arity` NULLs.
     pub fn null_row(arity: usize) -> Row {
         Row::new(vec![Datum::Null; arity])

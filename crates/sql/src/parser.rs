@@ -68,6 +68,7 @@ pub(crate) enum ConnectorAst {
     Sse { url: String, include_metadata: bool },
     Webhook { format: Format },
     File { path: String, tail: bool, format: Format },
+    Upstream { url: String, view: String },
 }
 
 #[derive(Clone, Debug)]
@@ -323,8 +324,14 @@ fn parse_create_source(p: &mut Parser) -> CResult<Ast> {
         }
         let format = parse_format(p)?;
         ConnectorAst::File { path, tail, format }
+    } else if eat_word(p, "UPSTREAM") {
+        let url = p.parse_literal_string()?;
+        expect_word(p, "SUBSCRIBE")?;
+        // Kept as written (quotes included): it is SQL for the upstream, not a name here.
+        let view = p.parse_object_name(false)?.to_string();
+        ConnectorAst::Upstream { url, view }
     } else {
-        return expected(p, "LOAD GENERATOR, SSE, WEBHOOK or FILE");
+        return expected(p, "LOAD GENERATOR, SSE, WEBHOOK, FILE or UPSTREAM");
     };
     Ok(Ast::CreateSource(CreateSourceAst { name, if_not_exists, connector }))
 }

@@ -129,6 +129,13 @@ pub enum SourceConnector {
         tail: bool,
         format: Format,
     },
+    /// `FROM UPSTREAM 'postgres://...' SUBSCRIBE view`: gateway mode. The view of another
+    /// Materialize-compatible server, followed over `SUBSCRIBE`; its columns are the upstream's
+    /// (the planned `desc` is empty: the coordinator asks the upstream).
+    Upstream {
+        url: String,
+        view: String,
+    },
 }
 
 /// How bytes become rows.

@@ -37,6 +37,21 @@ enum Command {
         #[arg(long)]
         sql: Option<PathBuf>,
     },
+    /// Gateway mode: serves views of an upstream Materialize (or viewcast) to browsers, pgwire
+    /// SUBSCRIBE clients and sinks, with one upstream SUBSCRIBE per view however many clients watch.
+    Gateway {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The upstream's connection string, e.g. postgres://materialize@host:6875/materialize.
+        #[arg(long)]
+        upstream: String,
+        /// An upstream view to serve, as `NAME` or `LOCAL=UPSTREAM_NAME`. Repeatable.
+        #[arg(long = "view", required = true)]
+        views: Vec<String>,
+        /// SQL run after the upstream views exist (e.g. local views over them).
+        #[arg(long)]
+        sql: Option<PathBuf>,
+    },
     /// Reads a file once through a source named `wikirecent` and the demo's views (or the views of
     /// --sql), printing progress to stderr and the final top10 to stdout.
     Replay(ReplayArgs),
@@ -136,15 +151,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { server, events_per_second } => {
             (server, DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}")))
         }
-        Command::Serve { server, sql } => {
-            let text = match sql {
-                Some(path) => std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-                None => String::new(),
-            };
+        Command::Serve { server, sql } => (server, read_sql(sql.as_deref())?),
+        Command::Gateway { server, upstream, views, sql } => {
+            let mut text = gateway_sql(&upstream, &views)?;
+            text.push_str(&read_sql(sql.as_deref())?);
             (server, text)
         }
     };
     run(server, &sql).await
+}
+
+fn read_sql(path: Option<&std::path::Path>) -> anyhow::Result<String> {
+    match path {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())),
+        None => Ok(String::new()),
+    }
+}
+
+/// The statements that make each `--view` an upstream view: `CREATE SOURCE local FROM UPSTREAM
+/// 'url' SUBSCRIBE upstream_name;`.
+fn gateway_sql(upstream: &str, views: &[String]) -> anyhow::Result<String> {
+    let url = upstream.replace('\'', "''");
+    let mut sql = String::new();
+    for v in views {
+        let (local, remote) = v.split_once('=').unwrap_or((v, v));
+        let local = local.rsplit('.').next().unwrap_or(local).trim();
+        anyhow::ensure!(
+            !local.is_empty() && !remote.trim().is_empty(),
+            "--view {v:?}: expected NAME or LOCAL=UPSTREAM"
+        );
+        sql.push_str(&format!("CREATE SOURCE {local} FROM UPSTREAM '{url}' SUBSCRIBE {};\n", remote.trim()));
+    }
+    Ok(sql)
 }
 
 async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {

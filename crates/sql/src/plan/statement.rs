@@ -42,8 +42,11 @@ impl Planner<'_> {
                         SourceConnector::File { path: path.clone(), tail: *tail, format: format.clone() },
                         format_desc(format),
                     ),
+                    ConnectorAst::Upstream { url, view } => {
+                        (SourceConnector::Upstream { url: url.clone(), view: view.clone() }, RelationDesc::default())
+                    }
                 };
-                if desc.arity() == 0 {
+                if desc.arity() == 0 && !matches!(cs.connector, ConnectorAst::Upstream { .. }) {
                     return Err(SqlError::new(
                         code::INVALID_PARAMETER_VALUE,
                         "FORMAT REGEX needs at least one named capture group (?P<name>...)",
