@@ -442,7 +442,8 @@ mod tests {
 
     #[test]
     fn own_clock_views_keep_their_frontier_apart_from_the_engine() {
-        let hub = Hub::new(HubConfig::default());
+        // Unthrottled progress, to see every step's frame (throttling is tested on its own).
+        let hub = Hub::new(HubConfig { progress_interval_ms: 0, ..HubConfig::default() });
         hub.register(1, "local", desc(), 0);
         hub.register_own_clock(2, "up", desc(), 0);
         assert!(matches!(hub.apply_view(1, 5, vec![]), Err(ApplyViewError::NotOwnClock(_))));
