@@ -20,6 +20,7 @@
 //! other linear views) keeps no state: views that read it render its plan inline over the inputs'
 //! history. Every other view's output is arranged, and dependents import that arrangement.
 
+mod count;
 mod forward;
 mod merger;
 mod render;

@@ -18,7 +18,7 @@ use viewcast_repr::{Diff, Row, Timestamp, Update};
 
 use crate::forward::Forward;
 use crate::merger::MergerMsg;
-use crate::render::{count_view, is_linear, CountShape, Feed, Part, RenderCtx, RowTrace};
+use crate::render::{count_view, is_linear, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
 /// How long an idle worker parks before looking at its command channel again. Commands unpark it,
@@ -47,12 +47,13 @@ pub(crate) struct InputState {
 /// A view's dataflow on this worker.
 pub(crate) struct ViewState {
     pub(crate) plan: RelExpr,
-    /// The arranged output, for non-linear views (dependents import it).
+    /// The arranged output, for views neither linear nor counting (dependents import it).
     pub(crate) trace: Option<RowTrace>,
-    /// Set when `trace` holds the group keys a `COUNT(*)` view counts rather than its rows.
-    pub(crate) counts: Option<CountShape>,
     /// The live changes, for linear views (dependents subscribe to them).
     pub(crate) forward: Option<Rc<RefCell<Forward>>>,
+    /// For a `COUNT(*)` view (no trace): its counting operator's changes, and its contents at a
+    /// dependent's `as_of` (a snapshot), for dependents to subscribe to.
+    pub(crate) output: Option<Rc<RefCell<Forward>>>,
     dataflow: usize,
     /// The sessions fed by every tick.
     sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
@@ -174,25 +175,25 @@ impl WorkerState {
                 let sink_capture = capture.clone();
                 let forward = linear.then(|| Rc::new(RefCell::new(Forward::new(as_of))));
                 let view_forward = forward.clone();
+                let output = count_view(&plan).filter(|_| !linear).map(|_| Rc::new(RefCell::new(Forward::new(as_of))));
+                let view_output = output.clone();
                 let (sessions, trace) = worker.dataflow_named::<Timestamp, _, _>(&format!("view {id}"), |scope| {
                     let mut ctx = RenderCtx::new(scope, as_of, id, errors, items);
-                    let (coll, trace) = match view_forward {
-                        Some(forward) => {
+                    let (coll, trace) = match (view_forward, view_output) {
+                        (Some(forward), _) => {
                             let live = ctx.render_part(&plan, Part::Live);
                             crate::forward::publish(live.clone(), forward);
                             (ctx.render_part(&plan, Part::Snapshot).concat(live), None)
                         }
-                        None => match count_view(&plan) {
-                            Some((input, group_key, shape)) => {
-                                let (coll, trace) = ctx.render_count_view(input, group_key, shape);
-                                (coll, Some(trace))
-                            }
-                            None => {
-                                let coll = ctx.render(&plan);
-                                let trace = coll.clone().arrange_by_self().trace;
-                                (coll, Some(trace))
-                            }
-                        },
+                        (None, Some(output)) => {
+                            let (input, group_key, shape) = count_view(&plan).expect("a count view");
+                            (ctx.render_count_view(input, group_key, shape, output), None)
+                        }
+                        (None, None) => {
+                            let coll = ctx.render(&plan);
+                            let trace = coll.clone().arrange_by_self().trace;
+                            (coll, Some(trace))
+                        }
                     };
                     coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
                         let mut cap = sink_capture.borrow_mut();
@@ -228,18 +229,9 @@ impl WorkerState {
                     t.set_logical_compaction(f.borrow());
                     t.set_physical_compaction(f.borrow());
                 }
-                self.items.views.insert(
-                    id,
-                    ViewState {
-                        counts: count_view(&plan).map(|(_, _, shape)| shape).filter(|_| !linear),
-                        plan,
-                        trace,
-                        forward,
-                        dataflow,
-                        sessions: live_sessions,
-                        capture,
-                    },
-                );
+                self.items
+                    .views
+                    .insert(id, ViewState { plan, trace, forward, output, dataflow, sessions: live_sessions, capture });
             }
             Command::SetPublish { id, publish, from } => {
                 if let Some(view) = self.items.views.get(&id) {
