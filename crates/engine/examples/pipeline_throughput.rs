@@ -22,6 +22,10 @@ use timely::dataflow::operators::Capability;
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
 use viewcast_repr::{Datum, Row};
 
+// The allocator the `viewcast` binary uses, so both programs allocate as they would in production.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time (user + system) this process has used so far; wall-clock numbers mean little on a
 /// shared machine, events per CPU-second a little more.
 fn cpu_time() -> Duration {
