@@ -453,48 +453,10 @@ fn is_count_star(a: &AggregateExpr) -> bool {
     a.func == AggregateFunc::Count && !a.distinct && matches!(&a.expr, ScalarExpr::Literal(d, _) if !d.is_null())
 }
 
-/// A fast, non-cryptographic hasher (the FxHash mix) for operator-local hash maps.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
-pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+/// A fast, deterministic hasher for operator-local hash maps and exchange, the same on every worker.
+/// (rustc-hash 2 mixes its state when finishing: a plain FxHash leaves the low bits, which pick
+/// a hash table's bucket, depending on only the low bytes of each word, which clusters text keys.)
+pub(crate) use rustc_hash::{FxHashMap, FxHasher};
 
 /// Accumulations per group key.
 type KeySums<R> = FxHashMap<Vec<Datum>, R>;
