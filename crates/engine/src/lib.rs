@@ -18,7 +18,11 @@
 //!
 //! A view whose plan is *linear* (only Get/Constant/Map/Filter/Project/Union/Negate, reading inputs or
 //! other linear views) keeps no state: views that read it render its plan inline over the inputs'
-//! history. Every other view's output is arranged, and dependents import that arrangement.
+//! history, and take its live changes from its [`forward`] (only the columns they read, when they
+//! count). A view that only counts (`SELECT k.., COUNT(*) .. GROUP BY k..`) keeps its counts in a
+//! hash map ([`count`]) and serves dependents a snapshot of them plus its later changes, so no
+//! dependent counts again. Every other view's output is arranged, and dependents import that
+//! arrangement.
 
 mod count;
 mod forward;
