@@ -143,11 +143,7 @@ pub(crate) fn render<'s>(
                         }
                         spare.push(sums);
                         if let Some(out) = &output {
-                            let mut out = out.borrow_mut();
-                            if out.is_listened() {
-                                let mut copy = changes.clone();
-                                out.deliver(&mut copy, time);
-                            }
+                            out.borrow_mut().deliver(&changes);
                         }
                         if !changes.is_empty() {
                             out.session(&cap).give_iterator(changes.drain(..));
@@ -155,7 +151,7 @@ pub(crate) fn render<'s>(
                     }
                     if let Some(out) = &output {
                         serve_snapshots(out, upto, &counts, &shape, owner);
-                        out.borrow_mut().deliver(&mut Vec::new(), upto);
+                        out.borrow_mut().advance(upto);
                     }
                 }
             },

@@ -18,9 +18,7 @@ use std::rc::{Rc, Weak};
 
 use differential_dataflow::AsCollection;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Scope;
 use timely::scheduling::Activator;
 use viewcast_repr::{Diff, Row, Timestamp};
@@ -84,10 +82,7 @@ impl Forward {
             }
             let from = l.from;
             match &l.columns {
-                Some(cols) => l.updates.extend(
-                    rows.iter()
-                        .map(|(row, d)| (Row::new(cols.iter().map(|&c| row.get(c).clone()).collect()), from, *d)),
-                ),
+                Some(cols) => l.updates.extend(rows.iter().map(|(row, d)| (columns_of(row, cols), from, *d))),
                 None => l.updates.extend(rows.iter().map(|(row, d)| (row.clone(), from, *d))),
             }
             l.snapshot_pending = false;
@@ -96,49 +91,47 @@ impl Forward {
         }
     }
 
-    /// Whether any dependent still listens.
-    pub(crate) fn is_listened(&self) -> bool {
-        self.listeners.iter().any(|l| l.strong_count() > 0)
-    }
-
-    /// Hands `batch` (emptied) to every listener and records the sender's `frontier`. The last
-    /// listener that wants whole rows takes them without a copy.
-    pub(crate) fn deliver(&mut self, batch: &mut Vec<(Row, Timestamp, Diff)>, frontier: Timestamp) {
-        self.frontier = frontier;
+    /// Hands every listener its copy of `batch` (the changes it wants: at times `>= from`, only its
+    /// columns), without taking the batch: the caller captures it afterwards.
+    pub(crate) fn deliver(&mut self, batch: &[(Row, Timestamp, Diff)]) {
+        if batch.is_empty() {
+            return;
+        }
         self.listeners.retain(|l| l.strong_count() > 0);
-        let last_whole = self.listeners.iter().rposition(|l| l.upgrade().is_some_and(|l| l.borrow().columns.is_none()));
-        for (i, l) in self.listeners.iter().enumerate() {
+        for l in &self.listeners {
             let Some(l) = l.upgrade() else { continue };
             let mut l = l.borrow_mut();
             let l = &mut *l;
             let from = l.from;
+            let wanted = batch.iter().filter(|u| u.1 >= from);
             match &l.columns {
-                Some(cols) => l.updates.extend(
-                    batch
-                        .iter()
-                        .filter(|u| u.1 >= from)
-                        .map(|(row, t, d)| (Row::new(cols.iter().map(|&c| row.get(c).clone()).collect()), *t, *d)),
-                ),
-                None if Some(i) == last_whole => l.updates.extend(batch.drain(..).filter(|u| u.1 >= from)),
-                None => l.updates.extend(batch.iter().filter(|u| u.1 >= from).cloned()),
-            }
-            if frontier > l.frontier && !l.snapshot_pending {
-                l.frontier = frontier;
+                Some(cols) => l.updates.extend(wanted.map(|(row, t, d)| (columns_of(row, cols), *t, *d))),
+                None => l.updates.extend(wanted.cloned()),
             }
             l.activator.activate();
         }
-        batch.clear();
+    }
+
+    /// Records that the sender will send no more changes at times before `frontier`.
+    pub(crate) fn advance(&mut self, frontier: Timestamp) {
+        if frontier <= self.frontier {
+            return;
+        }
+        self.frontier = frontier;
+        for l in &self.listeners {
+            let Some(l) = l.upgrade() else { continue };
+            let mut l = l.borrow_mut();
+            if frontier > l.frontier && !l.snapshot_pending {
+                l.frontier = frontier;
+                l.activator.activate();
+            }
+        }
     }
 }
 
-/// Sends `live` (a linear view's changes from ticks) to every listener of `forward`.
-pub(crate) fn publish(live: Coll<'_>, forward: Rc<RefCell<Forward>>) {
-    live.inner.sink(Pipeline, "Forward", move |(input, frontier)| {
-        let mut batch = Vec::new();
-        input.for_each(|_, data| batch.append(data));
-        let frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
-        forward.borrow_mut().deliver(&mut batch, frontier);
-    });
+/// The `cols` of `row`, in that order.
+pub(crate) fn columns_of(row: &Row, cols: &[usize]) -> Row {
+    Row::new(cols.iter().map(|&c| row.get(c).clone()).collect())
 }
 
 /// The changes of the view behind `forward` at times `>= from`, as a collection in `scope`; only

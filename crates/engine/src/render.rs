@@ -236,8 +236,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         let narrow: Rc<[usize]> = cols.into();
         let snapshot = {
             let narrow = narrow.clone();
-            self.get(id, Part::Snapshot)
-                .map(move |row: Row| Row::new(narrow.iter().map(|&c| row.get(c).clone()).collect()))
+            self.get(id, Part::Snapshot).map(move |row: Row| crate::forward::columns_of(&row, &narrow))
         };
         let live = crate::forward::subscribe(self.scope, &forward, self.as_of, Some(narrow), false);
         (snapshot.concat(live), (0..cols.len()).collect())

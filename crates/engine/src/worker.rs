@@ -62,8 +62,9 @@ pub(crate) struct ViewState {
 
 /// What a dataflow's capture sink has seen.
 struct Capture {
-    /// The sink's input frontier (as_of until the sink first runs; `u64::MAX` once complete).
-    frontier: Timestamp,
+    /// The input frontier of each of the view's capture sinks (as_of until a sink first runs;
+    /// `u64::MAX` once complete); the view's frontier is their minimum.
+    frontiers: Vec<Timestamp>,
     /// Changes at times in `[publish_from, publish_until)` are kept.
     publish_from: Timestamp,
     publish_until: Timestamp,
@@ -164,7 +165,7 @@ impl WorkerState {
             Command::CreateView { id, plan, publish, as_of } => {
                 let linear = is_linear(&plan, &self.items);
                 let capture = Rc::new(RefCell::new(Capture {
-                    frontier: as_of,
+                    frontiers: Vec::new(),
                     publish_from: if publish { as_of } else { Timestamp::MAX },
                     publish_until: Timestamp::MAX,
                     updates: Vec::new(),
@@ -179,34 +180,44 @@ impl WorkerState {
                 let view_output = output.clone();
                 let (sessions, trace) = worker.dataflow_named::<Timestamp, _, _>(&format!("view {id}"), |scope| {
                     let mut ctx = RenderCtx::new(scope, as_of, id, errors, items);
-                    let (coll, trace) = match (view_forward, view_output) {
+                    // The view's output as streams, each captured by its own sink, which first hands
+                    // a linear view's live changes to its forward (by reference: the capture keeps them).
+                    let (parts, trace) = match (view_forward, view_output) {
                         (Some(forward), _) => {
                             let live = ctx.render_part(&plan, Part::Live);
-                            crate::forward::publish(live.clone(), forward);
-                            (ctx.render_part(&plan, Part::Snapshot).concat(live), None)
+                            let snapshot = ctx.render_part(&plan, Part::Snapshot);
+                            (vec![(snapshot, None), (live, Some(forward))], None)
                         }
                         (None, Some(output)) => {
                             let (input, group_key, shape) = count_view(&plan).expect("a count view");
-                            (ctx.render_count_view(input, group_key, shape, output), None)
+                            (vec![(ctx.render_count_view(input, group_key, shape, output), None)], None)
                         }
                         (None, None) => {
                             let coll = ctx.render(&plan);
                             let trace = coll.clone().arrange_by_self().trace;
-                            (coll, Some(trace))
+                            (vec![(coll, None)], Some(trace))
                         }
                     };
-                    coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
-                        let mut cap = sink_capture.borrow_mut();
-                        let cap = &mut *cap;
-                        input.for_each(|_, data| {
-                            for (row, time, diff) in data.drain(..) {
-                                if time >= cap.publish_from && time < cap.publish_until {
-                                    cap.updates.push((row, time, diff));
+                    sink_capture.borrow_mut().frontiers = vec![as_of; parts.len()];
+                    for (part, (coll, forward)) in parts.into_iter().enumerate() {
+                        let capture = sink_capture.clone();
+                        coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
+                            let mut cap = capture.borrow_mut();
+                            let cap = &mut *cap;
+                            let (from, until) = (cap.publish_from, cap.publish_until);
+                            input.for_each(|_, data| {
+                                if let Some(forward) = &forward {
+                                    forward.borrow_mut().deliver(data);
                                 }
+                                cap.updates.extend(data.drain(..).filter(|u| u.1 >= from && u.1 < until));
+                            });
+                            let frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
+                            if let Some(forward) = &forward {
+                                forward.borrow_mut().advance(frontier);
                             }
+                            cap.frontiers[part] = frontier;
                         });
-                        cap.frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
-                    });
+                    }
                     (ctx.sessions, trace)
                 });
                 let mut live_sessions = Vec::new();
@@ -290,7 +301,7 @@ impl WorkerState {
         let mut changes = Vec::new();
         for (id, view) in self.items.views.iter() {
             let mut cap = view.capture.borrow_mut();
-            frontier = frontier.min(cap.frontier);
+            frontier = cap.frontiers.iter().fold(frontier, |f, g| f.min(*g));
             if !cap.updates.is_empty() {
                 changes.push((*id, std::mem::take(&mut cap.updates)));
             }
