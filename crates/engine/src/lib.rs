@@ -32,10 +32,11 @@ mod scalar;
 mod topk;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
+use std::time::Instant;
 
 use viewcast_plan::RelExpr;
 use viewcast_repr::{Diff, Row, Timestamp, Update};
@@ -138,15 +139,22 @@ struct HandleState {
 /// concurrent callers are serialized in one order that every worker applies.
 pub struct Engine {
     state: Mutex<HandleState>,
+    shared: Arc<Shared>,
     sealed: Arc<AtomicU64>,
     stopped: Arc<AtomicBool>,
     workers: usize,
 }
 
+/// How many recent seal times the engine remembers for [`Engine::seal_time`].
+const SEAL_TIMES: usize = 4096;
+
 /// State shared with the worker threads.
 pub(crate) struct Shared {
     pub(crate) sealed: Arc<AtomicU64>,
     pub(crate) events: crossbeam_channel::Sender<EngineEvent>,
+    /// When the merger sent each recent `Sealed` event, by `upto`, oldest first; at most
+    /// [`SEAL_TIMES`] (the oldest are dropped), written by the merger, read by [`Engine::seal_time`].
+    pub(crate) seal_times: Mutex<VecDeque<(Timestamp, Instant)>>,
 }
 
 impl Engine {
@@ -158,7 +166,11 @@ impl Engine {
         let workers = config.workers;
         let sealed = Arc::new(AtomicU64::new(0));
         let stopped = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared { sealed: sealed.clone(), events: events.clone() });
+        let shared = Arc::new(Shared {
+            sealed: sealed.clone(),
+            events: events.clone(),
+            seal_times: Mutex::new(VecDeque::new()),
+        });
 
         let (merger_tx, merger_rx) = crossbeam_channel::unbounded();
         let merger_thread = {
@@ -221,6 +233,7 @@ impl Engine {
                 timely_thread: Some(timely_thread),
                 merger_thread: Some(merger_thread),
             }),
+            shared,
             sealed,
             stopped,
             workers,
@@ -358,6 +371,17 @@ impl Engine {
     /// All times below this are sealed and their [`EngineEvent::Sealed`] has been sent.
     pub fn sealed_frontier(&self) -> Timestamp {
         self.sealed.load(Ordering::Acquire)
+    }
+
+    /// When the `Sealed` event with this `upto` left the engine, if it has and is recent; forgets
+    /// every earlier one. For measuring latency from [`Engine::tick`] to sealing without the
+    /// consumer's queueing.
+    pub fn seal_time(&self, upto: Timestamp) -> Option<Instant> {
+        let mut times = self.shared.seal_times.lock().ok()?;
+        while times.front().is_some_and(|(u, _)| *u < upto) {
+            times.pop_front();
+        }
+        times.front().filter(|(u, _)| *u == upto).map(|(_, at)| *at)
     }
 
     /// Stops the workers and the merger and joins their threads.

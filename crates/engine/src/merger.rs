@@ -86,6 +86,12 @@ pub(crate) fn run(workers: usize, rx: crossbeam_channel::Receiver<MergerMsg>, sh
                 return;
             }
             shared.sealed.store(upto, Ordering::Release);
+            if let Ok(mut times) = shared.seal_times.lock() {
+                if times.len() == crate::SEAL_TIMES {
+                    times.pop_front();
+                }
+                times.push_back((upto, std::time::Instant::now()));
+            }
         }
     }
 }
