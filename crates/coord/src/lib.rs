@@ -182,7 +182,7 @@ impl Coordinator {
         }
     }
 
-    /// Takes the recorded latencies from sending a tick to the engine to receiving its sealed output,
+    /// Takes the recorded latencies from sending a tick to the engine to its sealed output leaving the engine,
     /// in microseconds (at most the last 100,000).
     pub fn take_tick_latencies(&self) -> Vec<u64> {
         self.shared.latencies_us.lock().expect("latency lock").drain(..).collect()
@@ -276,7 +276,9 @@ fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>)
 }
 
 fn record_latency(shared: &Shared, upto: u64) {
-    let now = std::time::Instant::now();
+    // Up to the update leaving the engine, not this thread's receiving it (it may have queued
+    // behind the hub's work on earlier timestamps).
+    let now = shared.engine.seal_time(upto).unwrap_or_else(std::time::Instant::now);
     let mut sent = shared.tick_sent.lock().expect("latency lock");
     let mut lat = shared.latencies_us.lock().expect("latency lock");
     while let Some((ts, at)) = sent.front().copied() {

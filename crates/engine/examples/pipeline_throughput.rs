@@ -2,7 +2,7 @@
 //! renders the SQL plans, against a hand-written differential program doing the same extraction,
 //! counting and top-10 with a dedicated top-k operator, over the same pre-built `jsonb` rows.
 //!
-//! `cargo run --release -p viewcast-engine --example pipeline_throughput [events] [events_per_tick] [sql|hand]`
+//! `cargo run --release -p viewcast-engine --example pipeline_throughput [events] [events_per_tick] [sql|hand|gen|both] [workers, e.g. 1,2]`
 
 #[path = "../tests/common/demo.rs"]
 mod demo;
@@ -22,6 +22,10 @@ use timely::dataflow::operators::Capability;
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
 use viewcast_repr::{Datum, Row};
 
+// The allocator the `viewcast` binary uses, so both programs allocate as they would in production.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time (user + system) this process has used so far; wall-clock numbers mean little on a
 /// shared machine, events per CPU-second a little more.
 fn cpu_time() -> Duration {
@@ -39,8 +43,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let per_tick: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000);
-    // `sql` or `hand` runs only one side (for profiling).
+    // `sql` or `hand` runs only one side (for profiling); `gen` only generates the events (to
+    // subtract from an instruction count of a whole run).
     let only = args.next().unwrap_or_default();
+    // Worker counts to run, e.g. `1` or `1,2` (the default).
+    let worker_counts: Vec<usize> =
+        args.next().unwrap_or_else(|| "1,2".into()).split(',').filter_map(|w| w.parse().ok()).collect();
     let users = 100_000;
     let t0 = Instant::now();
     let mut gen = demo::EventGen::new(42, users);
@@ -50,7 +58,10 @@ fn main() {
         t0.elapsed()
     );
 
-    for workers in [1, 2] {
+    if only == "gen" {
+        return;
+    }
+    for workers in worker_counts {
         let (sql, sql_cpu) = if only != "hand" { measure(|| run_engine(&rows, per_tick, workers)) } else { (0.0, 0.0) };
         let (hand, hand_cpu) =
             if only != "sql" { measure(|| run_handwritten(&rows, per_tick, workers)) } else { (1.0, 1.0) };

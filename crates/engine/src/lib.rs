@@ -18,8 +18,13 @@
 //!
 //! A view whose plan is *linear* (only Get/Constant/Map/Filter/Project/Union/Negate, reading inputs or
 //! other linear views) keeps no state: views that read it render its plan inline over the inputs'
-//! history. Every other view's output is arranged, and dependents import that arrangement.
+//! history, and take its live changes from its [`forward`] (only the columns they read, when they
+//! count). A view that only counts (`SELECT k.., COUNT(*) .. GROUP BY k..`) keeps its counts in a
+//! hash map ([`count`]) and serves dependents a snapshot of them plus its later changes, so no
+//! dependent counts again. Every other view's output is arranged, and dependents import that
+//! arrangement.
 
+mod count;
 mod forward;
 mod merger;
 mod render;
@@ -27,10 +32,11 @@ mod scalar;
 mod topk;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
+use std::time::Instant;
 
 use viewcast_plan::RelExpr;
 use viewcast_repr::{Diff, Row, Timestamp, Update};
@@ -139,15 +145,22 @@ struct HandleState {
 /// concurrent callers are serialized in one order that every worker applies.
 pub struct Engine {
     state: Mutex<HandleState>,
+    shared: Arc<Shared>,
     sealed: Arc<AtomicU64>,
     stopped: Arc<AtomicBool>,
     workers: usize,
 }
 
+/// How many recent seal times the engine remembers for [`Engine::seal_time`].
+const SEAL_TIMES: usize = 4096;
+
 /// State shared with the worker threads.
 pub(crate) struct Shared {
     pub(crate) sealed: Arc<AtomicU64>,
     pub(crate) events: crossbeam_channel::Sender<EngineEvent>,
+    /// When the merger sent each recent `Sealed` event, by `upto`, oldest first; at most
+    /// [`SEAL_TIMES`] (the oldest are dropped), written by the merger, read by [`Engine::seal_time`].
+    pub(crate) seal_times: Mutex<VecDeque<(Timestamp, Instant)>>,
 }
 
 impl Engine {
@@ -159,7 +172,11 @@ impl Engine {
         let workers = config.workers;
         let sealed = Arc::new(AtomicU64::new(0));
         let stopped = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared { sealed: sealed.clone(), events: events.clone() });
+        let shared = Arc::new(Shared {
+            sealed: sealed.clone(),
+            events: events.clone(),
+            seal_times: Mutex::new(VecDeque::new()),
+        });
 
         let (merger_tx, merger_rx) = crossbeam_channel::unbounded();
         let merger_thread = {
@@ -222,6 +239,7 @@ impl Engine {
                 timely_thread: Some(timely_thread),
                 merger_thread: Some(merger_thread),
             }),
+            shared,
             sealed,
             stopped,
             workers,
@@ -360,6 +378,17 @@ impl Engine {
     /// All times below this are sealed and their [`EngineEvent::Sealed`] has been sent.
     pub fn sealed_frontier(&self) -> Timestamp {
         self.sealed.load(Ordering::Acquire)
+    }
+
+    /// When the `Sealed` event with this `upto` left the engine, if it has and is recent; forgets
+    /// every earlier one. For measuring latency from [`Engine::tick`] to sealing without the
+    /// consumer's queueing.
+    pub fn seal_time(&self, upto: Timestamp) -> Option<Instant> {
+        let mut times = self.shared.seal_times.lock().ok()?;
+        while times.front().is_some_and(|(u, _)| *u < upto) {
+            times.pop_front();
+        }
+        times.front().filter(|(u, _)| *u == upto).map(|(_, at)| *at)
     }
 
     /// Stops the workers and the merger and joins their threads.

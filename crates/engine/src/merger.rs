@@ -86,6 +86,12 @@ pub(crate) fn run(workers: usize, rx: crossbeam_channel::Receiver<MergerMsg>, sh
                 return;
             }
             shared.sealed.store(upto, Ordering::Release);
+            if let Ok(mut times) = shared.seal_times.lock() {
+                if times.len() == crate::SEAL_TIMES {
+                    times.pop_front();
+                }
+                times.push_back((upto, std::time::Instant::now()));
+            }
         }
     }
 }
@@ -103,23 +109,33 @@ fn absorb(
     }
 }
 
-/// Sorts by (time, row) and merges equal pairs, dropping those that cancel.
+/// Merges updates of equal `(time, row)`, dropping those that cancel; sorted by time, then by a hash
+/// of the row (rows are compared only on equal hashes, so a tick of thousands of wide rows that
+/// share their first columns is not sorted by comparing strings). The order within a time is
+/// deterministic but otherwise unspecified.
 fn consolidate(updates: &mut Vec<Update>) {
-    updates.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-    let mut out: Vec<Update> = Vec::with_capacity(updates.len());
-    for (row, time, diff) in updates.drain(..) {
-        match out.last_mut() {
+    use std::hash::{Hash, Hasher};
+    let mut keyed: Vec<(Timestamp, u64, Update)> = updates
+        .drain(..)
+        .map(|u| {
+            let mut h = crate::render::FxHasher::default();
+            u.0.hash(&mut h);
+            (u.1, h.finish(), u)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2 .0.cmp(&b.2 .0)));
+    for (time, _, (row, _, diff)) in keyed {
+        match updates.last_mut() {
             Some(last) if last.1 == time && last.0 == row => last.2 += diff,
             _ => {
-                if out.last().is_some_and(|l| l.2 == 0) {
-                    out.pop();
+                if updates.last().is_some_and(|l| l.2 == 0) {
+                    updates.pop();
                 }
-                out.push((row, time, diff));
+                updates.push((row, time, diff));
             }
         }
     }
-    if out.last().is_some_and(|l| l.2 == 0) {
-        out.pop();
+    if updates.last().is_some_and(|l| l.2 == 0) {
+        updates.pop();
     }
-    *updates = out;
 }

@@ -1,5 +1,6 @@
 //! Renders a [`RelExpr`] into a differential collection of rows.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -18,6 +19,7 @@ use timely::progress::Antichain;
 use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr, Validity};
 use viewcast_repr::{Datum, Diff, Row, Timestamp};
 
+use crate::forward::Forward;
 use crate::scalar;
 use crate::worker::{ErrorSink, Items, ViewState};
 
@@ -26,15 +28,14 @@ pub(crate) type Coll<'s> = VecCollection<'s, Timestamp, Row, Diff>;
 /// A view's arranged output.
 pub(crate) type RowTrace = TraceAgent<KeySpine<Row, Timestamp, Diff>>;
 
-/// A view whose plan is a `Reduce` computing only `COUNT(*)`s keeps as its trace the arrangement
-/// its count is computed from (group keys with multiplicities) instead of arranging its output
-/// rows a second time; dependents import that trace and count from it.
+/// The output shape of a `Reduce` computing only `COUNT(*)`s. Such a view keeps no arrangement: its
+/// counts live in its [`crate::count`] operator, which serves dependents (see [`crate::forward`]).
 #[derive(Clone, Debug)]
 pub(crate) struct CountShape {
     /// How many `COUNT(*)` columns follow the key.
-    aggs: usize,
+    pub(crate) aggs: usize,
     /// For a global aggregate: the row it has while no group exists.
-    default: Option<Row>,
+    pub(crate) default: Option<Row>,
 }
 
 /// The input, group key and shape of `plan` if it is a `COUNT(*)`-only `Reduce`.
@@ -146,26 +147,24 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                         Antichain::from_elem(self.as_of),
                         Antichain::new(),
                     );
-                    match view.counts.clone() {
-                        None => arranged.as_collection(|row: &Row, _: &()| row.clone()),
-                        Some(shape) => {
-                            let counted = arranged.count_total_core::<Diff>();
-                            self.finish_counts(counted, shape)
-                        }
-                    }
+                    arranged.as_collection(|row: &Row, _: &()| row.clone())
                 }
                 (None, Some(forward)) => {
                     let plan = view.plan.clone();
                     match part {
                         Part::Snapshot => self.render_part(&plan, Part::Snapshot),
-                        Part::Live => crate::forward::subscribe(self.scope, forward, self.as_of),
+                        Part::Live => crate::forward::subscribe(self.scope, forward, self.as_of, None, false),
                         Part::Full => {
                             let snapshot = self.render_part(&plan, Part::Snapshot);
-                            snapshot.concat(crate::forward::subscribe(self.scope, forward, self.as_of))
+                            snapshot.concat(crate::forward::subscribe(self.scope, forward, self.as_of, None, false))
                         }
                     }
                 }
-                (None, None) => unreachable!("a view is arranged or forwarded"),
+                (None, None) => {
+                    assert_eq!(part, Part::Full, "linear plans read no counted view");
+                    let output = view.output.as_ref().expect("a view is arranged, forwarded or counted");
+                    crate::forward::subscribe(self.scope, output, self.as_of, None, true)
+                }
             }
         };
         self.gets.insert((id, part), coll.clone());
@@ -214,33 +213,36 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         }
     }
 
-    /// Renders a view whose plan is a `COUNT(*)`-only `Reduce` (see [`count_view`]): its output, and
-    /// the arrangement of group keys it counts from, which serves as the view's trace.
+    /// Renders a view whose plan is a `COUNT(*)`-only `Reduce` (see [`count_view`]), delivering its
+    /// changes to `output`, from which dependents read it.
     pub(crate) fn render_count_view(
         &mut self,
         input: &RelExpr,
         group_key: &[usize],
         shape: CountShape,
-    ) -> (Coll<'s>, RowTrace) {
-        let input = self.render(input);
-        let arranged = count_keys(input, group_key.to_vec()).arrange_by_self_named("Arrange: CountTotal");
-        let trace = arranged.trace.clone();
-        let counted = arranged.count_total_core::<Diff>();
-        (self.finish_counts(counted, shape), trace)
+        output: Rc<RefCell<Forward>>,
+    ) -> Coll<'s> {
+        let (input, key) = self.render_columns(input, group_key);
+        crate::count::render(input, key, shape, self.as_of, Some(output))
     }
 
-    /// The rows of a `COUNT(*)`-only reduce from the counts of its group keys.
-    fn finish_counts(&self, counted: VecCollection<'s, Timestamp, (Row, Diff), Diff>, shape: CountShape) -> Coll<'s> {
-        let n = shape.aggs;
-        let output = counted.map(move |(key, count): (Row, Diff)| {
-            let mut datums = key.0;
-            datums.extend(std::iter::repeat_n(Datum::Int(count), n));
-            Row::new(datums)
-        });
-        match shape.default {
-            None => output,
-            Some(default) => self.with_default(output, default),
-        }
+    /// `input`, of whose columns only `cols` are read, and where `cols` are in its rows. When `input`
+    /// reads a forwarded view, that view's forward sends only `cols`: no whole row is cloned.
+    fn render_columns(&mut self, input: &RelExpr, cols: &[usize]) -> (Coll<'s>, Vec<usize>) {
+        let forward = match input {
+            RelExpr::Get { id, .. } => self.items.views.get(id).and_then(|v| v.forward.clone().map(|f| (*id, f))),
+            _ => None,
+        };
+        let Some((id, forward)) = forward else {
+            return (self.render(input), cols.to_vec());
+        };
+        let narrow: Rc<[usize]> = cols.into();
+        let snapshot = {
+            let narrow = narrow.clone();
+            self.get(id, Part::Snapshot).map(move |row: Row| crate::forward::columns_of(&row, &narrow))
+        };
+        let live = crate::forward::subscribe(self.scope, &forward, self.as_of, Some(narrow), false);
+        (snapshot.concat(live), (0..cols.len()).collect())
     }
 
     /// A global aggregate has exactly one row: `default` while the reduction has none.
@@ -380,8 +382,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             // Every aggregate is the group's row count: the multiplicity itself.
             let default = global.then(|| Row::new(aggregates.iter().map(|a| a.func.default_value()).collect()));
             let shape = CountShape { aggs: aggregates.len(), default };
-            let counted = count_keys(input, group_key).count_total_core::<Diff>();
-            return self.finish_counts(counted, shape);
+            return crate::count::render(input, group_key, shape, self.as_of, None);
         } else if accumulable {
             let key_cols = group_key.clone();
             let aggs = aggregates.clone();
@@ -471,56 +472,13 @@ fn is_count_star(a: &AggregateExpr) -> bool {
     a.func == AggregateFunc::Count && !a.distinct && matches!(&a.expr, ScalarExpr::Literal(d, _) if !d.is_null())
 }
 
-/// A fast, non-cryptographic hasher (the FxHash mix) for operator-local hash maps.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
-pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+/// A fast, deterministic hasher for operator-local hash maps and exchange, the same on every worker.
+/// (rustc-hash 2 mixes its state when finishing: a plain FxHash leaves the low bits, which pick
+/// a hash table's bucket, depending on only the low bytes of each word, which clusters text keys.)
+pub(crate) use rustc_hash::{FxHashMap, FxHasher};
 
 /// Accumulations per group key.
 type KeySums<R> = FxHashMap<Vec<Datum>, R>;
-
-/// The group keys of `input` with their multiplicities, summed within each batch.
-fn count_keys(input: Coll<'_>, key_cols: Vec<usize>) -> Coll<'_> {
-    pre_aggregate(input, key_cols, "PreCount", |_, diff| Some(diff))
-}
 
 /// The `key_cols` of each row with `value(row, diff)`, summed per key and time within each batch
 /// of input (one tick's rows usually arrive together), so a reduce's arrangement receives one update
@@ -683,9 +641,7 @@ fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Optio
                     }
                 }
             }
-            MfpOp::Project(outputs) => {
-                datums = outputs.iter().map(|&i| datums[i].clone()).collect();
-            }
+            MfpOp::Project(outputs) => project_in_place(&mut datums, outputs),
         }
     }
     if validity.is_some_and(|v| v.upper.is_some_and(|u| u <= v.lower)) {
@@ -705,5 +661,19 @@ fn intersect(a: Option<Validity>, b: Validity) -> Validity {
                 (x, y) => x.or(y),
             },
         },
+    }
+}
+
+/// Keeps `outputs` of `datums`, in that order. Increasing columns (the common `SELECT a, b, c`) are
+/// moved down in place, without a new allocation or clones.
+fn project_in_place(datums: &mut Vec<Datum>, outputs: &[usize]) {
+    if outputs.windows(2).all(|w| w[0] < w[1]) {
+        // Strictly increasing, so `i >= j` and every slot below `j` is already final.
+        for (j, &i) in outputs.iter().enumerate() {
+            datums.swap(j, i);
+        }
+        datums.truncate(outputs.len());
+    } else {
+        *datums = outputs.iter().map(|&i| datums[i].clone()).collect();
     }
 }

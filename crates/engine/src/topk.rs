@@ -14,6 +14,7 @@
 
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
+use std::collections::hash_map::Entry as HashEntry;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -67,20 +68,30 @@ impl Group {
 
     /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length.
     fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize) {
-        if let Some(n) = self.rest.get_mut(&row) {
-            *n += diff;
-            if *n == 0 {
-                self.rest.remove(&row);
+        // One hash of the row for the common case, a row of `rest`.
+        let rest_was_empty = self.rest.is_empty();
+        let row = match self.rest.entry(row) {
+            HashEntry::Occupied(mut o) => {
+                *o.get_mut() += diff;
+                if *o.get() == 0 {
+                    o.remove();
+                }
+                return;
             }
-            return;
-        }
+            HashEntry::Vacant(v) => {
+                let into_top = rest_was_empty
+                    || self
+                        .top
+                        .last_key_value()
+                        .is_some_and(|(last, _)| compare_rows(order, v.key(), &last.row) != Ordering::Greater);
+                if !into_top {
+                    v.insert(diff);
+                    return;
+                }
+                v.into_key()
+            }
+        };
         let key = SortKey { row, order: order.clone() };
-        let into_top = self.rest.is_empty()
-            || self.top.last_key_value().is_some_and(|(last, _)| key.cmp(last) != Ordering::Greater);
-        if !into_top {
-            self.rest.insert(key.row, diff);
-            return;
-        }
         match self.top.entry(key) {
             Entry::Occupied(mut o) => {
                 *o.get_mut() += diff;
@@ -189,7 +200,9 @@ pub(crate) fn render<'s>(
             move |_cap, _info| {
                 let mut stash: Stash = BTreeMap::new();
                 let mut groups: FxHashMap<Row, Group> = FxHashMap::default();
-                let mut touched: FxHashMap<Row, FxHashMap<Row, Diff>> = FxHashMap::default();
+                // Per group, the time's changes; consolidated through `merged`, kept for its capacity.
+                let mut touched: FxHashMap<Row, Vec<(Row, Diff)>> = FxHashMap::default();
+                let mut merged: FxHashMap<Row, Diff> = FxHashMap::default();
                 let mut out: Vec<(Row, Diff)> = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
@@ -206,13 +219,16 @@ pub(crate) fn render<'s>(
                         let (cap, updates) = entry.remove();
                         for (row, diff) in updates {
                             let key = Row::new(group_key.iter().map(|&i| row.get(i).clone()).collect());
-                            *touched.entry(key).or_default().entry(row).or_insert(0) += diff;
+                            touched.entry(key).or_default().push((row, diff));
                         }
                         out.clear();
-                        for (key, changes) in touched.drain() {
+                        for (key, mut changes) in touched.drain() {
+                            for (row, diff) in changes.drain(..) {
+                                *merged.entry(row).or_insert(0) += diff;
+                            }
                             let group = groups.entry(key.clone()).or_default();
                             window(group, offset, limit, &mut out, -1);
-                            for (row, diff) in changes {
+                            for (row, diff) in merged.drain() {
                                 if diff != 0 {
                                     group.update(row, diff, &order, top_cap);
                                 }

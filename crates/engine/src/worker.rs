@@ -18,7 +18,7 @@ use viewcast_repr::{Diff, Row, Timestamp, Update};
 
 use crate::forward::Forward;
 use crate::merger::MergerMsg;
-use crate::render::{count_view, is_linear, CountShape, Feed, Part, RenderCtx, RowTrace};
+use crate::render::{count_view, is_linear, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
 /// How long an idle worker parks before looking at its command channel again. Commands unpark it,
@@ -47,12 +47,13 @@ pub(crate) struct InputState {
 /// A view's dataflow on this worker.
 pub(crate) struct ViewState {
     pub(crate) plan: RelExpr,
-    /// The arranged output, for non-linear views (dependents import it).
+    /// The arranged output, for views neither linear nor counting (dependents import it).
     pub(crate) trace: Option<RowTrace>,
-    /// Set when `trace` holds the group keys a `COUNT(*)` view counts rather than its rows.
-    pub(crate) counts: Option<CountShape>,
     /// The live changes, for linear views (dependents subscribe to them).
     pub(crate) forward: Option<Rc<RefCell<Forward>>>,
+    /// For a `COUNT(*)` view (no trace): its counting operator's changes, and its contents at a
+    /// dependent's `as_of` (a snapshot), for dependents to subscribe to.
+    pub(crate) output: Option<Rc<RefCell<Forward>>>,
     dataflow: usize,
     /// The sessions fed by every tick.
     sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
@@ -61,8 +62,9 @@ pub(crate) struct ViewState {
 
 /// What a dataflow's capture sink has seen.
 struct Capture {
-    /// The sink's input frontier (as_of until the sink first runs; `u64::MAX` once complete).
-    frontier: Timestamp,
+    /// The input frontier of each of the view's capture sinks (as_of until a sink first runs;
+    /// `u64::MAX` once complete); the view's frontier is their minimum.
+    frontiers: Vec<Timestamp>,
     /// Changes at times in `[publish_from, publish_until)` are kept.
     publish_from: Timestamp,
     publish_until: Timestamp,
@@ -163,7 +165,7 @@ impl WorkerState {
             Command::CreateView { id, plan, publish, as_of } => {
                 let linear = is_linear(&plan, &self.items);
                 let capture = Rc::new(RefCell::new(Capture {
-                    frontier: as_of,
+                    frontiers: Vec::new(),
                     publish_from: if publish { as_of } else { Timestamp::MAX },
                     publish_until: Timestamp::MAX,
                     updates: Vec::new(),
@@ -174,38 +176,48 @@ impl WorkerState {
                 let sink_capture = capture.clone();
                 let forward = linear.then(|| Rc::new(RefCell::new(Forward::new(as_of))));
                 let view_forward = forward.clone();
+                let output = count_view(&plan).filter(|_| !linear).map(|_| Rc::new(RefCell::new(Forward::new(as_of))));
+                let view_output = output.clone();
                 let (sessions, trace) = worker.dataflow_named::<Timestamp, _, _>(&format!("view {id}"), |scope| {
                     let mut ctx = RenderCtx::new(scope, as_of, id, errors, items);
-                    let (coll, trace) = match view_forward {
-                        Some(forward) => {
+                    // The view's output as streams, each captured by its own sink, which first hands
+                    // a linear view's live changes to its forward (by reference: the capture keeps them).
+                    let (parts, trace) = match (view_forward, view_output) {
+                        (Some(forward), _) => {
                             let live = ctx.render_part(&plan, Part::Live);
-                            crate::forward::publish(live.clone(), forward);
-                            (ctx.render_part(&plan, Part::Snapshot).concat(live), None)
+                            let snapshot = ctx.render_part(&plan, Part::Snapshot);
+                            (vec![(snapshot, None), (live, Some(forward))], None)
                         }
-                        None => match count_view(&plan) {
-                            Some((input, group_key, shape)) => {
-                                let (coll, trace) = ctx.render_count_view(input, group_key, shape);
-                                (coll, Some(trace))
-                            }
-                            None => {
-                                let coll = ctx.render(&plan);
-                                let trace = coll.clone().arrange_by_self().trace;
-                                (coll, Some(trace))
-                            }
-                        },
+                        (None, Some(output)) => {
+                            let (input, group_key, shape) = count_view(&plan).expect("a count view");
+                            (vec![(ctx.render_count_view(input, group_key, shape, output), None)], None)
+                        }
+                        (None, None) => {
+                            let coll = ctx.render(&plan);
+                            let trace = coll.clone().arrange_by_self().trace;
+                            (vec![(coll, None)], Some(trace))
+                        }
                     };
-                    coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
-                        let mut cap = sink_capture.borrow_mut();
-                        let cap = &mut *cap;
-                        input.for_each(|_, data| {
-                            for (row, time, diff) in data.drain(..) {
-                                if time >= cap.publish_from && time < cap.publish_until {
-                                    cap.updates.push((row, time, diff));
+                    sink_capture.borrow_mut().frontiers = vec![as_of; parts.len()];
+                    for (part, (coll, forward)) in parts.into_iter().enumerate() {
+                        let capture = sink_capture.clone();
+                        coll.inner.sink(Pipeline, "Capture", move |(input, frontier)| {
+                            let mut cap = capture.borrow_mut();
+                            let cap = &mut *cap;
+                            let (from, until) = (cap.publish_from, cap.publish_until);
+                            input.for_each(|_, data| {
+                                if let Some(forward) = &forward {
+                                    forward.borrow_mut().deliver(data);
                                 }
+                                cap.updates.extend(data.drain(..).filter(|u| u.1 >= from && u.1 < until));
+                            });
+                            let frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
+                            if let Some(forward) = &forward {
+                                forward.borrow_mut().advance(frontier);
                             }
+                            cap.frontiers[part] = frontier;
                         });
-                        cap.frontier = frontier.frontier().first().copied().unwrap_or(Timestamp::MAX);
-                    });
+                    }
                     (ctx.sessions, trace)
                 });
                 let mut live_sessions = Vec::new();
@@ -228,18 +240,9 @@ impl WorkerState {
                     t.set_logical_compaction(f.borrow());
                     t.set_physical_compaction(f.borrow());
                 }
-                self.items.views.insert(
-                    id,
-                    ViewState {
-                        counts: count_view(&plan).map(|(_, _, shape)| shape).filter(|_| !linear),
-                        plan,
-                        trace,
-                        forward,
-                        dataflow,
-                        sessions: live_sessions,
-                        capture,
-                    },
-                );
+                self.items
+                    .views
+                    .insert(id, ViewState { plan, trace, forward, output, dataflow, sessions: live_sessions, capture });
             }
             Command::SetPublish { id, publish, from } => {
                 if let Some(view) = self.items.views.get(&id) {
@@ -298,7 +301,7 @@ impl WorkerState {
         let mut changes = Vec::new();
         for (id, view) in self.items.views.iter() {
             let mut cap = view.capture.borrow_mut();
-            frontier = frontier.min(cap.frontier);
+            frontier = cap.frontiers.iter().fold(frontier, |f, g| f.min(*g));
             if !cap.updates.is_empty() {
                 changes.push((*id, std::mem::take(&mut cap.updates)));
             }

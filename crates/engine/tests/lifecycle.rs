@@ -53,6 +53,11 @@ fn sealed_once_per_tick_late_views_and_drops() {
     assert_eq!(h.log.len(), 20, "one Sealed per tick");
     assert!(h.log.windows(2).all(|w| w[0].0 < w[1].0), "strictly increasing");
     assert!(h.log.iter().any(|(_, c)| c.is_empty()), "empty Sealed events are sent too");
+    // The engine remembers when each Sealed left it, and forgets the earlier ones when asked.
+    let (second_last, last) = (h.log[18].0, h.log[19].0);
+    let sealed_at = h.engine.seal_time(second_last).expect("the time of a recent seal");
+    assert!(h.engine.seal_time(last).expect("the last seal") >= sealed_at);
+    assert_eq!(h.engine.seal_time(second_last), None, "earlier seal times are forgotten");
 
     // A view created after ticks starts with everything, at the time after the last tick.
     h.engine.create_view(11, RelExpr::Negate { input: get(10) }, true).unwrap();

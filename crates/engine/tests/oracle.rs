@@ -170,6 +170,26 @@ fn late_views() -> Vec<(GlobalId, RelExpr)> {
                 vec![star(), agg(AggregateFunc::Max, col(2), false)],
             ),
         ),
+        // Late readers of counting views, which serve them a snapshot of their counts: a top-k, a
+        // count of counts, and a plan over the global count.
+        (
+            42,
+            RelExpr::TopK {
+                input: Box::new(RelExpr::Get { id: 12, arity: 2 }),
+                group_key: vec![],
+                order_key: vec![ColumnOrder::asc(1)],
+                limit: Some(2),
+                offset: 0,
+            },
+        ),
+        (43, reduce(Box::new(RelExpr::Get { id: 12, arity: 2 }), vec![1], vec![star()])),
+        (
+            44,
+            RelExpr::Map {
+                input: Box::new(RelExpr::Get { id: 13, arity: 1 }),
+                scalars: vec![col(0).call_binary(BinaryFunc::Add, int(1))],
+            },
+        ),
     ]
 }
 
