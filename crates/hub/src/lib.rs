@@ -251,7 +251,8 @@ impl Hub {
         if upto <= view.log.frontier() && updates.is_empty() {
             return Ok(());
         }
-        view.seal(upto, updates, self.config.progress_interval_ms).map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
+        view.seal(upto, updates, self.config.progress_interval_ms)
+            .map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
         drop(st);
         self.sealed_epoch.send_modify(|e| *e += 1);
         Ok(())
