@@ -31,6 +31,7 @@ pub fn summarize(reports: &[(String, FileReport)]) -> String {
     let mut folders: BTreeMap<&str, Summary> = BTreeMap::new();
     let mut total = Summary::default();
     let mut classes: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+    let mut wrong_for_engine = Vec::new();
     for (folder, r) in reports {
         for s in [folders.entry(folder).or_default(), &mut total] {
             s.files += 1;
@@ -39,6 +40,7 @@ pub fn summarize(reports: &[(String, FileReport)]) -> String {
             s.rechecks += r.rechecks;
             s.timed_out += u64::from(r.timed_out);
         }
+        wrong_for_engine.extend(r.wrong_for_engine.iter().cloned());
         for f in &r.failures {
             let mode = match f.mode {
                 Mode::OneShot => "one-shot",
@@ -76,6 +78,12 @@ pub fn summarize(reports: &[(String, FileReport)]) -> String {
     out.push_str("\n| failures | mode | class |\n|---:|---|---|\n");
     for ((class, mode), n) in classes {
         let _ = writeln!(out, "| {n} | {mode} | {} |", class.replace('|', "\\|"));
+    }
+    if !wrong_for_engine.is_empty() {
+        out.push_str("\n| skipped as wrong for the engine name | why |\n|---|---|\n");
+        for (location, why) in wrong_for_engine {
+            let _ = writeln!(out, "| {location} | {why} |");
+        }
     }
     out
 }

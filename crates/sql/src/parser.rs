@@ -6,13 +6,29 @@
 use std::sync::Arc;
 
 use sqlparser::ast;
-use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{split_location, Positions, SqlError};
 use crate::statement::{Format, LoadGenerator, LoadGeneratorKind};
+
+/// Where sqlparser's dialect for viewcast is made (kept private: the generated type has no docs).
+mod dialect {
+    use sqlparser::derive_dialect;
+    use sqlparser::dialect::PostgreSqlDialect;
+
+    // PostgreSQL's dialect (still recognized as it by sqlparser's `dialect_of!` checks) that also
+    // accepts an empty `IN ()` list, SQLite's extension: `x IN ()` is false and `x NOT IN ()` true,
+    // whatever `x` is (sqllogictest's evidence files use it without marking it SQLite-only).
+    derive_dialect!(
+        ViewcastDialect,
+        PostgreSqlDialect,
+        preserve_type_id = true,
+        overrides = { supports_in_empty_list = true }
+    );
+}
+use dialect::ViewcastDialect;
 
 /// Deepest expression nesting accepted; deeper input is a syntax error rather than a stack overflow.
 const RECURSION_LIMIT: usize = 64;
@@ -125,7 +141,7 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>, SqlError> {
         let at_end = message.ends_with("found: EOF").then(|| sql.chars().count() + 1);
         SqlError::syntax(message).at(loc.and_then(|l| positions.offset(l)).or(at_end))
     };
-    let dialect = PostgreSqlDialect {};
+    let dialect = ViewcastDialect::new();
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| SqlError::syntax(e.message.clone()).at(positions.offset(e.location)))?;

@@ -457,6 +457,17 @@ impl Planner<'_> {
                 let result = match target {
                     ast::InTarget::List(list) => {
                         let x = self.bind(ecx, rel, expr)?;
+                        if list.is_empty() {
+                            // `x IN ()` (SQLite's extension, accepted by the parser): no element
+                            // can equal `x`, so it is false even when `x` is NULL.
+                            let f = lit(Datum::Bool(false), ScalarType::Bool);
+                            let f = Typed::new(f, ScalarType::Bool, false);
+                            return Ok(if *negated {
+                                Typed::new(f.expr.call_unary(UnaryFunc::Not), ScalarType::Bool, false)
+                            } else {
+                                f
+                            });
+                        }
                         let mut ors = Vec::new();
                         let mut nullable = x.ty.nullable;
                         for item in list {
