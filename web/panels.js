@@ -295,6 +295,7 @@ export function chartShape(columns) {
   return null;
 }
 
+// At most this many bars; callers give a chart at least 15 px per bar so labels never overlap.
 const BAR_LIMIT = 20;
 
 /** A Vega-Lite spec for the shape: top-20 bars, or a line of the single value over time. */
