@@ -149,7 +149,7 @@ function openView(name) {
     $('detail-chart-none').hidden = !!shape;
     $('detail-chart').hidden = !shape;
     if (!shape) return;
-    embed($('detail-chart'), autoSpec(shape, 300), log, `Chart of ${name}`).then((view) => {
+    embed($('detail-chart'), autoSpec(shape, 220, 14), log, `Chart of ${name}`).then((view) => {
       if (!view || dashboard.detail !== d) return view?.finalize();
       d.chart = view;
       const binding = shape.kind === 'bars' ? bindVega(view, 'rows', sub) : { close: bindSeries(view, sub, shape.value) };

@@ -72,7 +72,7 @@ listViews(location.origin)
       }
       const sub = logSubscription(client.subscribe(v.name), log);
       subs.push(sub);
-      embed($(want.chart), autoSpec(shape, 320), log, `${v.name} chart`).then((view) => {
+      embed($(want.chart), autoSpec(shape, 160, 10), log, `${v.name} chart`).then((view) => {
         if (!view) return;
         if (shape.kind === 'bars') bindVega(view, 'rows', sub);
         else bindSeries(view, sub, shape.value);

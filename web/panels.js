@@ -295,11 +295,12 @@ export function chartShape(columns) {
   return null;
 }
 
-// At most this many bars; callers give a chart at least 15 px per bar so labels never overlap.
-const BAR_LIMIT = 20;
-
-/** A Vega-Lite spec for the shape: top-20 bars, or a line of the single value over time. */
-export function autoSpec(shape, height = 260) {
+/**
+ * A Vega-Lite spec for the shape: the top `limit` bars, or a line of the single value over time.
+ * `height` is fixed (nothing jumps as bars come and go); callers keep at least 15 px per bar so
+ * labels never overlap.
+ */
+export function autoSpec(shape, height = 260, limit = 15) {
   if (shape.kind === 'bars') {
     return {
       data: { name: 'rows' },
@@ -308,7 +309,7 @@ export function autoSpec(shape, height = 260) {
       autosize: { type: 'fit-x', contains: 'padding', resize: true },
       transform: [
         { window: [{ op: 'row_number', as: 'rank' }], sort: [{ field: shape.value, order: 'descending' }, { field: shape.label, order: 'ascending' }] },
-        { filter: `datum.rank <= ${BAR_LIMIT}` },
+        { filter: `datum.rank <= ${limit}` },
       ],
       mark: { type: 'bar', color: '#2563eb', cornerRadiusEnd: 3 },
       encoding: {
