@@ -185,6 +185,23 @@ fn create_source(
     ok("CREATE SOURCE")
 }
 
+/// A hidden (unnamed, unlisted) engine input with `desc`'s columns, recorded in the catalog: what a
+/// table, an upstream view and a system view write to. Callers hold the clock lock, then `cat`'s.
+pub(crate) fn create_hidden_input(
+    shared: &Shared,
+    cat: &mut crate::catalog::Catalog,
+    name: &str,
+    desc: &RelationDesc,
+    sql: &str,
+) -> Result<GlobalId, StatementError> {
+    let input = cat.allocate_id();
+    shared.engine.create_input(input, desc.arity()).map_err(engine_error)?;
+    let mut item = new_item(name, ItemKind::Source, desc.clone(), sql);
+    item.hidden = true;
+    cat.insert(input, item);
+    Ok(input)
+}
+
 /// A table is an engine input (written by INSERT/UPDATE/DELETE) plus a published identity view
 /// of it under the table's name, so it has a change log, streams and answers SELECTs like a view.
 async fn create_table(
@@ -199,12 +216,7 @@ async fn create_table(
         if cat.resolve(name).is_some() {
             return Err(already_exists(name));
         }
-        let input = cat.allocate_id();
-        shared.engine.create_input(input, desc.arity()).map_err(engine_error)?;
-        let mut item = new_item(&format!("__input_{name}"), ItemKind::Source, desc.clone(), sql);
-        item.hidden = true;
-        cat.insert(input, item);
-        input
+        create_hidden_input(shared, &mut cat, &format!("__input_{name}"), &desc, sql)?
     };
     let plan = RelExpr::Get { id: input, arity: desc.arity() };
     let id = create_view(shared, name, plan, desc, ItemKind::Table, sql, false).await?;

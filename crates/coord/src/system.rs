@@ -14,7 +14,7 @@ use viewcast_sql::ItemKind;
 
 use crate::catalog::Item;
 use crate::clock::PendingWrite;
-use crate::execute::StatementError;
+use crate::execute::{create_hidden_input, engine_error, StatementError};
 use crate::Shared;
 
 /// The name of the system view of source statistics.
@@ -110,19 +110,14 @@ pub(crate) fn register(shared: &Shared) -> Result<Vec<SystemView>, StatementErro
     ];
     let clock = shared.clock.lock().expect("clock lock");
     let mut cat = shared.catalog.lock().expect("catalog lock");
-    let engine_error = |e: viewcast_engine::EngineError| StatementError::new(e.to_string(), "XX000", None);
     let mut out = Vec::new();
     for (name, desc, rows) in specs {
-        let input = cat.allocate_id();
-        shared.engine.create_input(input, desc.arity()).map_err(engine_error)?;
-        let mut hidden = new_item(&format!("__input_{name}"), ItemKind::Source, desc.clone());
-        hidden.hidden = true;
-        cat.insert(input, hidden);
+        let input = create_hidden_input(shared, &mut cat, &format!("__input_{name}"), &desc, &system_sql(name))?;
         let id = cat.allocate_id();
         let plan = RelExpr::Get { id: input, arity: desc.arity() };
         shared.hub.register(id, name, desc.clone(), clock.as_of());
         shared.engine.create_view(id, plan.clone(), true).map_err(engine_error)?;
-        let mut item = new_item(name, ItemKind::View, desc);
+        let mut item = Item::new(name, ItemKind::View, desc, system_sql(name));
         item.plan = Some(plan);
         item.depends_on = vec![input];
         cat.insert(id, item);
@@ -131,9 +126,8 @@ pub(crate) fn register(shared: &Shared) -> Result<Vec<SystemView>, StatementErro
     Ok(out)
 }
 
-fn new_item(name: &str, kind: ItemKind, desc: RelationDesc) -> Item {
-    let sql = format!("-- system view {}, refreshed every second", name.trim_start_matches("__input_"));
-    Item::new(name, kind, desc, sql)
+fn system_sql(name: &str) -> String {
+    format!("-- system view {name}, refreshed every second")
 }
 
 /// Rewrites every system view's input once a second with the difference from what it holds, until shutdown.

@@ -24,7 +24,7 @@ use viewcast_sql::ItemKind;
 use viewcast_upstream::{UpstreamConfig, UpstreamSink};
 
 use crate::catalog::Catalog;
-use crate::execute::{already_exists, engine_error, new_item, StatementError};
+use crate::execute::{already_exists, create_hidden_input, new_item, StatementError};
 use crate::Shared;
 
 /// Changes of upstream views waiting for the next local tick, per engine input. The tick loop
@@ -142,11 +142,7 @@ pub(crate) async fn create_upstream(
         if cat.resolve(name).is_some() {
             return Err(already_exists(name));
         }
-        let input = cat.allocate_id();
-        shared.engine.create_input(input, desc.arity()).map_err(engine_error)?;
-        let mut hidden = new_item(&format!("__upstream_input_{name}"), ItemKind::Source, desc.clone(), sql);
-        hidden.hidden = true;
-        cat.insert(input, hidden);
+        let input = create_hidden_input(shared, &mut cat, &format!("__upstream_input_{name}"), &desc, sql)?;
         let id = cat.allocate_id();
         shared.hub.register_own_clock(id, name, desc.clone(), 0);
         let feed = Feed { hub: shared.hub.clone(), view: id, input, mailbox: shared.upstream_mailbox.clone() };
