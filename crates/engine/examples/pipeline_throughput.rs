@@ -20,7 +20,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use viewcast_engine::{Engine, EngineConfig, EngineEvent};
-use viewcast_repr::{Datum, Row};
+use viewcast_repr::{Datum, Json, JsonView, Row};
 
 // The allocator the `viewcast` binary uses, so both programs allocate as they would in production.
 #[global_allocator]
@@ -147,17 +147,23 @@ type Extracted =
 
 fn extract(row: &Row) -> Extracted {
     let Datum::Jsonb(j) = row.get(0) else { unreachable!("wikirecent rows are jsonb") };
-    let v = j.value();
+    let v = j.json();
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-    let len =
-        |k: &str| v.get("length").and_then(|l| l.get(k)).and_then(|x| x.as_f64()).map(|f| f.round_ties_even() as i64);
+    let number = |x: Json<'_>| match x.view() {
+        JsonView::Number(n) => Some(n.as_f64()),
+        _ => None,
+    };
+    let len = |k: &str| v.get("length").and_then(|l| l.get(k)).and_then(number).map(|f| f.round_ties_even() as i64);
     (
         text("user"),
-        v.get("bot").and_then(|b| b.as_bool()),
+        v.get("bot").and_then(|b| match b.view() {
+            JsonView::Bool(b) => Some(b),
+            _ => None,
+        }),
         text("wiki"),
         text("type"),
         text("title"),
-        v.get("timestamp").and_then(|t| t.as_f64()),
+        v.get("timestamp").and_then(number),
         len("new").zip(len("old")).map(|(n, o)| n - o),
     )
 }

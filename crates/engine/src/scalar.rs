@@ -4,10 +4,9 @@
 //! `jsonb` values when a chain of `->` with literal keys is read (`data->'length'->'new'`), the
 //! shape every JSON source's view has. Anything else is delegated to the reference evaluator.
 
-use serde_json::Value;
 use viewcast_plan::expr::cast;
 use viewcast_plan::{BinaryFunc, EvalError, ScalarExpr, UnaryFunc};
-use viewcast_repr::{Datum, Jsonb, ScalarType};
+use viewcast_repr::{Datum, Json, JsonView, Jsonb, ScalarType};
 
 /// A borrowed step along a JSON path.
 enum JsonRef<'a> {
@@ -15,13 +14,13 @@ enum JsonRef<'a> {
     NotPath,
     /// SQL NULL (a missing key, a NULL document or key).
     Null,
-    Value(&'a Value),
+    Value(Json<'a>),
 }
 
 fn json_ref<'a>(expr: &ScalarExpr, row: &'a [Datum]) -> JsonRef<'a> {
     match expr {
         ScalarExpr::Column(i) => match &row[*i] {
-            Datum::Jsonb(j) => JsonRef::Value(j.value()),
+            Datum::Jsonb(j) => JsonRef::Value(j.json()),
             Datum::Null => JsonRef::Null,
             _ => JsonRef::NotPath,
         },
@@ -35,23 +34,16 @@ fn json_ref<'a>(expr: &ScalarExpr, row: &'a [Datum]) -> JsonRef<'a> {
             }
         }
         // `jsonb::jsonb` is the identity.
-        ScalarExpr::CallUnary { func: UnaryFunc::Cast(ScalarType::Jsonb), expr } => match json_ref(expr, row) {
-            JsonRef::Value(v) => JsonRef::Value(v),
-            JsonRef::Null => JsonRef::Null,
-            JsonRef::NotPath => JsonRef::NotPath,
-        },
+        ScalarExpr::CallUnary { func: UnaryFunc::Cast(ScalarType::Jsonb), expr } => json_ref(expr, row),
         _ => JsonRef::NotPath,
     }
 }
 
-/// `v -> key` as the reference's `json_get`, by reference. A NULL key yields NULL.
-fn lookup<'a>(v: &'a Value, key: &Datum) -> Option<&'a Value> {
-    match (v, key) {
-        (Value::Object(o), Datum::Text(k)) => o.get(&**k),
-        (Value::Array(a), Datum::Int(i)) => {
-            let idx = if *i < 0 { a.len() as i64 + *i } else { *i };
-            usize::try_from(idx).ok().and_then(|i| a.get(i))
-        }
+/// `v -> key` as the reference's `json_get`, in place. A NULL key yields NULL.
+fn lookup<'a>(v: Json<'a>, key: &Datum) -> Option<Json<'a>> {
+    match key {
+        Datum::Text(k) => v.get(k),
+        Datum::Int(i) => v.index(*i),
         _ => None,
     }
 }
@@ -62,7 +54,7 @@ pub(crate) fn eval(expr: &ScalarExpr, row: &[Datum]) -> Result<Datum, EvalError>
         ScalarExpr::Column(i) => Ok(row[*i].clone()),
         ScalarExpr::Literal(d, _) => Ok(d.clone()),
         ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, .. } => match json_ref(expr, row) {
-            JsonRef::Value(v) => Ok(Datum::Jsonb(Jsonb::new(v.clone()))),
+            JsonRef::Value(v) => Ok(Datum::Jsonb(Jsonb::from(v))),
             JsonRef::Null => Ok(Datum::Null),
             JsonRef::NotPath => expr.eval(row),
         },
@@ -71,10 +63,9 @@ pub(crate) fn eval(expr: &ScalarExpr, row: &[Datum]) -> Result<Datum, EvalError>
                 return expr.eval(row);
             };
             match json_ref(left, row) {
-                JsonRef::Value(v) => Ok(match lookup(v, key) {
-                    None | Some(Value::Null) => Datum::Null,
-                    Some(Value::String(s)) => Datum::text(s),
-                    Some(other) => Datum::text(&other.to_string()),
+                JsonRef::Value(v) => Ok(match lookup(v, key).and_then(Json::text) {
+                    None => Datum::Null,
+                    Some(text) => Datum::text(&text),
                 }),
                 JsonRef::Null => Ok(Datum::Null),
                 JsonRef::NotPath => expr.eval(row),
@@ -104,7 +95,7 @@ pub(crate) fn eval(expr: &ScalarExpr, row: &[Datum]) -> Result<Datum, EvalError>
                         if let Some(d) = cast_json_leaf(v, *to) {
                             return d;
                         }
-                        return cast(Datum::Jsonb(Jsonb::new(v.clone())), *to);
+                        return cast(Datum::Jsonb(Jsonb::from(v)), *to);
                     }
                     JsonRef::NotPath => return expr.eval(row),
                 }
@@ -122,13 +113,13 @@ pub(crate) fn eval(expr: &ScalarExpr, row: &[Datum]) -> Result<Datum, EvalError>
 
 /// The common casts of a JSON leaf, exactly as the reference `cast_json` computes them; `None`
 /// for the cases left to the reference.
-fn cast_json_leaf(v: &Value, to: ScalarType) -> Option<Result<Datum, EvalError>> {
-    match (v, to) {
-        (Value::Null, ScalarType::Text) => None,
-        (Value::Null, _) => Some(Ok(Datum::Null)),
-        (Value::Bool(b), ScalarType::Bool) => Some(Ok(Datum::Bool(*b))),
-        (Value::Number(n), ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric) => {
-            n.as_f64().map(|f| cast(Datum::float(f), to))
+fn cast_json_leaf(v: Json<'_>, to: ScalarType) -> Option<Result<Datum, EvalError>> {
+    match (v.view(), to) {
+        (JsonView::Null, ScalarType::Text) => None,
+        (JsonView::Null, _) => Some(Ok(Datum::Null)),
+        (JsonView::Bool(b), ScalarType::Bool) => Some(Ok(Datum::Bool(b))),
+        (JsonView::Number(n), ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric) => {
+            Some(cast(Datum::float(n.as_f64()), to))
         }
         _ => None,
     }

@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 
 use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
-use viewcast_repr::{Datum, Diff, Jsonb, ScalarType};
+use viewcast_repr::{Datum, Diff, Json, JsonView, Jsonb, ScalarType};
 
 /// An error evaluating a scalar expression on one row. SQLSTATE codes as Postgres uses them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -293,7 +293,7 @@ fn eval_unary(func: UnaryFunc, d: Datum) -> Result<Datum, EvalError> {
             other => Err(EvalError::Other(format!("cannot cast {other} to mz_timestamp"))),
         },
         UnaryFunc::JsonbTypeof => match d {
-            Datum::Jsonb(j) => Ok(Datum::text(json_type_name(j.value()))),
+            Datum::Jsonb(j) => Ok(Datum::text(j.json().type_name())),
             other => Err(EvalError::Other(format!("jsonb_typeof of non-jsonb {other}"))),
         },
     }
@@ -381,48 +381,31 @@ pub fn cast(d: Datum, to: ScalarType) -> Result<Datum, EvalError> {
     }
 }
 
-fn json_type_name(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
-    }
-}
-
 fn cast_json(j: &Jsonb, to: ScalarType) -> Result<Datum, EvalError> {
-    use serde_json::Value;
-    let err = || EvalError::JsonCast { from: json_type_name(j.value()).into(), to: to.name().into() };
-    match (j.value(), to) {
-        (Value::Null, ScalarType::Text) => Ok(Datum::text("null")),
+    let json = j.json();
+    let err = || EvalError::JsonCast { from: json.type_name().into(), to: to.name().into() };
+    match (json.view(), to) {
+        (JsonView::Null, ScalarType::Text) => Ok(Datum::text("null")),
         // Postgres: casting a JSON null to a scalar type yields SQL NULL.
-        (Value::Null, _) => Ok(Datum::Null),
-        (Value::Bool(b), ScalarType::Bool) => Ok(Datum::Bool(*b)),
-        (Value::Number(n), to) if to.is_integer() => {
-            if let Some(i) = n.as_i64() {
-                int_range(to, i)
-            } else {
-                cast(Datum::float(n.as_f64().ok_or_else(err)?), to)
-            }
+        (JsonView::Null, _) => Ok(Datum::Null),
+        (JsonView::Bool(b), ScalarType::Bool) => Ok(Datum::Bool(b)),
+        (JsonView::Number(n), to) if to.is_integer() => match n.as_i64() {
+            Some(i) => int_range(to, i),
+            None => cast(Datum::float(n.as_f64()), to),
+        },
+        (JsonView::Number(n), ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric) => {
+            cast(Datum::float(n.as_f64()), to)
         }
-        (Value::Number(n), ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric) => {
-            cast(Datum::float(n.as_f64().ok_or_else(err)?), to)
-        }
-        (v, ScalarType::Text) => Ok(Datum::text(&v.to_string())),
+        (_, ScalarType::Text) => Ok(Datum::text(&json.to_string())),
         _ => Err(err()),
     }
 }
 
-fn json_get(j: &Jsonb, key: &Datum) -> Option<serde_json::Value> {
-    use serde_json::Value;
-    match (j.value(), key) {
-        (Value::Object(o), Datum::Text(k)) => o.get(&**k).cloned(),
-        (Value::Array(a), Datum::Int(i)) => {
-            let idx = if *i < 0 { a.len() as i64 + *i } else { *i };
-            usize::try_from(idx).ok().and_then(|i| a.get(i)).cloned()
-        }
+/// `j -> key`: an object's member by text key, an array's element by integer index.
+fn json_get<'a>(j: &'a Jsonb, key: &Datum) -> Option<Json<'a>> {
+    match key {
+        Datum::Text(k) => j.json().get(k),
+        Datum::Int(i) => j.json().index(*i),
         _ => None,
     }
 }
@@ -512,10 +495,8 @@ fn eval_binary(func: BinaryFunc, a: Datum, b: Datum) -> Result<Datum, EvalError>
             };
             Ok(match json_get(j, &b) {
                 None => Datum::Null,
-                Some(v) if func == BinaryFunc::JsonGet => Datum::Jsonb(Jsonb::new(v)),
-                Some(serde_json::Value::Null) => Datum::Null,
-                Some(serde_json::Value::String(s)) => Datum::text(&s),
-                Some(v) => Datum::text(&v.to_string()),
+                Some(v) if func == BinaryFunc::JsonGet => Datum::Jsonb(Jsonb::from(v)),
+                Some(v) => v.text().map_or(Datum::Null, |t| Datum::text(&t)),
             })
         }
         BinaryFunc::Concat => Ok(Datum::text(&format!("{a}{b}"))),
@@ -611,7 +592,7 @@ fn eval_variadic(func: VariadicFunc, exprs: &[ScalarExpr], row: &[Datum]) -> Res
             for e in exprs {
                 out.push(e.eval(row)?.to_json());
             }
-            Ok(Datum::Jsonb(Jsonb::new(serde_json::Value::Array(out))))
+            Ok(Datum::Jsonb(Jsonb::from_value(&serde_json::Value::Array(out))))
         }
         VariadicFunc::Substr | VariadicFunc::Replace => {
             let mut args = Vec::with_capacity(exprs.len());
@@ -793,13 +774,9 @@ impl AggregateFunc {
                     let Datum::Jsonb(j) = d else {
                         return Err(EvalError::Other(format!("string_agg expects a (value, separator) pair, got {d}")));
                     };
-                    let text = |v: Option<&serde_json::Value>| match v {
-                        None | Some(serde_json::Value::Null) => None,
-                        Some(serde_json::Value::String(s)) => Some(s.clone()),
-                        Some(v) => Some(v.to_string()),
-                    };
-                    if let Some(value) = text(j.value().get(0)) {
-                        parts.push((value, text(j.value().get(1)).unwrap_or_default(), n));
+                    let text = |i: i64| j.json().index(i).and_then(Json::text).map(|t| t.into_owned());
+                    if let Some(value) = text(0) {
+                        parts.push((value, text(1).unwrap_or_default(), n));
                     }
                 }
                 if parts.is_empty() {

@@ -56,7 +56,7 @@ impl Datum {
                 serde_json::Number::from_f64(f.0).map(Value::Number).unwrap_or_else(|| Value::String(format_float(f.0)))
             }
             Datum::Text(s) => Value::String(s.to_string()),
-            Datum::Jsonb(j) => j.value().clone(),
+            Datum::Jsonb(j) => j.to_value(),
             other => Value::String(other.to_string()),
         }
     }
@@ -93,7 +93,7 @@ impl fmt::Display for Datum {
             Datum::Int(i) => write!(f, "{i}"),
             Datum::Float(x) => write!(f, "{}", format_float(x.0)),
             Datum::Text(s) => write!(f, "{s}"),
-            Datum::Jsonb(j) => write!(f, "{}", j.value()),
+            Datum::Jsonb(j) => write!(f, "{j}"),
             Datum::Date(d) => crate::datum::fmt_date(*d, f),
             Datum::Timestamp(us) => {
                 let days = us.div_euclid(86_400_000_000);
@@ -232,7 +232,7 @@ impl Serialize for JsonDatum<'_> {
             Datum::Int(i) => s.serialize_i64(*i),
             Datum::Float(f) if f.0.is_finite() => s.serialize_f64(f.0),
             Datum::Text(t) => s.serialize_str(t),
-            Datum::Jsonb(j) => j.value().serialize(s),
+            Datum::Jsonb(j) => j.json().serialize(s),
             other => s.collect_str(other),
         }
     }

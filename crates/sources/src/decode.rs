@@ -1,9 +1,8 @@
 //! How a record's bytes (one line of a file, one webhook body) become rows: `FORMAT JSON`, `TEXT`
 //! or `REGEX`. Pure and synchronous; the file and webhook sources share it.
 
-use viewcast_repr::{Datum, Jsonb, Row};
+use viewcast_repr::{Datum, JsonView, Jsonb, JsonbDocument, Row};
 
-use crate::source::json_row;
 use crate::SourceError;
 
 /// The decoding of one source's records.
@@ -60,8 +59,7 @@ impl RecordFormat {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     return Ok(Decoded::Skipped);
                 }
-                let value: serde_json::Value = serde_json::from_slice(line)?;
-                Ok(Decoded::Row(json_row(value)))
+                Ok(Decoded::Row(Row::new(vec![Datum::Jsonb(Jsonb::from_slice(line)?)])))
             }
             RecordFormat::Text => {
                 let text = std::str::from_utf8(line).map_err(|_| SourceError::InvalidUtf8)?;
@@ -118,19 +116,21 @@ pub struct BodyError {
 
 fn decode_json_body(body: &[u8]) -> Result<Vec<Row>, BodyError> {
     let mut values = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
+    let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<JsonbDocument>();
     loop {
         match stream.next() {
             None => break,
-            Some(Ok(v)) => values.push(v),
+            Some(Ok(JsonbDocument(v))) => values.push(v),
             Some(Err(e)) => return Err(BodyError { record: values.len() + 1, error: SourceError::Json(e) }),
         }
     }
-    if values.len() == 1 && values[0].is_array() {
-        let Some(serde_json::Value::Array(items)) = values.pop() else { unreachable!("checked above") };
-        return Ok(items.into_iter().map(|v| Row::new(vec![Datum::Jsonb(Jsonb::new(v))])).collect());
+    let row = |j: Jsonb| Row::new(vec![Datum::Jsonb(j)]);
+    if let [only] = values.as_slice() {
+        if let JsonView::Array(items) = only.json().view() {
+            return Ok(items.iter().map(|item| row(Jsonb::from(item))).collect());
+        }
     }
-    Ok(values.into_iter().map(json_row).collect())
+    Ok(values.into_iter().map(row).collect())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub type Batch = Vec<Row>;
 
 /// Wraps a JSON document as a one-column `data jsonb` row.
 pub fn json_row(value: serde_json::Value) -> Row {
-    Row::new(vec![Datum::Jsonb(Jsonb::new(value))])
+    Row::new(vec![Datum::Jsonb(Jsonb::from_value(&value))])
 }
 
 /// A one-shot, cloneable request to stop. Once stopped it stays stopped.

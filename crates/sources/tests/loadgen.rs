@@ -26,9 +26,9 @@ fn shape(v: &Value) -> Value {
     }
 }
 
-fn data(row: &Row) -> &Value {
+fn data(row: &Row) -> Value {
     match row.get(0) {
-        Datum::Jsonb(j) => j.value(),
+        Datum::Jsonb(j) => j.to_value(),
         other => panic!("expected jsonb, got {other:?}"),
     }
 }
@@ -153,7 +153,7 @@ fn max_events_is_exact_and_counted() {
     handle.join().unwrap();
     let snap = stats.snapshot();
     assert_eq!(snap.events_in, 10_007);
-    let bytes: usize = rows.iter().map(|r| serde_json::to_string(data(r)).unwrap().len()).sum();
+    let bytes: usize = rows.iter().map(|r| serde_json::to_string(&data(r)).unwrap().len()).sum();
     assert_eq!(snap.bytes_in, bytes as u64);
     assert_eq!(snap.errors, 0);
     assert!(snap.last_event_time.is_some());

@@ -196,7 +196,7 @@ async fn serve(
 
 fn offset(row: &Row) -> u64 {
     match row.get(0) {
-        Datum::Jsonb(j) => j.value()["meta"]["offset"].as_u64().unwrap(),
+        Datum::Jsonb(j) => j.to_value()["meta"]["offset"].as_u64().unwrap(),
         other => panic!("expected jsonb, got {other:?}"),
     }
 }

@@ -127,6 +127,6 @@ impl EventGen {
         if kind != "log" {
             v["length"] = serde_json::json!({ "old": old, "new": new });
         }
-        Row::new(vec![Datum::Jsonb(Jsonb::new(v))])
+        Row::new(vec![Datum::Jsonb(Jsonb::from_value(&v))])
     }
 }

@@ -11,7 +11,7 @@ use viewcast_repr::{Datum, Jsonb, Row};
 
 use super::parser::{SseEvent, SseParser};
 use crate::loadgen::rng::Rng;
-use crate::source::{json_row, Batch, BatchSink, SinkClosed, SourceHandle};
+use crate::source::{Batch, BatchSink, SinkClosed, SourceHandle};
 use crate::stats::now_millis;
 use crate::{SourceError, SourceStats};
 
@@ -230,21 +230,23 @@ impl Connection<'_> {
             if event.event != "message" && !self.config.include_metadata {
                 continue;
             }
-            let value: serde_json::Value = match serde_json::from_str(&event.data) {
+            let value = match Jsonb::parse(&event.data) {
                 Ok(v) => v,
                 Err(e) => {
                     stats.record_error(&SourceError::Json(e));
                     continue;
                 }
             };
-            if self.config.skip_canary && value.pointer("/meta/domain").and_then(|d| d.as_str()) == Some("canary") {
+            if self.config.skip_canary
+                && value.json().get("meta").and_then(|m| m.get("domain")).and_then(|d| d.as_str()) == Some("canary")
+            {
                 continue;
             }
             bytes += event.data.len() as u64;
             batch.push(if self.config.include_metadata {
-                Row::new(vec![Datum::Jsonb(Jsonb::new(value)), Datum::text(&event.id), Datum::text(&event.event)])
+                Row::new(vec![Datum::Jsonb(value), Datum::text(&event.id), Datum::text(&event.event)])
             } else {
-                json_row(value)
+                Row::new(vec![Datum::Jsonb(value)])
             });
             if batch.len() >= self.config.batch_size {
                 sent += self.send(std::mem::take(&mut batch), std::mem::take(&mut bytes)).await?;

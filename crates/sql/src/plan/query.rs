@@ -167,7 +167,7 @@ fn placeholder(ty: ScalarType) -> Datum {
         ScalarType::Int16 | ScalarType::Int32 | ScalarType::Int64 => Datum::Int(0),
         ScalarType::Float32 | ScalarType::Float64 | ScalarType::Numeric => Datum::float(0.0),
         ScalarType::Text => Datum::text(""),
-        ScalarType::Jsonb => Datum::Jsonb(Jsonb::new(serde_json::Value::Null)),
+        ScalarType::Jsonb => Datum::Jsonb(Jsonb::null()),
         ScalarType::Date => Datum::Date(0),
         ScalarType::Timestamp | ScalarType::TimestampTz => Datum::Timestamp(0),
         ScalarType::Interval => Datum::Interval { months: 0, days: 0, micros: 0 },

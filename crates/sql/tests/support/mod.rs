@@ -95,7 +95,7 @@ impl Db {
         let mut data = self.data.borrow_mut();
         let rows = data.entry(id).or_default();
         for d in docs {
-            rows.push((Row::new(vec![Datum::Jsonb(Jsonb::new(d.clone()))]), 1));
+            rows.push((Row::new(vec![Datum::Jsonb(Jsonb::from_value(d))]), 1));
         }
     }
 
