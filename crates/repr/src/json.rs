@@ -63,21 +63,34 @@ impl Jsonb {
 
     /// Parses JSON text given as bytes (it must be UTF-8).
     pub fn from_slice(bytes: &[u8]) -> Result<Jsonb, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let mut buf = Vec::with_capacity(HASH_LEN + bytes.len() + 16);
-        buf.resize(HASH_LEN, 0);
-        Encode(&mut buf).deserialize(&mut de)?;
+        // Validating the whole text once lets serde_json skip validating each string; invalid
+        // text is parsed from the bytes only to report where it fails.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Jsonb::parse_all(&mut serde_json::Deserializer::from_str(text)),
+            Err(_) => Jsonb::parse_all(&mut serde_json::Deserializer::from_slice(bytes)),
+        }
+    }
+
+    fn parse_all<'de, R: serde_json::de::Read<'de>>(
+        de: &mut serde_json::Deserializer<R>,
+    ) -> Result<Jsonb, serde_json::Error> {
+        let doc = Jsonb::deserialize_json(&mut *de)?;
         de.end()?;
-        Ok(Jsonb::seal(buf))
+        Ok(doc)
     }
 
     /// Deserializes one JSON document from any self-describing deserializer (e.g. one value of a
     /// `serde_json` stream) straight into the encoding.
     pub fn deserialize_json<'de, D: Deserializer<'de>>(d: D) -> Result<Jsonb, D::Error> {
-        let mut buf = Vec::with_capacity(256);
-        buf.resize(HASH_LEN, 0);
-        Encode(&mut buf).deserialize(d)?;
-        Ok(Jsonb::seal(buf))
+        with_scratch(|scratch| {
+            scratch.buf.clear();
+            scratch.buf.resize(HASH_LEN, 0);
+            scratch.members.clear();
+            Encode(&mut *scratch).deserialize(d)?;
+            let doc = Jsonb::seal_copy(&mut scratch.buf);
+            scratch.trim();
+            Ok(doc)
+        })
     }
 
     /// Encodes a `serde_json` tree.
@@ -113,10 +126,20 @@ impl Jsonb {
 
     /// Stores the hash of `buf[HASH_LEN..]` in its first bytes and freezes it.
     fn seal(mut buf: Vec<u8>) -> Jsonb {
+        Jsonb::write_hash(&mut buf);
+        Jsonb { buf: buf.into() }
+    }
+
+    /// [`Jsonb::seal`] into a new allocation, leaving `buf` to be reused.
+    fn seal_copy(buf: &mut [u8]) -> Jsonb {
+        Jsonb::write_hash(buf);
+        Jsonb { buf: Arc::from(&*buf) }
+    }
+
+    fn write_hash(buf: &mut [u8]) {
         let mut h = rustc_hash::FxHasher::default();
         h.write(&buf[HASH_LEN..]);
         buf[..HASH_LEN].copy_from_slice(&h.finish().to_le_bytes());
-        Jsonb { buf: buf.into() }
     }
 
     /// Accepts an encoding from outside (a deserialized one) only if it is well formed.
@@ -437,7 +460,7 @@ impl<'a> JsonObject<'a> {
         let mut rest = self.body;
         for _ in 0..self.len {
             let (k, value, tail) = split_member(rest);
-            match k.cmp(key) {
+            match key_cmp(k, key) {
                 Ordering::Equal => return Some(Json(value)),
                 Ordering::Greater => return None,
                 Ordering::Less => rest = tail,
@@ -571,40 +594,98 @@ fn encode_value(v: &Value, buf: &mut Vec<u8>) {
     }
 }
 
-/// Sorts the members an object was parsed with (from `entries[0]` to the end of `buf`) by key,
-/// keeping the last of repeated keys, and returns how many remain.
-fn canonicalize_members(buf: &mut Vec<u8>, entries: &[usize]) -> usize {
-    let end = buf.len();
-    let key_of = |at: usize| {
-        let klen = read_u32(buf, at);
-        &buf[at + 4..at + 4 + klen]
-    };
-    if entries.windows(2).all(|w| key_of(w[0]) < key_of(w[1])) {
-        return entries.len();
+/// The order of object keys: bytewise, deciding on the first byte without a `memcmp` call when it
+/// differs (it nearly always does between neighbouring keys).
+#[inline]
+fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
     }
-    let mut order: Vec<(&[u8], usize, usize)> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, &at)| (key_of(at), at, entries.get(i + 1).copied().unwrap_or(end)))
-        .collect();
-    // Stable: of equal keys, the last parsed stays last, and is the one kept.
-    order.sort_by(|a, b| a.0.cmp(b.0));
-    let mut sorted = Vec::with_capacity(end - entries[0]);
-    let mut kept = 0;
-    for (i, &(key, from, to)) in order.iter().enumerate() {
-        if order.get(i + 1).is_some_and(|next| next.0 == key) {
-            continue;
-        }
-        sorted.extend_from_slice(&buf[from..to]);
-        kept += 1;
-    }
-    buf.truncate(entries[0]);
-    buf.extend_from_slice(&sorted);
-    kept
 }
 
-/// Deserializes one JSON value into the buffer it holds.
-struct Encode<'b>(&'b mut Vec<u8>);
+/// The buffers of one thread's parses, reused from document to document: the encoding being
+/// built, and the bookkeeping for sorting object members.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    /// Where each member of the objects being parsed starts: a stack, as a nested object's
+    /// members are pushed after its parent's and popped when it is finished.
+    members: Vec<usize>,
+    /// (key start, key end, member start, member end) of the members being sorted.
+    order: Vec<(usize, usize, usize, usize)>,
+    sorted: Vec<u8>,
+}
+
+/// A scratch buffer larger than this is given back after the document that grew it.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+impl Scratch {
+    fn trim(&mut self) {
+        if self.buf.capacity() > SCRATCH_KEEP {
+            self.buf = Vec::new();
+        }
+        if self.sorted.capacity() > SCRATCH_KEEP {
+            self.sorted = Vec::new();
+        }
+    }
+
+    /// Sorts the members parsed since `members[first]` (to the end of `buf`) by key, keeping the
+    /// last of repeated keys; pops them off `members` and returns how many remain.
+    fn sort_members(&mut self, first: usize) -> usize {
+        let Scratch { buf, members, order, sorted } = self;
+        let n = members.len() - first;
+        if n == 0 {
+            return 0;
+        }
+        let begin = members[first];
+        let end = buf.len();
+        let key = |at: usize| {
+            let klen = read_u32(buf, at);
+            at + 4..at + 4 + klen
+        };
+        let mine = &members[first..];
+        if mine.windows(2).all(|w| key_cmp(&buf[key(w[0])], &buf[key(w[1])]).is_lt()) {
+            members.truncate(first);
+            return n;
+        }
+        order.clear();
+        order.extend(mine.iter().enumerate().map(|(i, &at)| {
+            let k = key(at);
+            (k.start, k.end, at, mine.get(i + 1).copied().unwrap_or(end))
+        }));
+        // Stable: of equal keys, the last parsed stays last, and is the one kept.
+        order.sort_by(|a, b| key_cmp(&buf[a.0..a.1], &buf[b.0..b.1]));
+        sorted.clear();
+        let mut kept = 0;
+        for (i, &(ks, ke, from, to)) in order.iter().enumerate() {
+            if order.get(i + 1).is_some_and(|next| buf[next.0..next.1] == buf[ks..ke]) {
+                continue;
+            }
+            sorted.extend_from_slice(&buf[from..to]);
+            kept += 1;
+        }
+        buf.truncate(begin);
+        buf.extend_from_slice(sorted);
+        members.truncate(first);
+        kept
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if they are in use further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Deserializes one JSON value into the scratch buffer it holds.
+struct Encode<'b>(&'b mut Scratch);
 
 impl<'de> DeserializeSeed<'de> for Encode<'_> {
     type Value = ();
@@ -622,7 +703,7 @@ impl<'de> Visitor<'de> for Encode<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.push(NULL);
+        self.0.buf.push(NULL);
         Ok(())
     }
 
@@ -635,22 +716,22 @@ impl<'de> Visitor<'de> for Encode<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.0.push(if v { TRUE } else { FALSE });
+        self.0.buf.push(if v { TRUE } else { FALSE });
         Ok(())
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        put_number(self.0, JsonNumber::NegInt(v));
+        put_number(&mut self.0.buf, JsonNumber::NegInt(v));
         Ok(())
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        put_number(self.0, JsonNumber::PosInt(v));
+        put_number(&mut self.0.buf, JsonNumber::PosInt(v));
         Ok(())
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        put_number(self.0, JsonNumber::Float(v));
+        put_number(&mut self.0.buf, JsonNumber::Float(v));
         Ok(())
     }
 
@@ -658,37 +739,37 @@ impl<'de> Visitor<'de> for Encode<'_> {
         if u32::try_from(v.len()).is_err() {
             return Err(E::custom("a JSON string over 4 GiB"));
         }
-        put_str(self.0, v);
+        put_str(&mut self.0.buf, v);
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let buf = self.0;
-        let start = start_container(buf, ARRAY);
+        let scratch = self.0;
+        let start = start_container(&mut scratch.buf, ARRAY);
         let mut count = 0;
-        while seq.next_element_seed(Encode(&mut *buf))?.is_some() {
+        while seq.next_element_seed(Encode(&mut *scratch))?.is_some() {
             count += 1;
         }
-        check_size::<A::Error>(buf.len() - start)?;
-        finish_container(buf, start, count);
+        check_size::<A::Error>(scratch.buf.len() - start)?;
+        finish_container(&mut scratch.buf, start, count);
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let buf = self.0;
-        let start = start_container(buf, OBJECT);
-        let mut entries = Vec::new();
+        let scratch = self.0;
+        let start = start_container(&mut scratch.buf, OBJECT);
+        let first = scratch.members.len();
         loop {
-            let at = buf.len();
-            if map.next_key_seed(Key(&mut *buf))?.is_none() {
+            let at = scratch.buf.len();
+            if map.next_key_seed(Key(&mut scratch.buf))?.is_none() {
                 break;
             }
-            map.next_value_seed(Encode(&mut *buf))?;
-            entries.push(at);
+            map.next_value_seed(Encode(&mut *scratch))?;
+            scratch.members.push(at);
         }
-        check_size::<A::Error>(buf.len() - start)?;
-        let count = if entries.is_empty() { 0 } else { canonicalize_members(buf, &entries) };
-        finish_container(buf, start, count);
+        check_size::<A::Error>(scratch.buf.len() - start)?;
+        let count = scratch.sort_members(first);
+        finish_container(&mut scratch.buf, start, count);
         Ok(())
     }
 }
@@ -821,6 +902,16 @@ mod tests {
         for doc in DOCS {
             check_against_serde_json(doc);
         }
+    }
+
+    #[test]
+    fn bad_text_is_an_error() {
+        for bad in [&b"\"\xff\""[..], b"{\"a\":1", b"[1,]", b"{\"a\" 1}", b"1 2", b"", b"nul"] {
+            assert!(Jsonb::from_slice(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        // A failed parse leaves nothing behind for the next one.
+        assert!(Jsonb::parse(r#"{"z":{"y":[1,{"x":"#).is_err());
+        assert_eq!(Jsonb::parse(r#"{"b":1,"a":2}"#).unwrap().to_string(), r#"{"a":2,"b":1}"#);
     }
 
     #[test]
