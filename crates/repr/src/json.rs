@@ -15,12 +15,12 @@
 //! | 5 | any other number | `f64` |
 //! | 6 | a string | `u32` length, UTF-8 bytes |
 //! | 7 | an array | `u32` length of what follows it, `u32` count, the elements |
-//! | 8 | an object | `u32` length of what follows it, `u32` count, (`u32` key length, key, value)* |
+//! | 8 | an object | `u32` length of what follows it, `u32` count, a `u32` offset per member, (`u32` key length, key, value)* |
 //!
-//! Object keys are sorted bytewise and unique (a repeated key keeps its last value, as Postgres'
+//! A member's offset counts from the first member. Object keys are sorted bytewise and unique (a repeated key keeps its last value, as Postgres'
 //! `jsonb` and `serde_json` do), and numbers keep `serde_json`'s distinction between integers and
 //! floats, so two documents are equal exactly when their encodings are: equality and hashing are
-//! byte comparisons. The order compares the hash first and the bytes only on a tie: a total order
+//! byte comparisons. `->` finds a member by binary search over the offsets. The order compares the hash first and the bytes only on a tie: a total order
 //! consistent with equality, cheap for large documents, not Postgres' `jsonb` ordering.
 
 use std::cmp::Ordering;
@@ -445,8 +445,13 @@ impl<'a> JsonObject<'a> {
         self.len == 0
     }
 
+    /// The members, after the offsets.
+    fn members(self) -> &'a [u8] {
+        &self.body[4 * self.len..]
+    }
+
     pub fn iter(self) -> impl Iterator<Item = (&'a str, Json<'a>)> {
-        let mut rest = self.body;
+        let mut rest = self.members();
         (0..self.len).map(move |_| {
             let (key, value, tail) = split_member(rest);
             rest = tail;
@@ -454,16 +459,22 @@ impl<'a> JsonObject<'a> {
         })
     }
 
-    /// The member `key`: a scan that stops at the first key past it (keys are sorted).
+    /// The member `key`, by binary search (keys are sorted).
     pub fn get(self, key: &str) -> Option<Json<'a>> {
         let key = key.as_bytes();
-        let mut rest = self.body;
-        for _ in 0..self.len {
-            let (k, value, tail) = split_member(rest);
-            match key_cmp(k, key) {
-                Ordering::Equal => return Some(Json(value)),
-                Ordering::Greater => return None,
-                Ordering::Less => rest = tail,
+        let members = self.members();
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = read_u32(self.body, 4 * mid);
+            let klen = read_u32(members, at);
+            match key_cmp(&members[at + 4..at + 4 + klen], key) {
+                Ordering::Equal => {
+                    let value = &members[at + 4 + klen..];
+                    return Some(Json(&value[..value_len(value)]));
+                }
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
             }
         }
         None
@@ -584,7 +595,12 @@ fn encode_value(v: &Value, buf: &mut Vec<u8>) {
         Value::Object(members) => {
             // serde_json's map iterates in key order, each key once: already canonical.
             let start = start_container(buf, OBJECT);
-            for (k, x) in members {
+            let table = buf.len();
+            buf.resize(table + 4 * members.len(), 0);
+            let first = buf.len();
+            for (i, (k, x)) in members.iter().enumerate() {
+                let offset = len_u32(buf.len() - first).to_le_bytes();
+                buf[table + 4 * i..table + 4 * i + 4].copy_from_slice(&offset);
                 buf.extend_from_slice(&len_u32(k.len()).to_le_bytes());
                 buf.extend_from_slice(k.as_bytes());
                 encode_value(x, buf);
@@ -630,12 +646,12 @@ impl Scratch {
         }
     }
 
-    /// Sorts the members parsed since `members[first]` (to the end of `buf`) by key, keeping the
-    /// last of repeated keys; pops them off `members` and returns how many remain.
-    fn sort_members(&mut self, first: usize) -> usize {
+    /// Puts the members parsed since `members[first]` (to the end of `buf`) in canonical form:
+    /// sorted by key, the last of repeated keys kept, behind a table of their offsets. Pops them
+    /// off `members` and returns how many remain.
+    fn finish_members(&mut self, first: usize) -> usize {
         let Scratch { buf, members, order, sorted } = self;
-        let n = members.len() - first;
-        if n == 0 {
+        if members.len() == first {
             return 0;
         }
         let begin = members[first];
@@ -645,30 +661,38 @@ impl Scratch {
             at + 4..at + 4 + klen
         };
         let mine = &members[first..];
-        if mine.windows(2).all(|w| key_cmp(&buf[key(w[0])], &buf[key(w[1])]).is_lt()) {
-            members.truncate(first);
-            return n;
-        }
         order.clear();
         order.extend(mine.iter().enumerate().map(|(i, &at)| {
             let k = key(at);
             (k.start, k.end, at, mine.get(i + 1).copied().unwrap_or(end))
         }));
-        // Stable: of equal keys, the last parsed stays last, and is the one kept.
-        order.sort_by(|a, b| key_cmp(&buf[a.0..a.1], &buf[b.0..b.1]));
-        sorted.clear();
-        let mut kept = 0;
-        for (i, &(ks, ke, from, to)) in order.iter().enumerate() {
-            if order.get(i + 1).is_some_and(|next| buf[next.0..next.1] == buf[ks..ke]) {
-                continue;
+        if !order.windows(2).all(|w| key_cmp(&buf[w[0].0..w[0].1], &buf[w[1].0..w[1].1]).is_lt()) {
+            // Stable: of equal keys, the last parsed stays last, and is the one kept.
+            order.sort_by(|a, b| key_cmp(&buf[a.0..a.1], &buf[b.0..b.1]));
+            let mut kept = 0;
+            for i in 0..order.len() {
+                if order.get(i + 1).is_some_and(|next| buf[next.0..next.1] == buf[order[i].0..order[i].1]) {
+                    continue;
+                }
+                order[kept] = order[i];
+                kept += 1;
             }
+            order.truncate(kept);
+        }
+        sorted.clear();
+        sorted.resize(4 * order.len(), 0);
+        let mut offset = 0;
+        for (i, &(_, _, from, to)) in order.iter().enumerate() {
+            sorted[4 * i..4 * i + 4].copy_from_slice(&len_u32(offset).to_le_bytes());
+            offset += to - from;
+        }
+        for &(_, _, from, to) in order.iter() {
             sorted.extend_from_slice(&buf[from..to]);
-            kept += 1;
         }
         buf.truncate(begin);
         buf.extend_from_slice(sorted);
         members.truncate(first);
-        kept
+        order.len()
     }
 }
 
@@ -768,7 +792,7 @@ impl<'de> Visitor<'de> for Encode<'_> {
             scratch.members.push(at);
         }
         check_size::<A::Error>(scratch.buf.len() - start)?;
-        let count = scratch.sort_members(first);
+        let count = scratch.finish_members(first);
         finish_container(&mut scratch.buf, start, count);
         Ok(())
     }
@@ -823,11 +847,17 @@ fn validate(b: &[u8], depth: usize) -> Option<usize> {
         ARRAY | OBJECT if depth < MAX_DEPTH => {
             let body = b.get(9..5 + u32_at(1)?)?;
             let count = u32_at(5)?;
-            let mut at = 0;
+            let u32_in =
+                |at: usize| body.get(at..at + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")) as usize);
+            let table = if tag == OBJECT { count.checked_mul(4)? } else { 0 };
+            let mut at = table;
             let mut last_key: Option<&[u8]> = None;
-            for _ in 0..count {
+            for i in 0..count {
                 if tag == OBJECT {
-                    let klen = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+                    if u32_in(4 * i)? != at - table {
+                        return None;
+                    }
+                    let klen = u32_in(at)?;
                     let key = body.get(at + 4..at + 4 + klen)?;
                     std::str::from_utf8(key).ok()?;
                     if last_key.is_some_and(|k| k >= key) {
@@ -884,6 +914,29 @@ mod tests {
         assert_eq!(parsed.json().type_name(), type_name(&value));
         let cloned = Jsonb::from(parsed.json());
         assert_eq!(cloned, parsed);
+        // Every member and element is found where serde_json has it, and nothing else is.
+        let mut stack = vec![(parsed.json(), value.clone())];
+        while let Some((json, value)) = stack.pop() {
+            match &value {
+                Value::Object(members) => {
+                    for probe in ["", "0", "1", "2", "3", "4", "a", "zz", "é"] {
+                        assert_eq!(json.get(probe).map(Json::to_value), members.get(probe).cloned(), "{text}: {probe}");
+                    }
+                    stack.extend(members.iter().map(|(k, v)| (json.get(k).expect("member"), v.clone())));
+                }
+                Value::Array(items) => {
+                    for i in -(items.len() as i64) - 1..=items.len() as i64 {
+                        let want = if i < 0 { items.len() as i64 + i } else { i };
+                        let want = usize::try_from(want).ok().and_then(|i| items.get(i)).cloned();
+                        assert_eq!(json.index(i).map(Json::to_value), want, "{text}: [{i}]");
+                    }
+                    stack.extend(
+                        items.iter().enumerate().map(|(i, v)| (json.index(i as i64).expect("element"), v.clone())),
+                    );
+                }
+                _ => assert!(json.get("a").is_none() && json.index(0).is_none()),
+            }
+        }
     }
 
     fn type_name(v: &Value) -> &'static str {
@@ -972,10 +1025,12 @@ mod tests {
         bad_tag[0] = 42;
         assert!(Jsonb::from_encoding(&bad_tag).is_none());
         // Unsorted keys are not canonical.
-        let unsorted = {
+        let object_of = |keys: [&str; 2]| {
             let mut buf = Vec::new();
             let start = start_container(&mut buf, OBJECT);
-            for k in ["b", "a"] {
+            buf.extend_from_slice(&0u32.to_le_bytes());
+            buf.extend_from_slice(&6u32.to_le_bytes());
+            for k in keys {
                 buf.extend_from_slice(&1u32.to_le_bytes());
                 buf.extend_from_slice(k.as_bytes());
                 buf.push(NULL);
@@ -983,7 +1038,8 @@ mod tests {
             finish_container(&mut buf, start, 2);
             buf
         };
-        assert!(Jsonb::from_encoding(&unsorted).is_none());
+        assert!(Jsonb::from_encoding(&object_of(["b", "a"])).is_none());
+        assert_eq!(Jsonb::from_encoding(&object_of(["a", "b"])), Some(Jsonb::parse(r#"{"b":null,"a":null}"#).unwrap()));
     }
 
     /// A small deterministic generator of nested documents with repeated and unordered keys.
