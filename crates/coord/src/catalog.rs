@@ -28,6 +28,8 @@ pub(crate) struct Item {
     pub create_sql: String,
     /// For a table: the engine input its writes go to (the item itself is the published view of it).
     pub input: Option<GlobalId>,
+    /// For a table: its `PRIMARY KEY` and `UNIQUE` constraints, enforced on every write.
+    pub keys: Vec<viewcast_sql::UniqueKey>,
     pub depends_on: Vec<GlobalId>,
     pub source: Option<SourceRuntime>,
     /// For an upstream view (gateway mode): the task following it.
@@ -48,6 +50,7 @@ impl Item {
             plan: None,
             create_sql,
             input: None,
+            keys: Vec::new(),
             depends_on: vec![],
             source: None,
             upstream: None,

@@ -102,11 +102,11 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
             create_view(shared, &name, plan, desc, kind, sql, false).await?;
             ok(if materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" })
         }
-        Statement::CreateTable { name, if_not_exists, desc } => {
+        Statement::CreateTable { name, if_not_exists, desc, keys } => {
             if if_not_exists && exists(shared, &name) {
                 return ok("CREATE TABLE");
             }
-            create_table(shared, &name, desc, sql).await
+            create_table(shared, &name, desc, keys).await
         }
         Statement::CreateIndex { name, on, key, if_not_exists } => {
             create_index(shared, name, on, &key, if_not_exists, sql)
@@ -116,7 +116,10 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
         Statement::Delete { id, changes } => write(shared, id, changes, "DELETE").await,
         Statement::Drop { kind, names, if_exists, cascade } => drop_named(shared, kind, &names, if_exists, cascade),
         Statement::Select { plan, desc, finishing } => select(shared, plan, desc, &finishing).await,
-        Statement::Explain { text } => Ok(text_rows("QUERY PLAN", text.lines().map(str::to_string).collect())),
+        Statement::Explain { plan, trailer, maintained, .. } => {
+            let text = format!("{}{trailer}", explain(shared, &plan, maintained));
+            Ok(text_rows("QUERY PLAN", text.lines().map(str::to_string).collect()))
+        }
         Statement::Show(Show::Items(ItemKind::Sink)) => Ok(sink_rows(shared)),
         Statement::Show(show) => show_rows(shared, show),
         Statement::CreateSink { name, if_not_exists, from, connector, snapshot } => {
@@ -204,12 +207,14 @@ pub(crate) fn create_hidden_input(
 
 /// A table is an engine input (written by INSERT/UPDATE/DELETE) plus a published identity view
 /// of it under the table's name, so it has a change log, streams and answers SELECTs like a view.
+/// Its `SHOW CREATE TABLE` text is rebuilt from its columns and named constraints.
 async fn create_table(
     shared: &Shared,
     name: &str,
     desc: RelationDesc,
-    sql: &str,
+    keys: Vec<viewcast_sql::UniqueKey>,
 ) -> Result<ExecuteResult, StatementError> {
+    let sql = &create_table_sql(name, &desc, &keys);
     let input = {
         let _clock = shared.clock.lock().expect("clock lock");
         let mut cat = shared.catalog.lock().expect("catalog lock");
@@ -220,8 +225,83 @@ async fn create_table(
     };
     let plan = RelExpr::Get { id: input, arity: desc.arity() };
     let id = create_view(shared, name, plan, desc, ItemKind::Table, sql, false).await?;
-    shared.catalog.lock().expect("catalog lock").items.get_mut(&id).expect("just created").input = Some(input);
+    let mut cat = shared.catalog.lock().expect("catalog lock");
+    let item = cat.items.get_mut(&id).expect("just created");
+    item.input = Some(input);
+    item.keys = keys;
     ok("CREATE TABLE")
+}
+
+/// `CREATE TABLE name (col type [NOT NULL], ..., CONSTRAINT k PRIMARY KEY|UNIQUE (cols), ...)`.
+fn create_table_sql(name: &str, desc: &RelationDesc, keys: &[viewcast_sql::UniqueKey]) -> String {
+    let mut parts: Vec<String> = desc
+        .names
+        .iter()
+        .zip(&desc.types)
+        .map(|(n, t)| format!("{} {}{}", ident(n), t.scalar.name(), if t.nullable { "" } else { " NOT NULL" }))
+        .collect();
+    for k in keys {
+        let cols: Vec<String> = k.columns.iter().map(|&i| ident(&desc.names[i])).collect();
+        let kind = if k.primary { "PRIMARY KEY" } else { "UNIQUE" };
+        parts.push(format!("CONSTRAINT {} {kind} ({})", ident(&k.name), cols.join(", ")));
+    }
+    format!("CREATE TABLE {} ({})", ident(name), parts.join(", "))
+}
+
+/// `name` as a SQL identifier: bare when it reads back as itself, else double-quoted.
+fn ident(name: &str) -> String {
+    let bare = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Checks that `updates` (consolidated) leave table `id` without a NULL in a NOT NULL column
+/// and without two rows with equal keys, given its current contents `current`. Errors carry
+/// Postgres' SQLSTATE and message.
+fn check_constraints(
+    cat: &crate::catalog::Catalog,
+    id: GlobalId,
+    updates: &[(Row, Diff)],
+    current: &dyn Fn() -> Vec<(Row, Diff)>,
+) -> Result<(), StatementError> {
+    let Some(table) = cat.items.get(&id) else { return Ok(()) };
+    for (row, _) in updates.iter().filter(|(_, d)| *d > 0) {
+        if let Some(col) = (0..row.len()).find(|&i| !table.desc.types[i].nullable && row.get(i).is_null()) {
+            let message = format!(
+                "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                table.desc.names[col], table.name
+            );
+            return Err(StatementError::new(message, "23502", None));
+        }
+    }
+    if table.keys.is_empty() || !updates.iter().any(|(_, d)| *d > 0) {
+        return Ok(());
+    }
+    let current = current();
+    for key in &table.keys {
+        let key_of = |row: &Row| -> Option<Vec<Datum>> {
+            let k: Vec<Datum> = key.columns.iter().map(|&i| row.get(i).clone()).collect();
+            // NULLs are distinct from each other: a key with a NULL never conflicts.
+            (!k.iter().any(Datum::is_null)).then_some(k)
+        };
+        // Only keys the statement inserts can end up duplicated.
+        let mut counts: std::collections::HashMap<Vec<Datum>, Diff> =
+            updates.iter().filter(|(_, d)| *d > 0).filter_map(|(r, _)| key_of(r)).map(|k| (k, 0)).collect();
+        for (row, diff) in current.iter().chain(updates) {
+            if let Some(count) = key_of(row).and_then(|k| counts.get_mut(&k)) {
+                *count += diff;
+            }
+        }
+        if counts.values().any(|&n| n > 1) {
+            let message = format!("duplicate key value violates unique constraint \"{}\"", key.name);
+            return Err(StatementError::new(message, "23505", None));
+        }
+    }
+    Ok(())
 }
 
 /// Creates a maintained view and returns once its initial contents are sealed.
@@ -331,8 +411,12 @@ pub(crate) fn drop_items(shared: &Shared, ids: &[GlobalId]) -> Result<(), Statem
                 cat.remove(*id);
                 continue;
             }
-            // An index is only a catalog entry (see `create_index`).
+            // An index holds its arrangement in the engine (none for an upstream view's).
             Some(ItemKind::Index) => {
+                match shared.engine.drop_item(*id) {
+                    Ok(()) | Err(viewcast_engine::EngineError::UnknownId(_)) => {}
+                    Err(e) => return Err(engine_error(e)),
+                }
                 cat.remove(*id);
                 continue;
             }
@@ -357,20 +441,28 @@ async fn write(shared: &Shared, id: GlobalId, changes: RelExpr, verb: &str) -> R
     // lock until its timestamp is assigned (at most a tick), not until it is sealed: the clock
     // applies queued writes in order, so blind writes (INSERT ... VALUES) pipeline one per tick,
     // and a write that reads tables first waits for the previous write to be sealed.
+    //
+    // A table with keys is checked against its contents after the previous write, so every write
+    // to it waits for that write to be sealed: two INSERTs of one key cannot both pass the check.
     let mut last_write_ts = shared.write_lock.lock().await;
-    if *last_write_ts > 0 && !changes.depends_on().is_empty() {
-        shared.hub.wait_for(*last_write_ts + 1).await;
-    }
-    let input = shared
+    let (input, keyed) = shared
         .catalog
         .lock()
         .expect("catalog lock")
         .items
         .get(&id)
-        .and_then(|i| i.input)
+        .and_then(|i| Some((i.input?, !i.keys.is_empty())))
         .ok_or_else(|| StatementError::new("only tables can be written", "42809", None))?;
+    if *last_write_ts > 0 && (keyed || !changes.depends_on().is_empty()) {
+        shared.hub.wait_for(*last_write_ts + 1).await;
+    }
     let mut updates = evaluate(shared, &changes).await?;
     viewcast_repr::consolidate_updates(&mut updates);
+    {
+        let cat = shared.catalog.lock().expect("catalog lock");
+        let current = || shared.hub.read(|_ts, get| get(id).unwrap_or_default());
+        check_constraints(&cat, id, &updates, &current)?;
+    }
     let affected: Diff = if verb == "DELETE" {
         updates.iter().filter(|(_, d)| *d < 0).map(|(_, d)| -d).sum()
     } else {
@@ -496,17 +588,25 @@ fn show_rows(shared: &Shared, show: Show) -> Result<ExecuteResult, StatementErro
             let desc = RelationDesc::new([col("name"), col("on"), col("key")]);
             ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
         }
-        Show::Columns { desc, .. } => {
+        Show::Columns { id, desc } => {
+            let keys = cat.items.get(&id).map(|i| i.keys.as_slice()).unwrap_or_default();
             let rows: Vec<Row> = desc
                 .names
                 .iter()
                 .zip(&desc.types)
-                .map(|(n, t)| Row::new(vec![text(n), Datum::Bool(t.nullable), text(t.scalar.name())]))
+                .enumerate()
+                .map(|(i, (n, t))| {
+                    // The constraints the column is part of.
+                    let key: Vec<&str> =
+                        keys.iter().filter(|k| k.columns.contains(&i)).map(|k| k.name.as_str()).collect();
+                    Row::new(vec![text(n), Datum::Bool(t.nullable), text(t.scalar.name()), text(&key.join(", "))])
+                })
                 .collect();
             let desc = RelationDesc::new([
                 col("name"),
                 ("nullable".to_string(), ColumnType::new(ScalarType::Bool, false)),
                 col("type"),
+                col("key"),
             ]);
             ExecuteResult::Rows { tag: format!("SELECT {}", rows.len()), desc, rows }
         }
@@ -547,8 +647,8 @@ pub(crate) fn engine_error(e: viewcast_engine::EngineError) -> StatementError {
 }
 
 /// An index: a catalog entry naming `on`'s key columns (its `desc` is theirs), dropped with
-/// `on`. The engine already keeps every published relation arranged, so nothing is built; a
-/// second arrangement by another key would cost memory and change no answer.
+/// `on`, and the engine's shared arrangement of `on` by those columns, which views created later
+/// that join, group or deduplicate `on` by that key read instead of arranging `on` themselves.
 fn create_index(
     shared: &Shared,
     name: Option<String>,
@@ -580,11 +680,37 @@ fn create_index(
         }
     };
     let desc = RelationDesc::new(key.iter().map(|i| (on_item.desc.names[*i].clone(), on_item.desc.types[*i])));
+    // An upstream view lives in the hub only: its index is a catalog entry.
+    let arranged = on_item.upstream.is_none();
     let mut item = new_item(&name, ItemKind::Index, desc, sql);
     item.depends_on = vec![on];
     let id = cat.allocate_id();
+    if arranged {
+        shared.engine.create_index(id, on, key.to_vec()).map_err(engine_error)?;
+    }
     cat.insert(id, item);
     ok("CREATE INDEX")
+}
+
+/// `EXPLAIN`'s text for `plan`. For a maintained plan, each arranged input says whether the view
+/// would build the arrangement (`new`), share the one already built for an existing view or
+/// index (`shared with index t_a_idx`), or keep one of its own (`private`).
+fn explain(shared: &Shared, plan: &RelExpr, maintained: bool) -> String {
+    if !maintained {
+        return plan.explain();
+    }
+    let cat = shared.catalog.lock().expect("catalog lock");
+    plan.explain_with(&|input| {
+        let Some(on) = input.shared else { return Some("(private)".to_string()) };
+        let users = shared.engine.arrangement(on, &input.key).map(|a| a.users).unwrap_or_default();
+        // The first user the catalog names (a hidden one is a transient query's dataflow).
+        let named = users.iter().find_map(|u| cat.items.get(u).filter(|i| !i.hidden));
+        Some(match (named, users.is_empty()) {
+            (_, true) => format!("of {} (new)", cat.name_of(on)),
+            (Some(user), false) => format!("of {} (shared with {} {})", cat.name_of(on), user.kind.name(), user.name),
+            (None, false) => format!("of {} (shared with a running query)", cat.name_of(on)),
+        })
+    })
 }
 
 /// A webhook sink: a catalog item (so it has a name, is listed, and blocks dropping its view

@@ -188,6 +188,13 @@ impl Coordinator {
         self.shared.latencies_us.lock().expect("latency lock").drain(..).collect()
     }
 
+    /// The engine's shared arrangements (one per relation and key, read by every view and index
+    /// that joins, groups or deduplicates the relation by that key) installed on its workers,
+    /// summed over the workers.
+    pub fn installed_arrangements(&self) -> usize {
+        self.shared.engine.installed_arrangements()
+    }
+
     /// The last timestamp whose output is applied to every view.
     pub fn sealed_ts(&self) -> u64 {
         self.shared.hub.frontier().saturating_sub(1)

@@ -87,3 +87,93 @@ async fn indexes_are_named_listed_and_dropped_with_their_relation() {
     ok(&coord, "INSERT INTO t VALUES (1, 'x')").await;
     assert_eq!(text_rows(&run(&coord, "SELECT b FROM t").await), [["x".to_string()]]);
 }
+
+/// The rows of a query as text, sorted (a multiset).
+async fn sorted_rows(coord: &Coordinator, sql: &str) -> Vec<String> {
+    let (_, rows) = coord.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get(i).to_json().to_string()).collect::<Vec<_>>().join(","))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until the engine's workers hold `n` shared arrangements (drops apply asynchronously).
+async fn arrangements(coord: &Coordinator, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while coord.installed_arrangements() != n {
+        assert!(std::time::Instant::now() < deadline, "{} arrangements, expected {n}", coord.installed_arrangements());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn explain(coord: &Coordinator, sql: &str) -> String {
+    text_rows(&run(coord, &format!("EXPLAIN {sql}")).await).into_iter().map(|r| r[0].clone() + "\n").collect()
+}
+
+/// Views joining the same table by the same key share one arrangement, also with an index, and
+/// EXPLAIN says which; their answers equal a one-shot evaluation from scratch under inserts and
+/// deletes, also after another user of their arrangements is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_share_arrangements_and_explain_says_with_which_item() {
+    let coord = Coordinator::start(CoordConfig { tick_ms: 10, ..CoordConfig::default() }).unwrap();
+    ok(&coord, "CREATE TABLE t (a int, b text)").await;
+    ok(&coord, "CREATE TABLE u (a int, c text)").await;
+    ok(&coord, "CREATE INDEX t_a_idx ON t (a)").await;
+    arrangements(&coord, 1).await;
+
+    let q1 = "SELECT t.b, u.c FROM t JOIN u ON t.a = u.a";
+    let q2 = "SELECT t.a, t.b, u.c FROM t JOIN u ON t.a = u.a WHERE u.c <> 'z'";
+    let q3 = "SELECT a, min(b), max(b) FROM t GROUP BY a";
+    let plan = explain(&coord, &format!("CREATE VIEW v1 AS {q1}")).await;
+    assert!(plan.contains("ArrangeBy key=[#0] of t (shared with index t_a_idx)"), "{plan}");
+    assert!(plan.contains("ArrangeBy key=[#0] of u (new)"), "{plan}");
+    ok(&coord, &format!("CREATE VIEW v1 AS {q1}")).await;
+    let plan = explain(&coord, &format!("CREATE VIEW v2 AS {q2}")).await;
+    assert!(plan.contains("ArrangeBy key=[#0] of t (shared with index t_a_idx)"), "{plan}");
+    assert!(plan.contains("ArrangeBy key=[#0] of u (shared with view v1)"), "{plan}");
+    ok(&coord, &format!("CREATE VIEW v2 AS {q2}")).await;
+    let plan = explain(&coord, &format!("CREATE VIEW v3 AS {q3}")).await;
+    assert!(plan.contains("ArrangeBy key=[#0] of t (shared with index t_a_idx)"), "{plan}");
+    ok(&coord, &format!("CREATE VIEW v3 AS {q3}")).await;
+    arrangements(&coord, 2).await;
+    // A plain EXPLAIN SELECT shows the plan without arrangements (a one-shot query builds none).
+    assert!(!explain(&coord, q1).await.contains("ArrangeBy"));
+
+    let mut views = vec![("v1", q1), ("v2", q2), ("v3", q3)];
+    let mut seed: u64 = 7;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for step in 0..30 {
+        let a = next(4);
+        let text = ["x", "y", "z"][next(3) as usize];
+        let sql = match next(5) {
+            0 => format!("DELETE FROM t WHERE a = {a}"),
+            1 => format!("DELETE FROM u WHERE c = '{text}'"),
+            2 => format!("INSERT INTO u VALUES ({a}, '{text}'), (NULL, '{text}')"),
+            _ => format!("INSERT INTO t VALUES ({a}, '{text}{step}'), ({}, NULL)", next(4)),
+        };
+        run(&coord, &sql).await;
+        if step == 15 {
+            // v1 built u's arrangement; v2 keeps it.
+            ok(&coord, "DROP VIEW v1").await;
+            ok(&coord, "DROP INDEX t_a_idx").await;
+            views.remove(0);
+            arrangements(&coord, 2).await;
+        }
+        for (view, query) in &views {
+            assert_eq!(
+                sorted_rows(&coord, &format!("SELECT * FROM {view}")).await,
+                sorted_rows(&coord, query).await,
+                "{view} after step {step}: {sql}"
+            );
+        }
+    }
+    ok(&coord, "DROP VIEW v2").await;
+    arrangements(&coord, 1).await;
+    ok(&coord, "DROP VIEW v3").await;
+    arrangements(&coord, 0).await;
+}

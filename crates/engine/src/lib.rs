@@ -23,7 +23,14 @@
 //! hash map ([`count`]) and serves dependents a snapshot of them plus its later changes, so no
 //! dependent counts again. Every other view's output is arranged, and dependents import that
 //! arrangement.
+//!
+//! # Shared arrangements
+//!
+//! Joins, `DISTINCT` and non-accumulable reductions whose input is a whole item read the one
+//! arrangement of that item by their key that every such reader (and `CREATE INDEX`) shares,
+//! kept in a dataflow of its own while it has users ([`arrange`]).
 
+mod arrange;
 mod count;
 mod forward;
 mod merger;
@@ -41,6 +48,7 @@ use std::time::Instant;
 use viewcast_plan::RelExpr;
 use viewcast_repr::{Diff, Row, Timestamp, Update};
 
+pub use arrange::ArrangementInfo;
 pub use viewcast_plan::GlobalId;
 
 /// How to run the engine.
@@ -107,10 +115,14 @@ pub(crate) enum Command {
     /// A new view maintained by a dataflow rendered from `plan`, whose initial contents appear at
     /// `as_of` (the time after the last tick). Invariant: `id` is unused and every id `plan` reads exists.
     CreateView { id: GlobalId, plan: RelExpr, publish: bool, as_of: Timestamp },
+    /// A `CREATE INDEX`: `id` becomes a user of the shared arrangement of `on` (of `arity`
+    /// columns) by `key`, built from `as_of` if it does not exist. Invariant: `id` is unused, `on` exists.
+    CreateIndex { id: GlobalId, on: GlobalId, arity: usize, key: Vec<usize>, as_of: Timestamp },
     /// Starts or stops capturing `id`'s changes, effective for times `>= from` (the time after the
     /// last tick), so the consumer never sees a partial timestamp. Invariant: `id` exists.
     SetPublish { id: GlobalId, publish: bool, from: Timestamp },
-    /// Drops `id`'s dataflow, trace and (for inputs) history. Invariant: nothing reads `id`.
+    /// Drops `id`'s dataflow, trace and (for inputs) history, and its use of shared arrangements
+    /// (dropping those it was the last user of). Invariant: nothing reads `id`.
     Drop { id: GlobalId },
     /// This worker's share of the updates at `ts`; afterwards every input is at `ts + 1`.
     /// Invariant: `ts` is greater than every earlier tick's, every id is an input, arities match.
@@ -134,6 +146,8 @@ struct HandleState {
     items: HashMap<GlobalId, ItemInfo>,
     /// The last tick's time, if any.
     last_tick: Option<Timestamp>,
+    /// The shared arrangements, as every worker holds them.
+    arrangements: Vec<ArrangementInfo>,
     commands: Vec<crossbeam_channel::Sender<Command>>,
     threads: Vec<Thread>,
     merger_tx: crossbeam_channel::Sender<merger::MergerMsg>,
@@ -161,6 +175,8 @@ pub(crate) struct Shared {
     /// When the merger sent each recent `Sealed` event, by `upto`, oldest first; at most
     /// [`SEAL_TIMES`] (the oldest are dropped), written by the merger, read by [`Engine::seal_time`].
     pub(crate) seal_times: Mutex<VecDeque<(Timestamp, Instant)>>,
+    /// Shared arrangement dataflows installed, summed over the workers.
+    pub(crate) live_arrangements: std::sync::atomic::AtomicUsize,
 }
 
 impl Engine {
@@ -176,6 +192,7 @@ impl Engine {
             sealed: sealed.clone(),
             events: events.clone(),
             seal_times: Mutex::new(VecDeque::new()),
+            live_arrangements: std::sync::atomic::AtomicUsize::new(0),
         });
 
         let (merger_tx, merger_rx) = crossbeam_channel::unbounded();
@@ -233,6 +250,7 @@ impl Engine {
             state: Mutex::new(HandleState {
                 items: HashMap::new(),
                 last_tick: None,
+                arrangements: Vec::new(),
                 commands: command_txs,
                 threads,
                 merger_tx,
@@ -290,7 +308,44 @@ impl Engine {
         let as_of = st.next_time();
         let depends_on = plan.depends_on();
         st.items.insert(id, ItemInfo { arity: plan.arity(), input: false, depends_on, published: publish });
+        let wanted = plan.shared_arrangements().into_iter().map(|(on, _, key)| (on, key));
+        arrange::record_users(&mut st.arrangements, wanted, id);
         st.broadcast(Command::CreateView { id, plan, publish, as_of })
+    }
+
+    /// An index `id`: the shared arrangement of `on` by the `key` columns, kept while `id` exists
+    /// (until [`Engine::drop_item`]), so views created later that join, group or deduplicate `on`
+    /// by `key` read it instead of arranging `on` again.
+    pub fn create_index(&self, id: GlobalId, on: GlobalId, key: Vec<usize>) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        if st.items.contains_key(&id) {
+            return Err(EngineError::AlreadyExists(id));
+        }
+        let arity = st.items.get(&on).ok_or(EngineError::UnknownId(on))?.arity;
+        if let Some(&bad) = key.iter().find(|&&k| k >= arity) {
+            return Err(EngineError::PlanArity { id: on, expected: arity, got: bad + 1 });
+        }
+        let as_of = st.next_time();
+        st.items.insert(id, ItemInfo { arity: 0, input: false, depends_on: vec![on], published: false });
+        arrange::record_users(&mut st.arrangements, [(on, key.clone())], id);
+        st.broadcast(Command::CreateIndex { id, on, arity, key, as_of })
+    }
+
+    /// The live shared arrangement of `on` by `key`, if any.
+    pub fn arrangement(&self, on: GlobalId, key: &[usize]) -> Option<ArrangementInfo> {
+        let st = self.lock().ok()?;
+        st.arrangements.iter().find(|a| a.on == on && a.key == key).cloned()
+    }
+
+    /// Every live shared arrangement, in creation order.
+    pub fn arrangements(&self) -> Vec<ArrangementInfo> {
+        self.lock().map(|st| st.arrangements.clone()).unwrap_or_default()
+    }
+
+    /// Shared arrangement dataflows the workers have installed and not dropped, summed over the
+    /// workers (each worker holds every arrangement, once its command is applied).
+    pub fn installed_arrangements(&self) -> usize {
+        self.shared.live_arrangements.load(Ordering::Relaxed)
     }
 
     /// Starts or stops publishing `id`'s changes, from the time after the last tick. Turning it on
@@ -320,6 +375,7 @@ impl Engine {
             return Err(EngineError::HasDependents { id, dependents });
         }
         st.items.remove(&id);
+        arrange::forget_user(&mut st.arrangements, id);
         let _ = st.merger_tx.send(merger::MergerMsg::Dropped { id });
         st.broadcast(Command::Drop { id })
     }

@@ -8,7 +8,7 @@ use differential_dataflow::difference::Semigroup;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::implementations::{KeyBuilder, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -19,6 +19,7 @@ use timely::progress::Antichain;
 use viewcast_plan::{AggregateExpr, AggregateFunc, GlobalId, JoinKind, RelExpr, ScalarExpr, Validity};
 use viewcast_repr::{Datum, Diff, Row, Timestamp};
 
+use crate::arrange::{ArrangementKey, Imported};
 use crate::forward::Forward;
 use crate::scalar;
 use crate::worker::{ErrorSink, Items, ViewState};
@@ -101,6 +102,8 @@ pub(crate) struct RenderCtx<'s, 'a> {
     errors: Rc<ErrorSink>,
     items: &'a Items,
     gets: HashMap<(GlobalId, Part), Coll<'s>>,
+    /// Shared arrangements imported into this dataflow.
+    imports: HashMap<ArrangementKey, Imported<'s>>,
     /// The input sessions this dataflow reads; the worker feeds them once the dataflow is built.
     pub(crate) sessions: Vec<(GlobalId, Feed, InputSession<Timestamp, Row, Diff>)>,
 }
@@ -113,7 +116,16 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         errors: Rc<ErrorSink>,
         items: &'a Items,
     ) -> Self {
-        RenderCtx { scope, as_of, id, errors, items, gets: HashMap::new(), sessions: Vec::new() }
+        RenderCtx {
+            scope,
+            as_of,
+            id,
+            errors,
+            items,
+            gets: HashMap::new(),
+            imports: HashMap::new(),
+            sessions: Vec::new(),
+        }
     }
 
     fn session(&mut self, id: GlobalId, feed: Feed) -> Coll<'s> {
@@ -171,6 +183,23 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         coll
     }
 
+    /// The shared arrangement `plan` reads for its input `child`, if it reads one, imported at `as_of`.
+    fn shared_input(&mut self, plan: &RelExpr, child: usize) -> Option<Imported<'s>> {
+        let input = plan.arranged_inputs().into_iter().find(|a| a.child == child)?;
+        let key = (input.shared?, input.key);
+        if let Some(imported) = self.imports.get(&key) {
+            return Some(imported.clone());
+        }
+        let arrangement = self.items.arrangements.get(&key).expect("the worker builds shared arrangements first");
+        // Not `import_frontier`: its batches cannot be joined or reduced. The trace's times are
+        // at or after its compaction frontier but may precede `as_of`: every output of an operator
+        // reading it goes through `at_or_after`.
+        let mut trace = arrangement.trace.clone();
+        let imported = trace.import_named(self.scope, &format!("Import u{} by {:?}", key.0, key.1));
+        self.imports.insert(key, imported.clone());
+        Some(imported)
+    }
+
     pub(crate) fn render(&mut self, plan: &RelExpr) -> Coll<'s> {
         self.render_part(plan, Part::Full)
     }
@@ -193,15 +222,41 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             }
             RelExpr::Negate { input } => self.render_part(input, part).negate(),
             _ if part != Part::Full => unreachable!("only linear plans are rendered in parts"),
-            RelExpr::Distinct { input } => self.render(input).distinct_core::<Diff>(),
+            RelExpr::Distinct { input } => match self.shared_input(plan, 0) {
+                // The key is the whole row.
+                Some(arranged) => {
+                    let distinct = arranged
+                        .reduce_abelian::<_, KeyBuilder<Row, Timestamp, Diff>, KeySpine<Row, Timestamp, Diff>, _, _>(
+                            "Distinct",
+                            |_key, _rows, out| out.push(((), 1)),
+                            |vec, key, upds| {
+                                vec.clear();
+                                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                            },
+                        )
+                        .as_collection(|row: &Row, _: &()| row.clone());
+                    at_or_after(distinct, self.as_of)
+                }
+                None => self.render(input).distinct_core::<Diff>(),
+            },
             RelExpr::Threshold { input } => self.render(input).threshold(|_, r: &Diff| (*r).max(0)),
-            RelExpr::Reduce { input, group_key, aggregates } => {
-                let input = self.render(input);
-                self.render_reduce(input, group_key.clone(), aggregates.clone())
-            }
+            RelExpr::Reduce { input, group_key, aggregates } => match self.shared_input(plan, 0) {
+                Some(arranged) => self.render_reduce_shared(arranged, group_key, aggregates),
+                None => {
+                    let input = self.render(input);
+                    self.render_reduce(input, group_key.clone(), aggregates.clone())
+                }
+            },
             RelExpr::TopK { input, group_key, order_key, limit, offset } => {
                 let input = self.render(input);
                 crate::topk::render(input, group_key.clone(), order_key.clone(), *limit, *offset)
+            }
+            RelExpr::Join { left, right, kind: JoinKind::Inner, equi, predicate }
+                if plan.arranged_inputs().iter().any(|a| a.shared.is_some()) =>
+            {
+                let (l, r) = (self.join_side(plan, 0, left, equi), self.join_side(plan, 1, right, equi));
+                let rows = join_rows(predicate.clone(), self.errors.clone(), self.id);
+                at_or_after(l.join_core(r, rows), self.as_of)
             }
             RelExpr::Join { left, right, kind, equi, predicate } => {
                 let la = left.arity();
@@ -304,6 +359,65 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             .as_collection()
     }
 
+    /// One input of an inner join, arranged by its equi-join columns: the shared arrangement when
+    /// it reads one, else a private one of the rendered input.
+    fn join_side(&mut self, plan: &RelExpr, child: usize, input: &RelExpr, equi: &[(usize, usize)]) -> Imported<'s> {
+        match self.shared_input(plan, child) {
+            Some(arranged) => arranged,
+            None => {
+                let cols: Rc<[usize]> = equi.iter().map(|(l, r)| if child == 0 { *l } else { *r }).collect();
+                key_by(self.render(input), cols).arrange_by_key()
+            }
+        }
+    }
+
+    /// A reduction reading a shared arrangement of its input by the group key: the group's whole
+    /// rows, over which the aggregates' expressions are evaluated.
+    fn render_reduce_shared(
+        &mut self,
+        arranged: Imported<'s>,
+        group_key: &[usize],
+        aggregates: &[AggregateExpr],
+    ) -> Coll<'s> {
+        let (errors, id) = (self.errors.clone(), self.id);
+        let aggs = aggregates.to_vec();
+        let mut values: Vec<(Row, Diff)> = Vec::new();
+        let output = arranged
+            .reduce_abelian::<_, ValBuilder<Row, Row, Timestamp, Diff>, ValSpine<Row, Row, Timestamp, Diff>, _, _>(
+                "Reduce",
+                move |_key, group: &[(&Row, Diff)], out: &mut Vec<(Row, Diff)>| {
+                    values.clear();
+                    for (row, n) in group {
+                        match aggregate_inputs(&aggs, row) {
+                            Ok(vals) => values.push((vals, *n)),
+                            // Dropped, as the private path drops it (reported again when the group changes).
+                            Err(e) => errors.report(id, &e),
+                        }
+                    }
+                    let group: Vec<(&Row, Diff)> = values.iter().map(|(v, n)| (v, *n)).collect();
+                    match aggregate_group(&aggs, &group) {
+                        Ok(datums) => out.push((Row::new(datums), 1)),
+                        Err(e) => errors.report(id, &e),
+                    }
+                },
+                |vec, key, upds| {
+                    vec.clear();
+                    vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                },
+            )
+            .as_collection(|key: &Row, vals: &Row| {
+                let mut datums = key.0.clone();
+                datums.extend(vals.0.iter().cloned());
+                Row::new(datums)
+            });
+        let output = at_or_after(output, self.as_of);
+        if !group_key.is_empty() {
+            return output;
+        }
+        let default = Row::new(aggregates.iter().map(|a| a.func.default_value()).collect());
+        self.with_default(output, default)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn render_join(
         &mut self,
@@ -319,25 +433,8 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         let rcols: Rc<[usize]> = equi.iter().map(|(_, b)| *b).collect();
         let lk = key_by(l.clone(), lcols);
         let rk = key_by(r.clone(), rcols);
-        let (errors, id) = (self.errors.clone(), self.id);
-        let pred = predicate.clone();
-        let inner =
-            lk.clone().arrange_by_key().join_core(rk.clone().arrange_by_key(), move |_k, lrow: &Row, rrow: &Row| {
-                let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
-                datums.extend_from_slice(lrow.datums());
-                datums.extend_from_slice(rrow.datums());
-                if let Some(p) = &pred {
-                    match scalar::eval(p, &datums) {
-                        Ok(Datum::Bool(true)) => {}
-                        Ok(_) => return None,
-                        Err(e) => {
-                            errors.report(id, &e);
-                            return None;
-                        }
-                    }
-                }
-                Some(Row::new(datums))
-            });
+        let rows = join_rows(predicate.clone(), self.errors.clone(), self.id);
+        let inner = lk.clone().arrange_by_key().join_core(rk.clone().arrange_by_key(), rows);
         let mut result = inner.clone();
         let left_outer = matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter);
         let right_outer = matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter);
@@ -416,43 +513,20 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             let key_cols = group_key.clone();
             let aggs = aggregates.clone();
             let errors2 = errors.clone();
-            let keyed = input.flat_map(move |row: Row| {
-                let mut vals = Vec::with_capacity(aggs.len());
-                for a in &aggs {
-                    match scalar::eval(&a.expr, row.datums()) {
-                        Ok(d) => vals.push(d),
-                        Err(e) => {
-                            errors2.report(id, &e);
-                            return None;
-                        }
-                    }
+            let keyed = input.flat_map(move |row: Row| match aggregate_inputs(&aggs, &row) {
+                Ok(vals) => Some((Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect()), vals)),
+                Err(e) => {
+                    errors2.report(id, &e);
+                    None
                 }
-                let key = Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect());
-                Some((key, Row::new(vals)))
             });
             let aggs = aggregates.clone();
             keyed
                 .reduce(move |_key: &Row, group: &[(&Row, Diff)], out: &mut Vec<(Row, Diff)>| {
-                    let mut datums = Vec::with_capacity(aggs.len());
-                    for (i, a) in aggs.iter().enumerate() {
-                        let result = if a.distinct {
-                            let mut values: Vec<&Datum> =
-                                group.iter().filter(|(_, n)| *n > 0).map(|(v, _)| v.get(i)).collect();
-                            values.sort();
-                            values.dedup();
-                            a.func.eval(values.into_iter().map(|d| (d, 1)))
-                        } else {
-                            a.func.eval(group.iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.get(i), *n)))
-                        };
-                        match result {
-                            Ok(d) => datums.push(d),
-                            Err(e) => {
-                                errors.report(id, &e);
-                                return;
-                            }
-                        }
+                    match aggregate_group(&aggs, group) {
+                        Ok(datums) => out.push((Row::new(datums), 1)),
+                        Err(e) => errors.report(id, &e),
                     }
-                    out.push((Row::new(datums), 1));
                 })
                 .map(|(key, vals): (Row, Row)| {
                     let mut datums = key.0;
@@ -466,6 +540,62 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         let default = Row::new(aggregates.iter().map(|a| a.func.default_value()).collect());
         self.with_default(output, default)
     }
+}
+
+/// `c` with every update before `as_of` moved to `as_of`: what it accumulates to at `as_of` and
+/// later is unchanged. (Times only move forward, so updates stay at or after their capability.)
+fn at_or_after<'s>(c: Coll<'s>, as_of: Timestamp) -> Coll<'s> {
+    use timely::dataflow::operators::core::Map;
+    c.inner.map(move |(row, time, diff): (Row, Timestamp, Diff)| (row, time.max(as_of), diff)).as_collection()
+}
+
+/// The output of a join for a matching `(key, left row, right row)`: the rows concatenated, if
+/// `predicate` holds of them. A key with a NULL matches nothing (a shared arrangement keeps them).
+fn join_rows(
+    predicate: Option<ScalarExpr>,
+    errors: Rc<ErrorSink>,
+    id: GlobalId,
+) -> impl FnMut(&Row, &Row, &Row) -> Option<Row> + 'static {
+    move |key: &Row, lrow: &Row, rrow: &Row| {
+        if key.datums().iter().any(Datum::is_null) {
+            return None;
+        }
+        let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
+        datums.extend_from_slice(lrow.datums());
+        datums.extend_from_slice(rrow.datums());
+        if let Some(p) = &predicate {
+            match scalar::eval(p, &datums) {
+                Ok(Datum::Bool(true)) => {}
+                Ok(_) => return None,
+                Err(e) => {
+                    errors.report(id, &e);
+                    return None;
+                }
+            }
+        }
+        Some(Row::new(datums))
+    }
+}
+
+/// The input values of `aggs` for one input row, as a row with aggregate `i`'s value in column `i`.
+fn aggregate_inputs(aggs: &[AggregateExpr], row: &Row) -> Result<Row, viewcast_plan::EvalError> {
+    aggs.iter().map(|a| scalar::eval(&a.expr, row.datums())).collect::<Result<Vec<_>, _>>().map(Row::new)
+}
+
+/// The aggregates of one group, whose rows hold aggregate `i`'s input value in column `i`.
+fn aggregate_group(aggs: &[AggregateExpr], group: &[(&Row, Diff)]) -> Result<Vec<Datum>, viewcast_plan::EvalError> {
+    let mut datums = Vec::with_capacity(aggs.len());
+    for (i, a) in aggs.iter().enumerate() {
+        datums.push(if a.distinct {
+            let mut values: Vec<&Datum> = group.iter().filter(|(_, n)| *n > 0).map(|(v, _)| v.get(i)).collect();
+            values.sort();
+            values.dedup();
+            a.func.eval(values.into_iter().map(|d| (d, 1)))?
+        } else {
+            a.func.eval(group.iter().filter(|(_, n)| *n > 0).map(|(v, n)| (v.get(i), *n)))?
+        });
+    }
+    Ok(datums)
 }
 
 fn is_count_star(a: &AggregateExpr) -> bool {

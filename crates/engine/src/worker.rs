@@ -16,6 +16,7 @@ use timely::worker::Worker;
 use viewcast_plan::{EvalError, GlobalId, RelExpr};
 use viewcast_repr::{Diff, Row, Timestamp, Update};
 
+use crate::arrange::{ArrangementKey, SharedArrangement};
 use crate::forward::Forward;
 use crate::merger::MergerMsg;
 use crate::render::{count_view, is_linear, Feed, Part, RenderCtx, RowTrace};
@@ -76,6 +77,8 @@ struct Capture {
 pub(crate) struct Items {
     pub(crate) inputs: HashMap<GlobalId, InputState>,
     pub(crate) views: HashMap<GlobalId, ViewState>,
+    /// The shared arrangements (see [`crate::arrange`]).
+    pub(crate) arrangements: HashMap<ArrangementKey, SharedArrangement>,
 }
 
 /// Reports evaluation errors, at most one event per view per second on each worker.
@@ -126,9 +129,12 @@ pub(crate) fn run(
         let mut worked = false;
         while let Ok(cmd) = commands.try_recv() {
             worked = true;
-            if !st.apply(worker, cmd) {
+            if !st.apply(worker, cmd, &shared) {
                 for (_, view) in st.items.views.drain() {
                     worker.drop_dataflow(view.dataflow);
+                }
+                for id in st.items.arrangements.values().flat_map(|a| a.users.clone()).collect::<Vec<_>>() {
+                    crate::arrange::release(worker, &mut st.items, id, &shared.live_arrangements);
                 }
                 return;
             }
@@ -149,13 +155,16 @@ pub(crate) fn run(
                     trace.set_physical_compaction(frontier.borrow());
                 }
             }
+            for arrangement in st.items.arrangements.values_mut() {
+                crate::arrange::compact(&mut arrangement.trace, sealed);
+            }
         }
     }
 }
 
 impl WorkerState {
     /// Applies one command; `false` means shut down.
-    fn apply(&mut self, worker: &mut Worker, cmd: Command) -> bool {
+    fn apply(&mut self, worker: &mut Worker, cmd: Command, shared: &Shared) -> bool {
         match cmd {
             Command::CreateInput { id, arity } => {
                 self.items
@@ -163,6 +172,11 @@ impl WorkerState {
                     .insert(id, InputState { arity, history: Vec::new(), consolidated_len: 0, saw_retraction: false });
             }
             Command::CreateView { id, plan, publish, as_of } => {
+                for wanted in plan.shared_arrangements() {
+                    let errors = self.errors.clone();
+                    let (items, compacted_to, live) = (&mut self.items, self.compacted_to, &shared.live_arrangements);
+                    crate::arrange::acquire(worker, items, wanted, id, as_of, compacted_to, errors, live);
+                }
                 let linear = is_linear(&plan, &self.items);
                 let capture = Rc::new(RefCell::new(Capture {
                     frontiers: Vec::new(),
@@ -220,20 +234,7 @@ impl WorkerState {
                     }
                     (ctx.sessions, trace)
                 });
-                let mut live_sessions = Vec::new();
-                for (input, feed, mut session) in sessions {
-                    session.advance_to(as_of);
-                    if feed != Feed::Live {
-                        for (row, diff) in &self.items.inputs[&input].history {
-                            session.update(row.clone(), *diff);
-                        }
-                    }
-                    session.flush();
-                    // A history-only session closes here.
-                    if feed != Feed::History {
-                        live_sessions.push((input, session));
-                    }
-                }
+                let live_sessions = start_sessions(sessions, as_of, &self.items.inputs);
                 let mut trace = trace;
                 if let Some(t) = trace.as_mut() {
                     let f = Antichain::from_elem(self.compacted_to);
@@ -257,16 +258,24 @@ impl WorkerState {
                     }
                 }
             }
+            Command::CreateIndex { id, on, arity, key, as_of } => {
+                let errors = self.errors.clone();
+                let (items, compacted_to, live) = (&mut self.items, self.compacted_to, &shared.live_arrangements);
+                crate::arrange::acquire(worker, items, (on, arity, key), id, as_of, compacted_to, errors, live);
+            }
             Command::Drop { id } => {
                 if let Some(view) = self.items.views.remove(&id) {
                     worker.drop_dataflow(view.dataflow);
                 }
+                crate::arrange::release(worker, &mut self.items, id, &shared.live_arrangements);
                 self.items.inputs.remove(&id);
             }
             Command::Tick { ts, updates } => {
                 let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = updates.into_iter().collect();
-                for view in self.items.views.values_mut() {
-                    for (input, session) in view.sessions.iter_mut() {
+                let views = self.items.views.values_mut().map(|v| &mut v.sessions);
+                let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
+                for sessions in views.chain(arrangements) {
+                    for (input, session) in sessions.iter_mut() {
                         session.advance_to(ts);
                         if let Some(rows) = by_input.get(input) {
                             for (row, diff) in rows {
@@ -311,4 +320,28 @@ impl WorkerState {
             let _ = merger.send(MergerMsg::Progress { worker: index, frontier, changes });
         }
     }
+}
+
+/// Starts the input sessions of a dataflow just built to show its inputs from `as_of`: each gets
+/// its input's history at `as_of` unless it is live-only; history-only ones close here. Returns
+/// the sessions later ticks feed.
+pub(crate) fn start_sessions(
+    sessions: Vec<(GlobalId, Feed, InputSession<Timestamp, Row, Diff>)>,
+    as_of: Timestamp,
+    inputs: &HashMap<GlobalId, InputState>,
+) -> Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)> {
+    let mut live_sessions = Vec::new();
+    for (input, feed, mut session) in sessions {
+        session.advance_to(as_of);
+        if feed != Feed::Live {
+            for (row, diff) in &inputs[&input].history {
+                session.update(row.clone(), *diff);
+            }
+        }
+        session.flush();
+        if feed != Feed::History {
+            live_sessions.push((input, session));
+        }
+    }
+    live_sessions
 }

@@ -295,3 +295,97 @@ fn two_workers_match_the_oracle_and_one_worker() {
         assert_eq!(one, two, "identical sealed event logs with 1 and 2 workers (seed {seed})");
     }
 }
+
+/// Views that join, group and deduplicate the same input by the same key read one shared
+/// arrangement (counted by the engine), still match the oracle under inserts and deletes, keep
+/// working when another user of their arrangement is dropped, and the arrangement goes with its
+/// last user. An index keeps its arrangement alive for views created later.
+fn shared_arrangements(workers: usize, seed: u64, ticks: usize) {
+    use AggregateFunc::Max;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut h = Harness::new(workers);
+    h.engine.create_input(A, 3).unwrap();
+    h.engine.create_input(B, 2).unwrap();
+    let same_key = |id| (id, join(JoinKind::Inner, vec![(0, 0)], None));
+    let mut live: Vec<(GlobalId, RelExpr)> = vec![
+        same_key(50),
+        (51, join(JoinKind::Inner, vec![(0, 0)], Some(col(1).call_binary(BinaryFunc::Gt, int(1))))),
+        (52, reduce(get_a(), vec![0], vec![agg(Max, col(2), false)])),
+    ];
+    for (id, plan) in &live {
+        h.engine.create_view(*id, plan.clone(), true).unwrap();
+    }
+    const INDEX: GlobalId = 60;
+    h.engine.create_index(INDEX, A, vec![2]).unwrap();
+    let users = |h: &Harness, on, key: &[usize]| h.engine.arrangement(on, key).map(|a| a.users).unwrap_or_default();
+    assert_eq!(users(&h, A, &[0]), [50, 51, 52]);
+    assert_eq!(users(&h, B, &[0]), [50, 51]);
+    assert_eq!(users(&h, A, &[2]), [INDEX]);
+
+    let (mut ta, mut tb) = (BTreeMap::new(), BTreeMap::new());
+    let mut ts: Timestamp = 1_000;
+    for tick in 0..ticks {
+        if tick == ticks / 3 {
+            // Created late: one reads the index's arrangement, one deduplicates A (a new one).
+            let late = vec![
+                (
+                    53,
+                    RelExpr::Join {
+                        left: get_a(),
+                        right: get_b(),
+                        kind: JoinKind::Inner,
+                        equi: vec![(2, 1)],
+                        predicate: None,
+                    },
+                ),
+                (54, RelExpr::Distinct { input: get_a() }),
+                same_key(55),
+            ];
+            for (id, plan) in late {
+                h.engine.create_view(id, plan.clone(), true).unwrap();
+                live.push((id, plan));
+            }
+            assert_eq!(users(&h, A, &[2]), [INDEX, 53]);
+            assert_eq!(users(&h, A, &[0]), [50, 51, 52, 55]);
+        }
+        if tick == ticks / 2 {
+            // The first user of both join arrangements goes; the other users keep them.
+            h.engine.drop_item(50).unwrap();
+            live.retain(|(id, _)| *id != 50);
+            h.acc.remove(&50);
+            assert_eq!(users(&h, A, &[0]), [51, 52, 55]);
+        }
+        ts += rng.gen_range(1..40);
+        let ua = churn(&mut rng, &mut ta, random_a);
+        let ub = churn(&mut rng, &mut tb, random_b);
+        h.tick(ts, vec![(A, ua), (B, ub)]);
+        // Per worker: (A,[0]), (B,[0]), (A,[2]), then (B,[1]) and (A,[0,1,2]) for the late views.
+        let expected = if tick >= ticks / 3 { 5 } else { 3 };
+        assert_eq!(h.engine.installed_arrangements(), expected * workers, "tick {tick}");
+        assert_eq!(h.engine.arrangements().len(), expected);
+
+        let mut db: HashMap<GlobalId, Contents> = HashMap::new();
+        db.insert(A, contents(&ta));
+        db.insert(B, contents(&tb));
+        for (id, plan) in &live {
+            assert_eq!(h.contents(*id), evaluate(plan, &db), "view {id} at tick {tick} (seed {seed}): {plan:?}");
+        }
+    }
+    for (id, _) in &live {
+        h.engine.drop_item(*id).unwrap();
+    }
+    h.tick(ts + 1, vec![]);
+    assert_eq!(users(&h, A, &[2]), [INDEX], "the index keeps its arrangement");
+    assert_eq!(h.engine.installed_arrangements(), workers);
+    h.engine.drop_item(INDEX).unwrap();
+    h.tick(ts + 2, vec![]);
+    assert_eq!(h.engine.installed_arrangements(), 0, "every arrangement went with its last user");
+    assert!(h.engine.arrangements().is_empty());
+    assert!(h.errors.is_empty(), "no evaluation errors: {:?}", h.errors);
+}
+
+#[test]
+fn shared_arrangements_match_the_oracle_and_are_dropped_with_their_last_user() {
+    shared_arrangements(1, 20, 30);
+    shared_arrangements(2, 21, 30);
+}

@@ -6,17 +6,26 @@ use std::fmt;
 use viewcast_repr::{Datum, ScalarType};
 
 use crate::expr::{AggregateExpr, BinaryFunc, ScalarExpr, UnaryFunc};
-use crate::relation::{ColumnOrder, RelExpr};
+use crate::relation::{ArrangedInput, ColumnOrder, RelExpr};
 
 impl RelExpr {
     /// The plan as indented text, as `EXPLAIN` prints it.
     pub fn explain(&self) -> String {
         let mut out = String::new();
-        self.explain_into(0, &mut out);
+        self.explain_into(0, &mut out, None);
         out
     }
 
-    fn explain_into(&self, depth: usize, out: &mut String) {
+    /// The plan as [`RelExpr::explain`] prints it, with a line `ArrangeBy key=[..] <note>` above
+    /// each input an operator arranges (see [`RelExpr::arranged_inputs`]), `note` being what
+    /// `arrangement` says of it (`None`: no note).
+    pub fn explain_with(&self, arrangement: &dyn Fn(&ArrangedInput) -> Option<String>) -> String {
+        let mut out = String::new();
+        self.explain_into(0, &mut out, Some(arrangement));
+        out
+    }
+
+    fn explain_into(&self, depth: usize, out: &mut String, note: Option<&dyn Fn(&ArrangedInput) -> Option<String>>) {
         let pad = "  ".repeat(depth);
         let line = match self {
             RelExpr::Get { id, .. } => format!("Get u{id}"),
@@ -66,21 +75,17 @@ impl RelExpr {
         out.push_str(&pad);
         out.push_str(&line);
         out.push('\n');
-        match self {
-            RelExpr::Get { .. } | RelExpr::Constant { .. } => {}
-            RelExpr::Map { input, .. }
-            | RelExpr::Filter { input, .. }
-            | RelExpr::Project { input, .. }
-            | RelExpr::Reduce { input, .. }
-            | RelExpr::TopK { input, .. }
-            | RelExpr::Negate { input }
-            | RelExpr::Distinct { input }
-            | RelExpr::Threshold { input } => input.explain_into(depth + 1, out),
-            RelExpr::Join { left, right, .. } => {
-                left.explain_into(depth + 1, out);
-                right.explain_into(depth + 1, out);
+        let arranged = if note.is_some() { self.arranged_inputs() } else { Vec::new() };
+        for (i, child) in self.children().into_iter().enumerate() {
+            match (arranged.iter().find(|a| a.child == i), note) {
+                (Some(a), Some(note)) => {
+                    let keys: Vec<String> = a.key.iter().map(|k| format!("#{k}")).collect();
+                    let text = note(a).map(|n| format!(" {n}")).unwrap_or_default();
+                    out.push_str(&format!("{pad}  ArrangeBy key=[{}]{text}\n", keys.join(", ")));
+                    child.explain_into(depth + 2, out, Some(note));
+                }
+                _ => child.explain_into(depth + 1, out, note),
             }
-            RelExpr::Union { inputs } => inputs.iter().for_each(|i| i.explain_into(depth + 1, out)),
         }
     }
 }

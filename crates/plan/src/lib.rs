@@ -13,5 +13,5 @@ pub mod relation;
 pub mod temporal;
 
 pub use expr::{AggregateExpr, AggregateFunc, BinaryFunc, EvalError, ScalarExpr, UnaryFunc, VariadicFunc};
-pub use relation::{ColumnOrder, GlobalId, JoinKind, RelExpr};
+pub use relation::{ArrangedInput, ColumnOrder, GlobalId, JoinKind, RelExpr};
 pub use temporal::{TemporalError, Validity};

@@ -65,6 +65,19 @@ pub enum JoinKind {
     FullOuter,
 }
 
+/// An input that a dataflow rendering one operator keeps arranged (indexed by `key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArrangedInput {
+    /// Which input of the operator (0: the only one, or a join's left; 1: a join's right).
+    pub child: usize,
+    /// The key columns, as positions in that input's rows.
+    pub key: Vec<usize>,
+    /// `Some(id)` when the input is the catalog item `id` read whole (a `Get`) by an operator that
+    /// can read a shared arrangement: the engine then reads the one arrangement of `id` by `key`
+    /// that every such reader (and a `CREATE INDEX` with that key) shares. `None`: a private one.
+    pub shared: Option<GlobalId>,
+}
+
 /// One key of an `ORDER BY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ColumnOrder {
@@ -189,6 +202,71 @@ impl RelExpr {
                 right.visit_mut(f);
             }
             RelExpr::Union { inputs } => inputs.iter_mut().for_each(|i| i.visit_mut(f)),
+        }
+    }
+
+    /// The inputs this operator (not its inputs) arranges when rendered as a dataflow, in child
+    /// order. Inner joins, `DISTINCT` and reductions with a non-accumulable aggregate (`MIN`, `MAX`,
+    /// `AVG`, `DISTINCT` aggregates ...) read shareable arrangements; outer joins arrange
+    /// privately (they also read the rows whose key is NULL). `COUNT`/`SUM`-only reductions and
+    /// top-k keep their own state and arrange no input.
+    pub fn arranged_inputs(&self) -> Vec<ArrangedInput> {
+        let shareable = |child: usize, input: &RelExpr, key: Vec<usize>, can_share: bool| {
+            let shared = match input {
+                RelExpr::Get { id, .. } if can_share => Some(*id),
+                _ => None,
+            };
+            ArrangedInput { child, key, shared }
+        };
+        match self {
+            RelExpr::Join { left, right, kind, equi, .. } => {
+                let inner = *kind == JoinKind::Inner;
+                vec![
+                    shareable(0, left, equi.iter().map(|(l, _)| *l).collect(), inner),
+                    shareable(1, right, equi.iter().map(|(_, r)| *r).collect(), inner),
+                ]
+            }
+            RelExpr::Reduce { input, group_key, aggregates }
+                if !aggregates.iter().all(|a| a.func.is_accumulable() && !a.distinct) =>
+            {
+                vec![shareable(0, input, group_key.clone(), true)]
+            }
+            RelExpr::Distinct { input } => vec![shareable(0, input, (0..input.arity()).collect(), true)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every shared arrangement a dataflow rendering this plan reads, as `(item, arity, key)`,
+    /// without repeats, in first-use order.
+    pub fn shared_arrangements(&self) -> Vec<(GlobalId, usize, Vec<usize>)> {
+        let mut out: Vec<(GlobalId, usize, Vec<usize>)> = Vec::new();
+        self.visit(&mut |e| {
+            for a in e.arranged_inputs() {
+                if let Some(id) = a.shared {
+                    let arity = e.children()[a.child].arity();
+                    if !out.iter().any(|(i, _, k)| *i == id && *k == a.key) {
+                        out.push((id, arity, a.key));
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// The direct inputs, in order.
+    pub fn children(&self) -> Vec<&RelExpr> {
+        match self {
+            RelExpr::Get { .. } | RelExpr::Constant { .. } => Vec::new(),
+            RelExpr::Map { input, .. }
+            | RelExpr::Filter { input, .. }
+            | RelExpr::Project { input, .. }
+            | RelExpr::Reduce { input, .. }
+            | RelExpr::TopK { input, .. }
+            | RelExpr::Negate { input }
+            | RelExpr::Distinct { input }
+            | RelExpr::Threshold { input } => vec![input],
+            RelExpr::Join { left, right, .. } => vec![left, right],
+            RelExpr::Union { inputs } => inputs.iter().collect(),
         }
     }
 

@@ -23,7 +23,7 @@ pub use parser::{parse, Parsed};
 pub use plan::plan;
 pub use statement::{
     format_desc, regex_group_names, sse_desc, Finishing, Format, LoadGenerator, LoadGeneratorKind, Show, SinkConnector,
-    SourceConnector, Statement, Subscribe, SubscribeTarget,
+    SourceConnector, Statement, Subscribe, SubscribeTarget, UniqueKey,
 };
 
 /// Parses and plans every statement of `sql` in order. A statement is planned against the catalog

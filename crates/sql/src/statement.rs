@@ -35,10 +35,11 @@ pub enum Statement {
         plan: RelExpr,
         desc: RelationDesc,
     },
-    /// `CREATE [UNIQUE] INDEX [name] ON item (columns)`. Every table and view is already arranged
-    /// by the engine, so an index changes no result and no plan; it is recorded in the catalog
-    /// (listed by `SHOW INDEXES`, dropped by `DROP INDEX` or with its relation) for
-    /// compatibility. Uniqueness is not enforced.
+    /// `CREATE [UNIQUE] INDEX [name] ON item (columns)`: a shared arrangement of the item by
+    /// those columns, which later views that join, group or deduplicate the item by that key read
+    /// (see `EXPLAIN`); recorded in the catalog (listed by `SHOW INDEXES`, dropped by `DROP INDEX`
+    /// or with its relation). It changes no result. Uniqueness is not enforced: use a table's
+    /// `PRIMARY KEY` or `UNIQUE` constraint.
     CreateIndex {
         /// `None`: named `<relation>_<columns>_idx` as Postgres and Materialize do.
         name: Option<String>,
@@ -47,13 +48,17 @@ pub enum Statement {
         key: Vec<usize>,
         if_not_exists: bool,
     },
+    /// `CREATE TABLE`. A primary key's columns are NOT NULL in `desc`.
     CreateTable {
         name: String,
         if_not_exists: bool,
         desc: RelationDesc,
+        /// `PRIMARY KEY` and `UNIQUE` constraints, in the order written: the coordinator refuses
+        /// writes that would leave two rows with equal non-NULL values in a key's columns.
+        keys: Vec<UniqueKey>,
     },
     /// `INSERT`: evaluating `changes` yields the `(row, +n)` to add, already in the table's column
-    /// order and types. A NULL in a `NOT NULL` column fails evaluation (SQLSTATE 23502 text).
+    /// order and types. The coordinator checks NOT NULL and the table's keys.
     Insert {
         id: GlobalId,
         changes: RelExpr,
@@ -86,10 +91,27 @@ pub enum Statement {
     },
     /// `EXPLAIN`: the plan as text, one line per operator.
     Explain {
+        /// `plan`'s text followed by `trailer`.
         text: String,
+        plan: RelExpr,
+        /// What follows the plan's lines (a one-shot query's sorting and limit).
+        trailer: String,
+        /// Whether `plan` is a view's (`EXPLAIN CREATE VIEW`), maintained by a dataflow; the
+        /// coordinator then says which arrangements the dataflow would share.
+        maintained: bool,
     },
     /// `SUBSCRIBE` (alias `TAIL`).
     Subscribe(Subscribe),
+}
+
+/// A `PRIMARY KEY` or `UNIQUE` constraint of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UniqueKey {
+    /// The constraint's name: as written, else Postgres' `<table>_pkey` / `<table>_<columns>_key`.
+    pub name: String,
+    /// The key's columns, as positions in the table's columns.
+    pub columns: Vec<usize>,
+    pub primary: bool,
 }
 
 /// What a `SHOW` lists.

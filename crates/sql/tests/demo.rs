@@ -156,12 +156,12 @@ fn explain_prints_the_plan() {
     db.run(DEMO).unwrap();
     let p = parse("EXPLAIN SELECT user, count(*) FROM recentchanges WHERE bot GROUP BY user ORDER BY 2 DESC LIMIT 3")
         .unwrap();
-    let Statement::Explain { text } = plan(&p[0], &db).unwrap() else { panic!() };
+    let Statement::Explain { text, .. } = plan(&p[0], &db).unwrap() else { panic!() };
     assert!(text.contains("Reduce group_by=[#0] aggregates=[count(true)]"), "{text}");
     assert!(text.contains("Filter"), "{text}");
     assert!(text.contains("Finish order_by=[#1 desc] limit=3"), "{text}");
     let p =
         parse("EXPLAIN CREATE MATERIALIZED VIEW t AS SELECT * FROM useredits ORDER BY count DESC LIMIT 10").unwrap();
-    let Statement::Explain { text } = plan(&p[0], &db).unwrap() else { panic!() };
+    let Statement::Explain { text, .. } = plan(&p[0], &db).unwrap() else { panic!() };
     assert!(text.starts_with("TopK group_by=[] order_by=[#1 desc] limit=10"), "{text}");
 }

@@ -14,7 +14,7 @@ use crate::error::{code, SqlError};
 use crate::parser::{normalize_ident, Ast, ConnectorAst, ShowAst, SubscribeTargetAst};
 use crate::statement::{
     format_desc, sse_desc, Finishing, Format, Show, SinkConnector, SourceConnector, Statement, Subscribe,
-    SubscribeTarget,
+    SubscribeTarget, UniqueKey,
 };
 
 fn desc_of(rel: &Rel) -> RelationDesc {
@@ -219,12 +219,11 @@ impl Planner<'_> {
                 {
                     return Err(SqlError::unsupported("these CREATE TABLE options").at(pos));
                 }
-                if !ct.constraints.is_empty() {
-                    return Err(SqlError::unsupported("table constraints").at(pos));
-                }
                 let name = self.object_name(&ct.name)?;
                 let mut cols = Vec::new();
                 let mut seen = BTreeSet::new();
+                // (constraint name, columns by name, primary), in the order written.
+                let mut keys: Vec<(Option<String>, Vec<String>, bool, Option<usize>)> = Vec::new();
                 for c in &ct.columns {
                     let cname = normalize_ident(&c.name);
                     if !seen.insert(cname.clone()) {
@@ -234,22 +233,89 @@ impl Planner<'_> {
                     let ty = scalar_type_of(&c.data_type).map_err(|e| e.at(self.pos(c.name.span)))?;
                     let mut nullable = true;
                     for o in &c.options {
-                        match o.option {
+                        let constraint = o.name.as_ref().map(normalize_ident);
+                        let at = Some(self.pos(c.name.span)).flatten();
+                        match &o.option {
                             ast::ColumnOption::Null => nullable = true,
                             ast::ColumnOption::NotNull => nullable = false,
-                            // Accepted for compatibility: a key column is NOT NULL; uniqueness is
-                            // not enforced (a table is a multiset, as every view is).
-                            ast::ColumnOption::PrimaryKey(_) => nullable = false,
-                            ast::ColumnOption::Unique(_) => {}
-                            _ => {
-                                return Err(SqlError::unsupported(format!("column option {}", o.option))
-                                    .at(self.pos(c.name.span)))
+                            ast::ColumnOption::PrimaryKey(k) => {
+                                let constraint = constraint.or(k.name.as_ref().map(normalize_ident));
+                                keys.push((constraint, vec![cname.clone()], true, at));
                             }
+                            ast::ColumnOption::Unique(k) => {
+                                if k.nulls_distinct == ast::NullsDistinctOption::NotDistinct {
+                                    return Err(SqlError::unsupported("UNIQUE NULLS NOT DISTINCT").at(at));
+                                }
+                                let constraint = constraint.or(k.name.as_ref().map(normalize_ident));
+                                keys.push((constraint, vec![cname.clone()], false, at));
+                            }
+                            other => return Err(SqlError::unsupported(format!("column option {other}")).at(at)),
                         }
                     }
                     cols.push((cname, ColumnType::new(ty, nullable)));
                 }
-                Ok(Statement::CreateTable { name, if_not_exists: ct.if_not_exists, desc: RelationDesc::new(cols) })
+                for tc in &ct.constraints {
+                    let at = self.pos_of(tc);
+                    let (constraint, columns, primary) = match tc {
+                        ast::TableConstraint::PrimaryKey(k) if k.include.is_empty() && k.index_options.is_empty() => {
+                            (k.name.as_ref(), &k.columns, true)
+                        }
+                        ast::TableConstraint::Unique(k)
+                            if k.include.is_empty()
+                                && k.index_options.is_empty()
+                                && k.nulls_distinct != ast::NullsDistinctOption::NotDistinct =>
+                        {
+                            (k.name.as_ref(), &k.columns, false)
+                        }
+                        other => return Err(SqlError::unsupported(format!("table constraint {other}")).at(at)),
+                    };
+                    let mut names = Vec::new();
+                    for c in columns {
+                        let ast::Expr::Identifier(ident) = &c.column.expr else {
+                            return Err(SqlError::unsupported("key expressions other than columns").at(at));
+                        };
+                        names.push(normalize_ident(ident));
+                    }
+                    keys.push((constraint.map(normalize_ident), names, primary, at));
+                }
+                let mut unique_keys: Vec<UniqueKey> = Vec::new();
+                for (constraint, names, primary, at) in keys {
+                    if primary && unique_keys.iter().any(|k| k.primary) {
+                        let msg = format!("multiple primary keys for table \"{name}\" are not allowed");
+                        return Err(SqlError::new("42P16", msg).at(at));
+                    }
+                    let mut columns = Vec::new();
+                    for n in &names {
+                        let Some(i) = cols.iter().position(|(c, _)| c == n) else {
+                            let msg = format!("column \"{n}\" named in key does not exist");
+                            return Err(SqlError::new(code::UNDEFINED_COLUMN, msg).at(at));
+                        };
+                        if primary {
+                            // As in Postgres, a primary key's columns are NOT NULL.
+                            cols[i].1.nullable = false;
+                        }
+                        columns.push(i);
+                    }
+                    // Postgres' names: <table>_pkey, <table>_<columns>_key.
+                    let constraint = constraint.unwrap_or_else(|| {
+                        if primary {
+                            format!("{name}_pkey")
+                        } else {
+                            format!("{name}_{}_key", names.join("_"))
+                        }
+                    });
+                    if unique_keys.iter().any(|k| k.name == constraint) {
+                        let msg = format!("relation \"{constraint}\" already exists");
+                        return Err(SqlError::new("42P07", msg).at(at));
+                    }
+                    unique_keys.push(UniqueKey { name: constraint, columns, primary });
+                }
+                Ok(Statement::CreateTable {
+                    name,
+                    if_not_exists: ct.if_not_exists,
+                    desc: RelationDesc::new(cols),
+                    keys: unique_keys,
+                })
             }
             ast::Statement::Insert(ins) => self.plan_insert(ins, pos),
             ast::Statement::Delete(del) => {
@@ -312,8 +378,8 @@ impl Planner<'_> {
                     };
                     let t = self.bind(&Ecx::new(&qcx, "UPDATE").subqueries(), &mut filtered, &a.value)?;
                     let ty = filtered.cols[i].ty;
+                    // NOT NULL is checked by the coordinator, which names the column.
                     let e = self.coerce(t, ty.scalar, self.pos_of(&a.value))?;
-                    let e = if ty.nullable { e } else { e.call_unary(UnaryFunc::AssertNotNull) };
                     new_cols[i] = filtered.map(e, super::Col::anon(ty));
                 }
                 let old = filtered.clone().project((0..arity).collect()).expr;
@@ -355,27 +421,28 @@ impl Planner<'_> {
                 if *describe_alias != ast::DescribeAlias::Explain {
                     return Err(SqlError::unsupported("DESCRIBE").at(pos));
                 }
-                let text = match self.plan_standard(statement)? {
+                let (plan, trailer, maintained) = match self.plan_standard(statement)? {
                     Statement::Select { plan, finishing, .. } => {
-                        let mut text = plan.explain();
+                        let mut trailer = String::new();
                         if !finishing.order_by.is_empty() || finishing.limit.is_some() || finishing.offset > 0 {
                             let order: Vec<String> = finishing.order_by.iter().map(|o| o.to_string()).collect();
-                            text.push_str(&format!(
+                            trailer = format!(
                                 "Finish order_by=[{}] limit={} offset={}\n",
                                 order.join(", "),
                                 finishing.limit.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
                                 finishing.offset
-                            ));
+                            );
                         }
-                        text
+                        (plan, trailer, false)
                     }
-                    Statement::CreateView { plan, .. } => plan.explain(),
+                    Statement::CreateView { plan, .. } => (plan, String::new(), true),
                     Statement::Insert { changes, .. }
                     | Statement::Delete { changes, .. }
-                    | Statement::Update { changes, .. } => changes.explain(),
+                    | Statement::Update { changes, .. } => (changes, String::new(), false),
                     _ => return Err(SqlError::unsupported("EXPLAIN of this statement").at(pos)),
                 };
-                Ok(Statement::Explain { text })
+                let text = format!("{}{trailer}", plan.explain());
+                Ok(Statement::Explain { text, plan, trailer, maintained })
             }
             other => {
                 let words: Vec<String> = other.to_string().split_whitespace().take(2).map(str::to_uppercase).collect();
@@ -493,7 +560,7 @@ impl Planner<'_> {
                 }
                 None => ScalarExpr::literal(viewcast_repr::Datum::Null, ty.scalar),
             };
-            let e = if ty.nullable { e } else { e.call_unary(UnaryFunc::AssertNotNull) };
+            // NOT NULL is checked by the coordinator, which names the column.
             outputs.push(rel.map(e, super::Col::anon(*ty)));
         }
         let rel = rel.project(outputs);

@@ -148,6 +148,16 @@ impl Db {
             | Statement::Delete { id, changes }
             | Statement::Update { id, changes } => {
                 let diffs = self.evaluate(&changes)?;
+                // NOT NULL, as the coordinator checks it (keys are the coordinator's tests').
+                let desc = self.items.borrow().values().find(|i| i.id == id).map(|i| i.desc.clone());
+                if let Some(desc) = desc {
+                    let null = |(row, d): &(Row, Diff)| {
+                        *d > 0 && (0..row.len()).any(|i| !desc.types[i].nullable && row.get(i).is_null())
+                    };
+                    if diffs.iter().any(null) {
+                        return Err(Error::Eval(EvalError::NotNullViolation));
+                    }
+                }
                 let mut data = self.data.borrow_mut();
                 let rows = data.entry(id).or_default();
                 rows.extend(diffs);
