@@ -4,36 +4,10 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::{err, ok, run, sorted_rows as rows};
 use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult};
-
-async fn run(coord: &Coordinator, sql: &str) -> ExecuteResult {
-    coord.execute(sql).await.pop().expect("one result")
-}
-
-async fn ok(coord: &Coordinator, sql: &str) -> String {
-    match run(coord, sql).await {
-        ExecuteResult::Ok { tag } => tag,
-        other => panic!("{sql}: {other:?}"),
-    }
-}
-
-async fn err(coord: &Coordinator, sql: &str) -> (String, String) {
-    match run(coord, sql).await {
-        ExecuteResult::Error(e) => (e.code.clone(), e.message.clone()),
-        other => panic!("{sql}: expected an error, got {other:?}"),
-    }
-}
-
-/// The rows of a query as text, sorted.
-async fn rows(coord: &Coordinator, sql: &str) -> Vec<String> {
-    let (_, rows) = coord.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut out: Vec<String> = rows
-        .iter()
-        .map(|r| (0..r.len()).map(|i| r.get(i).to_json().to_string()).collect::<Vec<_>>().join(","))
-        .collect();
-    out.sort();
-    out
-}
 
 fn dup(constraint: &str) -> (String, String) {
     ("23505".into(), format!("duplicate key value violates unique constraint \"{constraint}\""))

@@ -2,6 +2,9 @@
 //! entries named like Postgres names them, listed per relation, dropped alone or with their
 //! relation (never blocking its drop), and never readable as relations.
 
+mod common;
+
+use common::{err, ok, run, sorted_rows};
 use viewcast_coord::{CoordConfig, Coordinator, ExecuteResult};
 
 fn text_rows(r: &ExecuteResult) -> Vec<Vec<String>> {
@@ -11,24 +14,6 @@ fn text_rows(r: &ExecuteResult) -> Vec<Vec<String>> {
             .map(|row| (0..row.len()).map(|i| row.get(i).to_json().as_str().unwrap().to_string()).collect())
             .collect(),
         other => panic!("expected rows, got {other:?}"),
-    }
-}
-
-async fn run(coord: &Coordinator, sql: &str) -> ExecuteResult {
-    coord.execute(sql).await.pop().expect("one result")
-}
-
-async fn ok(coord: &Coordinator, sql: &str) -> String {
-    match run(coord, sql).await {
-        ExecuteResult::Ok { tag } => tag,
-        other => panic!("{sql}: {other:?}"),
-    }
-}
-
-async fn err(coord: &Coordinator, sql: &str) -> (String, String) {
-    match run(coord, sql).await {
-        ExecuteResult::Error(e) => (e.code.clone(), e.message.clone()),
-        other => panic!("{sql}: expected an error, got {other:?}"),
     }
 }
 
@@ -86,17 +71,6 @@ async fn indexes_are_named_listed_and_dropped_with_their_relation() {
     ok(&coord, "CREATE INDEX t_by_b ON t (b)").await;
     ok(&coord, "INSERT INTO t VALUES (1, 'x')").await;
     assert_eq!(text_rows(&run(&coord, "SELECT b FROM t").await), [["x".to_string()]]);
-}
-
-/// The rows of a query as text, sorted (a multiset).
-async fn sorted_rows(coord: &Coordinator, sql: &str) -> Vec<String> {
-    let (_, rows) = coord.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut out: Vec<String> = rows
-        .iter()
-        .map(|r| (0..r.len()).map(|i| r.get(i).to_json().to_string()).collect::<Vec<_>>().join(","))
-        .collect();
-    out.sort();
-    out
 }
 
 /// Waits until the engine's workers hold `n` shared arrangements (drops apply asynchronously).

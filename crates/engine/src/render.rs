@@ -563,23 +563,28 @@ fn join_rows(
         let mut datums = Vec::with_capacity(lrow.len() + rrow.len());
         datums.extend_from_slice(lrow.datums());
         datums.extend_from_slice(rrow.datums());
-        if let Some(p) = &predicate {
-            match scalar::eval(p, &datums) {
-                Ok(Datum::Bool(true)) => {}
-                Ok(_) => return None,
-                Err(e) => {
-                    errors.report(id, &e);
-                    return None;
-                }
-            }
+        match &predicate {
+            Some(p) if !holds(p, &datums, &errors, id) => None,
+            _ => Some(Row::new(datums)),
         }
-        Some(Row::new(datums))
     }
 }
 
 /// The input values of `aggs` for one input row, as a row with aggregate `i`'s value in column `i`.
 fn aggregate_inputs(aggs: &[AggregateExpr], row: &Row) -> Result<Row, viewcast_plan::EvalError> {
     aggs.iter().map(|a| scalar::eval(&a.expr, row.datums())).collect::<Result<Vec<_>, _>>().map(Row::new)
+}
+
+/// Whether predicate `p` is true of `datums` (not false or NULL); an evaluation error is reported
+/// to `errors` and counts as not true.
+fn holds(p: &ScalarExpr, datums: &[Datum], errors: &ErrorSink, id: GlobalId) -> bool {
+    match scalar::eval(p, datums) {
+        Ok(d) => matches!(d, Datum::Bool(true)),
+        Err(e) => {
+            errors.report(id, &e);
+            false
+        }
+    }
 }
 
 /// The aggregates of one group, whose rows hold aggregate `i`'s input value in column `i`.
@@ -750,15 +755,8 @@ fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Optio
                 }
             }
             MfpOp::Filter { plain, temporal } => {
-                for p in plain {
-                    match scalar::eval(p, &datums) {
-                        Ok(Datum::Bool(true)) => {}
-                        Ok(_) => return None,
-                        Err(e) => {
-                            errors.report(id, &e);
-                            return None;
-                        }
-                    }
+                if !plain.iter().all(|p| holds(p, &datums, errors, id)) {
+                    return None;
                 }
                 if !temporal.is_empty() {
                     match viewcast_plan::temporal::validity(temporal, &datums) {

@@ -8,6 +8,9 @@ use viewcast_repr::{Datum, ScalarType};
 use crate::expr::{AggregateExpr, BinaryFunc, ScalarExpr, UnaryFunc};
 use crate::relation::{ArrangedInput, ColumnOrder, RelExpr};
 
+/// What EXPLAIN says of one arranged input (see [`RelExpr::explain_with`]).
+type ArrangementNote<'a> = dyn Fn(&ArrangedInput) -> Option<String> + 'a;
+
 impl RelExpr {
     /// The plan as indented text, as `EXPLAIN` prints it.
     pub fn explain(&self) -> String {
@@ -19,13 +22,13 @@ impl RelExpr {
     /// The plan as [`RelExpr::explain`] prints it, with a line `ArrangeBy key=[..] <note>` above
     /// each input an operator arranges (see [`RelExpr::arranged_inputs`]), `note` being what
     /// `arrangement` says of it (`None`: no note).
-    pub fn explain_with(&self, arrangement: &dyn Fn(&ArrangedInput) -> Option<String>) -> String {
+    pub fn explain_with(&self, arrangement: &ArrangementNote<'_>) -> String {
         let mut out = String::new();
         self.explain_into(0, &mut out, Some(arrangement));
         out
     }
 
-    fn explain_into(&self, depth: usize, out: &mut String, note: Option<&dyn Fn(&ArrangedInput) -> Option<String>>) {
+    fn explain_into(&self, depth: usize, out: &mut String, note: Option<&ArrangementNote<'_>>) {
         let pad = "  ".repeat(depth);
         let line = match self {
             RelExpr::Get { id, .. } => format!("Get u{id}"),

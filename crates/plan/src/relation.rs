@@ -166,21 +166,8 @@ impl RelExpr {
     /// Calls `f` on this node and every node below it, parents first.
     pub fn visit<'a>(&'a self, f: &mut impl FnMut(&'a RelExpr)) {
         f(self);
-        match self {
-            RelExpr::Get { .. } | RelExpr::Constant { .. } => {}
-            RelExpr::Map { input, .. }
-            | RelExpr::Filter { input, .. }
-            | RelExpr::Project { input, .. }
-            | RelExpr::Reduce { input, .. }
-            | RelExpr::TopK { input, .. }
-            | RelExpr::Negate { input }
-            | RelExpr::Distinct { input }
-            | RelExpr::Threshold { input } => input.visit(f),
-            RelExpr::Join { left, right, .. } => {
-                left.visit(f);
-                right.visit(f);
-            }
-            RelExpr::Union { inputs } => inputs.iter().for_each(|i| i.visit(f)),
+        for child in self.children() {
+            child.visit(f);
         }
     }
 

@@ -222,8 +222,9 @@ impl Planner<'_> {
                 let name = self.object_name(&ct.name)?;
                 let mut cols = Vec::new();
                 let mut seen = BTreeSet::new();
-                // (constraint name, columns by name, primary), in the order written.
-                let mut keys: Vec<(Option<String>, Vec<String>, bool, Option<usize>)> = Vec::new();
+                // A key as written: constraint name, columns by name, primary, position.
+                struct Written(Option<String>, Vec<String>, bool, Option<usize>);
+                let mut keys: Vec<Written> = Vec::new();
                 for c in &ct.columns {
                     let cname = normalize_ident(&c.name);
                     if !seen.insert(cname.clone()) {
@@ -240,14 +241,14 @@ impl Planner<'_> {
                             ast::ColumnOption::NotNull => nullable = false,
                             ast::ColumnOption::PrimaryKey(k) => {
                                 let constraint = constraint.or(k.name.as_ref().map(normalize_ident));
-                                keys.push((constraint, vec![cname.clone()], true, at));
+                                keys.push(Written(constraint, vec![cname.clone()], true, at));
                             }
                             ast::ColumnOption::Unique(k) => {
                                 if k.nulls_distinct == ast::NullsDistinctOption::NotDistinct {
                                     return Err(SqlError::unsupported("UNIQUE NULLS NOT DISTINCT").at(at));
                                 }
                                 let constraint = constraint.or(k.name.as_ref().map(normalize_ident));
-                                keys.push((constraint, vec![cname.clone()], false, at));
+                                keys.push(Written(constraint, vec![cname.clone()], false, at));
                             }
                             other => return Err(SqlError::unsupported(format!("column option {other}")).at(at)),
                         }
@@ -276,10 +277,10 @@ impl Planner<'_> {
                         };
                         names.push(normalize_ident(ident));
                     }
-                    keys.push((constraint.map(normalize_ident), names, primary, at));
+                    keys.push(Written(constraint.map(normalize_ident), names, primary, at));
                 }
                 let mut unique_keys: Vec<UniqueKey> = Vec::new();
-                for (constraint, names, primary, at) in keys {
+                for Written(constraint, names, primary, at) in keys {
                     if primary && unique_keys.iter().any(|k| k.primary) {
                         let msg = format!("multiple primary keys for table \"{name}\" are not allowed");
                         return Err(SqlError::new("42P16", msg).at(at));
