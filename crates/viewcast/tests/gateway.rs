@@ -573,13 +573,14 @@ async fn gateway_added_latency() {
     let writer = start_writer_every(Arc::new(Mutex::new(upstream.pg)), Duration::from_millis(env("GW_WRITE_MS", 7)));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     writer.stop().await;
-    let direct = direct.lock().unwrap();
-    let mut added_us: Vec<i64> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(ts, at)| direct.get(&(ts + 1)).map(|d| at.duration_since(*d).as_micros() as i64))
-        .collect();
+    let mut added_us: Vec<i64> = {
+        let direct = direct.lock().unwrap();
+        let received = received.lock().unwrap();
+        received
+            .iter()
+            .filter_map(|(ts, at)| direct.get(&(ts + 1)).map(|d| at.duration_since(*d).as_micros() as i64))
+            .collect()
+    };
     added_us.sort_unstable();
     assert!(!added_us.is_empty(), "no timestamps matched");
     let pct = |p: f64| added_us[((added_us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
