@@ -353,12 +353,14 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     tokio::time::sleep(Duration::from_secs_f64(spec.warmup)).await;
     let s_connected = server.sample();
     let me0 = ProcSample::of(std::process::id());
+    let timeline0 = server_timeline(spec.system, server.addr).await;
     shared.set_phase(MEASURE);
     let measure_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(spec.seconds)).await;
     let window = measure_start.elapsed().as_secs_f64();
     let s_end = server.sample();
     let me1 = ProcSample::of(std::process::id());
+    let timeline1 = server_timeline(spec.system, server.addr).await;
     shared.set_phase(DONE);
     let _ = tokio::time::timeout(Duration::from_secs(10), driver).await;
     let mut fast: Vec<ClientResult> = Vec::new();
@@ -448,6 +450,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         },
         "rss_per_conn_kib": (rss_per_conn_kib * 10.0).round() / 10.0,
         "loadavg_1m_end": loadavg_1m(),
+        "server_timeline": window_timeline(timeline0.as_ref(), timeline1.as_ref()),
     });
     let plot = json!({
         "system": spec.system.name(),
@@ -457,6 +460,66 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "measure_start_s": measure_start.duration_since(t0).as_secs_f64(),
     });
     Ok((line, plot))
+}
+
+/// viewcast's per-stage timeline counters (`/api/v1/stats`), cumulative since it started.
+async fn server_timeline(system: System, addr: std::net::SocketAddr) -> Option<Value> {
+    if !matches!(system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway) {
+        return None;
+    }
+    let body = reqwest::get(format!("http://{addr}/api/v1/stats")).await.ok()?.bytes().await.ok()?;
+    let stats: Value = serde_json::from_slice(&body).ok()?;
+    stats.get("timeline").cloned()
+}
+
+/// The server's stages inside the measurement window: the difference of the two cumulative
+/// reports' buckets, as p50 / p90 / p99 / max-bucket in ms per stage (bucket upper bounds, 12.5%
+/// wide). Stages: `close_to_apply` (timestamp's wall-clock ms to the hub applying it: engine or
+/// upstream), `apply` (the hub's seal, serialization and broadcast), `frame_to_pump` (serialized
+/// to a connection's task taking it), `frame_to_written` (serialized to written to the socket).
+fn window_timeline(start: Option<&Value>, end: Option<&Value>) -> Value {
+    let (Some(start), Some(end)) = (start, end) else { return Value::Null };
+    let stages = [
+        ("close_to_apply", "/hub/close_to_apply"),
+        ("apply", "/hub/apply"),
+        ("frame_to_pump", "/frame_to_pump"),
+        ("frame_to_written", "/frame_to_written"),
+    ];
+    let buckets = |v: &Value, path: &str| -> std::collections::BTreeMap<u64, u64> {
+        v.pointer(&format!("{path}/buckets"))
+            .and_then(Value::as_array)
+            .map(|bs| bs.iter().filter_map(|b| Some((b.get(0)?.as_u64()?, b.get(1)?.as_u64()?))).collect())
+            .unwrap_or_default()
+    };
+    let mut out = serde_json::Map::new();
+    for (name, path) in stages {
+        let before = buckets(start, path);
+        let diff: Vec<(u64, u64)> = buckets(end, path)
+            .into_iter()
+            .map(|(upper, n)| (upper, n.saturating_sub(before.get(&upper).copied().unwrap_or(0))))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let n: u64 = diff.iter().map(|(_, c)| c).sum();
+        let q = |q: f64| {
+            let rank = ((q * n as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            diff.iter()
+                .find(|(_, c)| {
+                    seen += c;
+                    seen >= rank
+                })
+                .map_or(0.0, |(upper, _)| ms(*upper))
+        };
+        out.insert(
+            name.to_string(),
+            if n == 0 {
+                Value::Null
+            } else {
+                json!({ "n": n, "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99), "max_ms": q(1.0) })
+            },
+        );
+    }
+    Value::Object(out)
 }
 
 /// The machine's 1-minute load average (the share of the cores the servers competed for).

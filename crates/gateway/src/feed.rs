@@ -12,10 +12,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::Notify;
+use viewcast_hub::timeline::StageHistogram;
 use viewcast_hub::{wire, Frame, FrameKind, Hub, HubError, Start, Subscription};
 use viewcast_repr::{Diff, Row, Timestamp};
 
@@ -25,6 +27,9 @@ pub(crate) struct OutMsg {
     pub bytes: Bytes,
     pub view: Arc<str>,
     pub ts: Option<Timestamp>,
+    /// When the hub serialized the frame this message carries (live frames only), for the
+    /// `written` stage of the timeline.
+    pub made: Option<Instant>,
 }
 
 /// Counters over every client of the server, for `/api/v1/stats` and tests.
@@ -42,6 +47,11 @@ pub struct StreamMetrics {
     pub resyncs: AtomicU64,
     /// Connections closed because the client stopped reading for longer than the stall timeout.
     pub stalled_closes: AtomicU64,
+    /// Timeline: from the hub serializing a live frame to a subscription's pump taking it (the
+    /// wake-up of the connection's task).
+    pub frame_to_pump: StageHistogram,
+    /// Timeline: from the hub serializing a live frame to its bytes written to the socket.
+    pub frame_to_written: StageHistogram,
 }
 
 /// The queue of encoded messages to one socket, bounded in bytes. Each of the connection's pumps
@@ -369,7 +379,13 @@ impl Pump {
     }
 
     fn msg(&self, bytes: Bytes, ts: Option<Timestamp>) -> OutMsg {
-        OutMsg { bytes, view: self.view.clone(), ts }
+        OutMsg { bytes, view: self.view.clone(), ts, made: None }
+    }
+
+    /// A live frame's message, timed from the hub's serialization on.
+    fn live(&self, bytes: Bytes, frame: &Frame) -> OutMsg {
+        self.outbox.metrics.frame_to_pump.record(frame.made.elapsed());
+        OutMsg { bytes, view: self.view.clone(), ts: frame.ts, made: Some(frame.made) }
     }
 
     async fn send_error(&self, message: &str) {
@@ -468,7 +484,7 @@ impl Pump {
             }
             match self.encoding.encode(&frame) {
                 Ok(bytes) => {
-                    if self.outbox.try_send(self.msg(bytes, frame.ts)).is_err() {
+                    if self.outbox.try_send(self.live(bytes, &frame)).is_err() {
                         // No room: start consolidating instead of queueing.
                         self.absorb(Ok(frame), &mut backlog, share);
                     }
@@ -483,7 +499,7 @@ impl Pump {
                 match sub.updates.try_recv() {
                     Ok(f) => match self.encoding.encode(&f) {
                         Ok(bytes) => {
-                            if self.outbox.try_send(self.msg(bytes, f.ts)).is_err() {
+                            if self.outbox.try_send(self.live(bytes, &f)).is_err() {
                                 self.absorb(Ok(f), &mut backlog, share);
                             }
                         }
@@ -570,7 +586,7 @@ mod tests {
     use std::time::Duration;
 
     fn msg(n: usize) -> OutMsg {
-        OutMsg { bytes: Bytes::from(vec![b'x'; n]), view: Arc::from("v"), ts: None }
+        OutMsg { bytes: Bytes::from(vec![b'x'; n]), view: Arc::from("v"), ts: None, made: None }
     }
 
     #[tokio::test]

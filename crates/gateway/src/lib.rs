@@ -109,6 +109,13 @@ async fn stats(axum::extract::State(st): axum::extract::State<AppState>) -> axum
         "resyncs": m.resyncs.load(Relaxed),
         "stalled_closes": m.stalled_closes.load(Relaxed),
         "sealed_ts": st.coord.sealed_ts(),
+        // Where a live frame's time goes (µs; see viewcast_hub::timeline): the hub's stages, then
+        // the gateway's, each from the hub's serialization of the frame.
+        "timeline": {
+            "hub": st.coord.hub().timeline().to_json(),
+            "frame_to_pump": m.frame_to_pump.snapshot().to_json(),
+            "frame_to_written": m.frame_to_written.snapshot().to_json(),
+        },
     }))
 }
 
@@ -136,7 +143,15 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = router(coord, config);
+    // Streams send small frames: with Nagle's algorithm a frame sent while the previous one is
+    // unacknowledged waits for the client's delayed ACK (up to 40 ms on Linux loopback).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

@@ -274,7 +274,13 @@ pub(crate) async fn write_ws(
                     sink.flush().await.map_err(|_| ())
                 };
                 match tokio::time::timeout(config.stall_timeout, write).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        for (msg, _) in &batch {
+                            if let Some(made) = msg.made {
+                                metrics.frame_to_written.record(made.elapsed());
+                            }
+                        }
+                    }
                     Ok(Err(())) => return,
                     Err(_) => {
                         let reason = match last_ts {

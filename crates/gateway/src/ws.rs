@@ -73,7 +73,7 @@ pub(crate) async fn ws(
 }
 
 fn control(bytes: Value) -> OutMsg {
-    OutMsg { bytes: bytes.to_string().into(), view: Arc::from(""), ts: None }
+    OutMsg { bytes: bytes.to_string().into(), view: Arc::from(""), ts: None, made: None }
 }
 
 fn error_msg(id: Option<&str>, message: &str) -> OutMsg {

@@ -20,6 +20,7 @@
 //! every advance of time (pgwire `SUBSCRIBE ... WITH (PROGRESS)`, sinks) wait on the hub's frontier
 //! ([`Hub::wait_for`]) as well as on frames.
 
+pub mod timeline;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use viewcast_changelog::{Retention, ViewLog};
 use viewcast_plan::GlobalId;
 use viewcast_repr::{Diff, RelationDesc, Row, Timestamp, Update};
 
+pub use timeline::HubTimeline;
 pub use wire::{Frame, FrameKind};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -162,6 +164,7 @@ pub struct Hub {
     frontier_tx: watch::Sender<Timestamp>,
     /// Bumped after every seal of any view (either clock), to wake [`Hub::wait_for_view`].
     sealed_epoch: watch::Sender<u64>,
+    timeline: HubTimeline,
 }
 
 impl Hub {
@@ -171,7 +174,20 @@ impl Hub {
             state: RwLock::new(HubState::default()),
             frontier_tx: watch::channel(0).0,
             sealed_epoch: watch::channel(0).0,
+            timeline: HubTimeline::default(),
         }
+    }
+
+    /// How long steps took to reach the hub and to be applied (see [`timeline`]).
+    pub fn timeline(&self) -> &HubTimeline {
+        &self.timeline
+    }
+
+    /// Records a step through `upto` (timestamps are wall-clock ms) as it starts to be applied.
+    fn step_started(&self, upto: Timestamp) -> std::time::Instant {
+        let closed_us = upto.saturating_sub(1).saturating_mul(1000);
+        self.timeline.close_to_apply.record_us(timeline::wall_us().saturating_sub(closed_us));
+        std::time::Instant::now()
     }
 
     /// Publishes a view whose contents start at `as_of` (its first sealed changes are its initial contents).
@@ -217,6 +233,7 @@ impl Hub {
     /// Views without changes get a progress frame when [`HubConfig::progress_interval_ms`] has
     /// passed since their last frame. Frames are built only for views with subscribers.
     pub fn apply(&self, upto: Timestamp, changes: Vec<(GlobalId, Vec<Update>)>) {
+        let started = self.step_started(upto);
         let mut st = self.state.write().expect("hub lock");
         let mut changed: HashMap<GlobalId, Vec<Update>> = changes.into_iter().collect();
         for (id, view) in st.views.iter_mut() {
@@ -232,9 +249,13 @@ impl Hub {
             tracing::debug!(id, "sealed changes for an unregistered view ignored");
         }
         st.frontier = st.frontier.max(upto);
+        // Published before the lock is released: whoever read the views at this frontier (a
+        // SELECT) and then asks for the frontier must not get an older one, or it would take a
+        // timestamp before what it saw as "everything sealed" (the late-joiner test's flake).
+        self.frontier_tx.send_replace(st.frontier);
         drop(st);
-        self.frontier_tx.send_replace(upto);
         self.sealed_epoch.send_modify(|e| *e += 1);
+        self.timeline.apply.record(started.elapsed());
     }
 
     /// Seals an own-clock view (see [`Hub::register_own_clock`]) through every time below `upto`:
@@ -251,10 +272,12 @@ impl Hub {
         if upto <= view.log.frontier() && updates.is_empty() {
             return Ok(());
         }
+        let started = self.step_started(upto);
         view.seal(upto, updates, self.config.progress_interval_ms)
             .map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
         drop(st);
         self.sealed_epoch.send_modify(|e| *e += 1);
+        self.timeline.apply.record(started.elapsed());
         Ok(())
     }
 
@@ -336,9 +359,10 @@ impl Hub {
         self.state.read().expect("hub lock").views.get(&id).is_some_and(|v| v.log.frontier() > v.as_of)
     }
 
-    /// Every time below the returned one is applied to every view.
+    /// Every time below the returned one is applied to every view. Never older than the time
+    /// any earlier [`Hub::read`] saw (both come from the same locked state).
     pub fn frontier(&self) -> Timestamp {
-        *self.frontier_tx.borrow()
+        self.state.read().expect("hub lock").frontier
     }
 
     /// Resolves once every time below `ts` is applied.
@@ -495,6 +519,36 @@ mod tests {
         hub.unregister(2);
         hub.apply(700, vec![]);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    }
+
+    /// The late-joiner flake: a test read the views (a SELECT, at the hub's frontier), then took
+    /// `frontier()` as "everything sealed", and followed a stream until that time. The frontier
+    /// was published after the lock was released, so under load it could be older than what the
+    /// read had seen, and the follower stopped a timestamp short. Whatever a read saw, a later
+    /// `frontier()` and `wait_for` must be past it, while another thread keeps applying.
+    #[test]
+    fn frontier_is_never_older_than_what_a_read_saw() {
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        hub.register(1, "v", desc(), 0);
+        hub.apply(1, vec![]);
+        let applier = std::thread::spawn({
+            let hub = hub.clone();
+            move || {
+                for upto in 2..=20_000u64 {
+                    hub.apply(upto, vec![(1, vec![(r(upto as i64), upto - 1, 1)])]);
+                }
+            }
+        });
+        let mut checks = 0u64;
+        while !applier.is_finished() {
+            let (seen, rows) = hub.read(|ts, get| (ts, get(1).map_or(0, |rows| rows.len())));
+            let frontier = hub.frontier();
+            assert!(frontier > seen, "read saw time {seen} ({rows} rows), then frontier() said {frontier}");
+            checks += 1;
+        }
+        applier.join().unwrap();
+        assert!(checks > 0);
+        assert_eq!(hub.frontier(), 20_000);
     }
 
     #[test]

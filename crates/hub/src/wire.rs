@@ -3,6 +3,7 @@
 //! Each message is serialized once into a [`Frame`] and its bytes shared by every subscriber.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -18,6 +19,8 @@ pub struct Frame {
     /// The changes (update) or contents (snapshot) the frame carries, for consumers that re-encode
     /// them (keyed envelopes, consolidation of a slow client's backlog, pgwire).
     pub rows: Option<Arc<Vec<(Row, Diff)>>>,
+    /// When it was serialized: where the gateway's stages of its timeline start.
+    pub made: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +72,7 @@ impl Serialize for Rows<'_> {
 
 fn frame(kind: FrameKind, ts: Option<Timestamp>, msg: &impl Serialize) -> Frame {
     let bytes = serde_json::to_vec(msg).expect("wire messages always serialize");
-    Frame { kind, ts, bytes: Bytes::from(bytes), rows: None }
+    Frame { kind, ts, bytes: Bytes::from(bytes), rows: None, made: Instant::now() }
 }
 
 /// `{"type":"snapshot","view":V,"ts":T,"columns":[..],"rows":[..]}`: the entire view at `ts`.

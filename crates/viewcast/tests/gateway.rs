@@ -288,13 +288,18 @@ impl Client {
 /// Inserts and deletes random rows of the upstream's table until stopped, reconnecting when the
 /// upstream goes away.
 fn start_writer(addr: Arc<Mutex<SocketAddr>>) -> Writer {
+    start_writer_every(addr, Duration::from_millis(7))
+}
+
+/// A writer that changes the upstream's table about every `every` (plus the write's own time).
+fn start_writer_every(addr: Arc<Mutex<SocketAddr>>, every: Duration) -> Writer {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let task = tokio::spawn(async move {
         let mut client = None;
         let mut live: Vec<(String, i64)> = Vec::new();
         while !s.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(7)).await;
+            tokio::time::sleep(every).await;
             if client.is_none() {
                 let a = *addr.lock().unwrap();
                 client = pg(a).await.ok();
@@ -513,7 +518,9 @@ async fn clients_need_no_resync_when_the_upstream_restarts() {
 /// upstream's progress row and a WebSocket client's receipt of that timestamp. A direct SUBSCRIBE
 /// client of the upstream timestamps each progress row `p` on arrival; each of `GW_CLIENTS`
 /// gateway clients (default 1) timestamps its frame for `p - 1` (the same complete timestamp).
-/// Runs `GW_SECONDS` (default 10) with the writer changing the upstream every ~7 ms.
+/// Runs `GW_SECONDS` (default 10) with the writer changing the upstream every `GW_WRITE_MS`
+/// (default 7: a change in nearly every 20 ms upstream tick, 50 timestamps a second; 100 gives
+/// about 10 changing timestamps a second, the fan-out benchmark's rate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 async fn gateway_added_latency() {
@@ -563,16 +570,17 @@ async fn gateway_added_latency() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     received.lock().unwrap().clear();
-    let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
+    let writer = start_writer_every(Arc::new(Mutex::new(upstream.pg)), Duration::from_millis(env("GW_WRITE_MS", 7)));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     writer.stop().await;
-    let direct = direct.lock().unwrap();
-    let mut added_us: Vec<i64> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(ts, at)| direct.get(&(ts + 1)).map(|d| at.duration_since(*d).as_micros() as i64))
-        .collect();
+    let mut added_us: Vec<i64> = {
+        let direct = direct.lock().unwrap();
+        let received = received.lock().unwrap();
+        received
+            .iter()
+            .filter_map(|(ts, at)| direct.get(&(ts + 1)).map(|d| at.duration_since(*d).as_micros() as i64))
+            .collect()
+    };
     added_us.sort_unstable();
     assert!(!added_us.is_empty(), "no timestamps matched");
     let pct = |p: f64| added_us[((added_us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
@@ -583,4 +591,27 @@ async fn gateway_added_latency() {
         pct(0.99),
         pct(1.0)
     );
+    // Where the gateway's share went (µs, cumulative since it started; see viewcast_hub::timeline).
+    let stats = http_get_json(gateway.http, "/api/v1/stats").await;
+    for (stage, path) in [
+        ("upstream ts to hub apply", "/timeline/hub/close_to_apply"),
+        ("hub apply", "/timeline/hub/apply"),
+        ("frame to connection task", "/timeline/frame_to_pump"),
+        ("frame to socket write", "/timeline/frame_to_written"),
+    ] {
+        let h = &stats.pointer(path).cloned().unwrap_or_default();
+        println!("  {stage}: n {} p50 {} us, p99 {} us, max {} us", h["n"], h["p50_us"], h["p99_us"], h["max_us"]);
+    }
+}
+
+/// GET over HTTP/1.0 and parse the body as JSON (the tests have no HTTP client crate).
+async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }
