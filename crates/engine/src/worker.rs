@@ -17,7 +17,7 @@ use viewcast_plan::{EvalError, GlobalId, RelExpr};
 use viewcast_repr::{Diff, Row, Timestamp, Update};
 
 use crate::forward::Forward;
-use crate::merger::MergerMsg;
+use crate::merger::Report;
 use crate::render::{count_view, is_linear, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
@@ -106,14 +106,11 @@ struct WorkerState {
     /// The global sealed frontier last applied to trace compaction.
     compacted_to: Timestamp,
     reported_frontier: Timestamp,
+    /// When this worker took each tick command since its last report (for the tick's timeline).
+    taken: Vec<(Timestamp, Instant)>,
 }
 
-pub(crate) fn run(
-    worker: &mut Worker,
-    commands: crossbeam_channel::Receiver<Command>,
-    merger: crossbeam_channel::Sender<MergerMsg>,
-    shared: Arc<Shared>,
-) {
+pub(crate) fn run(worker: &mut Worker, commands: crossbeam_channel::Receiver<Command>, shared: Arc<Shared>) {
     let index = worker.index();
     let mut st = WorkerState {
         items: Items::default(),
@@ -121,6 +118,7 @@ pub(crate) fn run(
         errors: Rc::new(ErrorSink { events: shared.events.clone(), state: RefCell::new(HashMap::new()) }),
         compacted_to: 0,
         reported_frontier: 0,
+        taken: Vec::new(),
     };
     loop {
         let mut worked = false;
@@ -138,7 +136,7 @@ pub(crate) fn run(
         } else {
             worker.step_or_park(Some(PARK));
         }
-        st.report(index, &merger);
+        st.report(index, &shared);
         let sealed = shared.sealed.load(Ordering::Acquire);
         if sealed > st.compacted_to {
             st.compacted_to = sealed;
@@ -264,6 +262,7 @@ impl WorkerState {
                 self.items.inputs.remove(&id);
             }
             Command::Tick { ts, updates } => {
+                self.taken.push((ts, Instant::now()));
                 let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = updates.into_iter().collect();
                 for view in self.items.views.values_mut() {
                     for (input, session) in view.sessions.iter_mut() {
@@ -295,8 +294,8 @@ impl WorkerState {
         true
     }
 
-    /// Sends captured changes and the local frontier to the merger when either has moved.
-    fn report(&mut self, index: usize, merger: &crossbeam_channel::Sender<MergerMsg>) {
+    /// Hands captured changes and the local frontier to the merger when either has moved.
+    fn report(&mut self, index: usize, shared: &Shared) {
         let mut frontier = self.next_time;
         let mut changes = Vec::new();
         for (id, view) in self.items.views.iter() {
@@ -306,9 +305,13 @@ impl WorkerState {
                 changes.push((*id, std::mem::take(&mut cap.updates)));
             }
         }
-        if frontier != self.reported_frontier || !changes.is_empty() {
+        if frontier != self.reported_frontier || !changes.is_empty() || !self.taken.is_empty() {
             self.reported_frontier = frontier;
-            let _ = merger.send(MergerMsg::Progress { worker: index, frontier, changes });
+            let taken = std::mem::take(&mut self.taken);
+            let report = Report { worker: index, frontier, changes, taken };
+            if let Ok(mut merger) = shared.merger.lock() {
+                merger.progress(report, shared);
+            }
         }
     }
 }
