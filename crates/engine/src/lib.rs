@@ -90,7 +90,7 @@ pub struct TickTimeline {
     pub passed: Vec<Option<Instant>>,
     /// The merger applied the report that completed the tick (the last worker's).
     pub merged: Instant,
-    /// The tick's `Sealed` event left the merger.
+    /// The tick's `Sealed` event was ready to be sent.
     pub sealed: Instant,
 }
 

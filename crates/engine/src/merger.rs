@@ -107,9 +107,8 @@ impl Merger {
             }
             self.pending.retain(|_, u| !u.is_empty());
             changes.sort_by_key(|(id, _)| *id);
-            // The consumer is gone only at shutdown; the workers stop on their own then.
-            let _ = shared.events.send(EngineEvent::Sealed { upto, changes });
-            shared.sealed.store(upto, Ordering::Release);
+            // The timeline is stored before the event is sent, so a consumer that looks it up on
+            // receiving the event finds it.
             timeline.sealed = Instant::now();
             if let Ok(mut times) = shared.timelines.lock() {
                 if times.len() == crate::TIMELINES {
@@ -117,6 +116,9 @@ impl Merger {
                 }
                 times.push_back(timeline);
             }
+            // The consumer is gone only at shutdown; the workers stop on their own then.
+            let _ = shared.events.send(EngineEvent::Sealed { upto, changes });
+            shared.sealed.store(upto, Ordering::Release);
         }
     }
 
