@@ -523,6 +523,6 @@ fn window_timeline(start: Option<&Value>, end: Option<&Value>) -> Value {
 }
 
 /// The machine's 1-minute load average (the share of the cores the servers competed for).
-fn loadavg_1m() -> Option<f64> {
+pub(crate) fn loadavg_1m() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }

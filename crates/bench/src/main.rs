@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
-use viewcast_coord::{CoordConfig, Coordinator};
+use viewcast_coord::{CoordConfig, Coordinator, TickStages};
 
 use crate::fanout::{RunSpec, System};
 
@@ -292,24 +292,63 @@ async fn tick_latency(rate: u64, seconds: u64, tick_ms: u64, workers: usize) -> 
     }
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    coord.take_tick_latencies();
+    coord.take_tick_stages();
+    let load_start = fanout::loadavg_1m();
+    let me0 = proc::ProcSample::of(std::process::id());
+    let sched0 = proc::thread_sched();
     let start_count = counter(&coord).await;
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let end_count = counter(&coord).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let mut lat = coord.take_tick_latencies();
-    lat.sort_unstable();
+    let me1 = proc::ProcSample::of(std::process::id());
+    // Per thread: share of the window on a CPU and waiting in a run queue (percent of one core).
+    let threads: serde_json::Map<String, Value> = proc::thread_sched()
+        .into_iter()
+        .map(|(name, (run, wait))| {
+            let (run0, wait0) = sched0.get(&name).copied().unwrap_or((0, 0));
+            let pct = |ns: u64| (ns as f64 / 1e7 / elapsed).round();
+            (
+                name,
+                json!({ "on_cpu_pct": pct(run.saturating_sub(run0)), "runqueue_pct": pct(wait.saturating_sub(wait0)) }),
+            )
+        })
+        .collect();
+    let ticks = coord.take_tick_stages();
+    let stage = |f: &dyn Fn(&TickStages) -> u64| {
+        let mut v: Vec<u64> = ticks.iter().map(f).collect();
+        v.sort_unstable();
+        json!({ "p50_ms": percentile(&v, 0.50), "p99_ms": percentile(&v, 0.99), "max_ms": percentile(&v, 1.0) })
+    };
+    let mut rows: Vec<usize> = ticks.iter().map(|t| t.rows).collect();
+    rows.sort_unstable();
+    let mut slowest: Vec<&TickStages> = ticks.iter().collect();
+    slowest.sort_unstable_by_key(|t| std::cmp::Reverse(t.sealed_us));
     let out = json!({
         "bench": "tick-latency",
         "rate_target": rate,
         "events_per_s_measured": ((end_count - start_count) as f64 / elapsed).round(),
         "tick_ms": tick_ms,
         "workers": workers,
-        "ticks": lat.len(),
-        "p50_ms": percentile(&lat, 0.50),
-        "p99_ms": percentile(&lat, 0.99),
-        "max_ms": percentile(&lat, 1.0),
+        "ticks": ticks.len(),
+        "ticks_expected": (elapsed * 1000.0 / tick_ms as f64).round(),
+        "sealed": stage(&|t| t.sealed_us),
+        "applied": stage(&|t| t.applied_us),
+        "stages": {
+            "tick_to_worker": stage(&|t| t.taken_us),
+            "worker_compute": stage(&|t| t.passed_us.saturating_sub(t.taken_us)),
+            "report_to_merger": stage(&|t| t.merged_us.saturating_sub(t.passed_us)),
+            "merger_seal": stage(&|t| t.sealed_us.saturating_sub(t.merged_us)),
+            "queue_to_apply": stage(&|t| t.received_us.saturating_sub(t.sealed_us)),
+            "hub_apply": stage(&|t| t.applied_us.saturating_sub(t.received_us)),
+        },
+        "rows_per_tick": json!({ "min": rows.first(), "p50": rows.get(rows.len() / 2), "max": rows.last() }),
+        "tick_interval": stage(&|t| t.interval_us),
+        "slowest_ticks_us": slowest.iter().take(5).collect::<Vec<_>>(),
+        "cpu_pct": (me1.cpu_percent_since(&me0) * 10.0).round() / 10.0,
+        "threads": threads,
+        "loadavg_1m_start": load_start,
+        "loadavg_1m_end": fanout::loadavg_1m(),
     });
     println!("{out}");
     Ok(())

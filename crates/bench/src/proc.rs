@@ -137,3 +137,21 @@ pub fn open_file_limit() -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Nanoseconds each thread of this process has run on a CPU and waited runnable in a run queue
+/// (`/proc/self/task/*/schedstat`), summed per thread name.
+pub fn thread_sched() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+        let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let mut f = sched.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+        let e = out.entry(name).or_insert((0, 0));
+        e.0 += run;
+        e.1 += wait;
+    }
+    out
+}

@@ -58,7 +58,6 @@ pub(crate) fn now_ms() -> Timestamp {
 pub(crate) fn first_tick(shared: &Shared) -> Result<(), viewcast_engine::EngineError> {
     let mut clock = shared.clock.lock().expect("clock lock");
     let ts = clock.next_ts();
-    shared.tick_sent.lock().expect("latency lock").push_back((ts, Instant::now()));
     shared.engine.tick(ts, Vec::new())?;
     clock.last = Some(ts);
     clock.in_flight.push_back(ts);
@@ -92,7 +91,6 @@ pub(crate) fn tick_loop(shared: &Shared) {
             updates.push((w.id, w.updates));
             done.extend(w.done);
         }
-        shared.tick_sent.lock().expect("latency lock").push_back((ts, Instant::now()));
         if let Err(e) = shared.engine.tick(ts, updates) {
             tracing::error!(error = %e, "engine refused a tick; stopping the clock");
             return;

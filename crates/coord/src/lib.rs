@@ -69,17 +69,38 @@ pub(crate) struct Shared {
     /// the last write queued (0: none); held by a write only until its timestamp is assigned, not
     /// until it is sealed (see `execute::write`).
     pub write_lock: tokio::sync::Mutex<u64>,
-    /// When each in-flight tick was sent, to measure tick-to-sealed latency.
-    pub tick_sent: Mutex<std::collections::VecDeque<(u64, std::time::Instant)>>,
-    /// Tick-to-sealed latencies in microseconds, most recent last (bounded).
-    pub latencies_us: Mutex<std::collections::VecDeque<u64>>,
+    /// The stages of recently sealed ticks, most recent last (bounded).
+    pub tick_stages: Mutex<std::collections::VecDeque<TickStages>>,
     /// Running webhook sinks.
     pub sinks: sinks::Sinks,
     /// Upstream views' changes for the engine inputs that local views read (gateway mode).
     pub upstream_mailbox: Arc<upstream::UpstreamMailbox>,
 }
 
-/// Latency samples kept for [`Coordinator::take_tick_latencies`].
+/// Where one tick's latency went: microseconds from the tick closing ([`Engine::tick`]) to the end
+/// of each stage, cumulative (see [`Coordinator::take_tick_stages`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TickStages {
+    pub ts: u64,
+    /// Rows the tick carried.
+    pub rows: usize,
+    /// Since the previous tick closed.
+    pub interval_us: u64,
+    /// The last worker took the tick's command.
+    pub taken_us: u64,
+    /// The last worker's dataflows were done with the tick (its frontier passed it).
+    pub passed_us: u64,
+    /// The merger received that worker's report.
+    pub merged_us: u64,
+    /// The `Sealed` event left the engine.
+    pub sealed_us: u64,
+    /// The apply thread received it.
+    pub received_us: u64,
+    /// The hub had applied it: subscribers can see it.
+    pub applied_us: u64,
+}
+
+/// Samples kept for [`Coordinator::take_tick_stages`].
 const MAX_LATENCY_SAMPLES: usize = 100_000;
 
 /// A running viewcast instance (engine, hub, catalog). Dropping it stops every thread.
@@ -101,8 +122,7 @@ impl Coordinator {
             clock: Mutex::new(clock::Clock::new()),
             stop: std::sync::atomic::AtomicBool::new(false),
             write_lock: tokio::sync::Mutex::new(0),
-            tick_sent: Mutex::new(Default::default()),
-            latencies_us: Mutex::new(Default::default()),
+            tick_stages: Mutex::new(Default::default()),
             sinks: sinks::Sinks::default(),
             upstream_mailbox: Arc::default(),
         });
@@ -185,7 +205,12 @@ impl Coordinator {
     /// Takes the recorded latencies from sending a tick to the engine to its sealed output leaving the engine,
     /// in microseconds (at most the last 100,000).
     pub fn take_tick_latencies(&self) -> Vec<u64> {
-        self.shared.latencies_us.lock().expect("latency lock").drain(..).collect()
+        self.take_tick_stages().iter().map(|s| s.sealed_us).collect()
+    }
+
+    /// Takes the recorded stages of the ticks sealed since the last call (at most the last 100,000).
+    pub fn take_tick_stages(&self) -> Vec<TickStages> {
+        self.shared.tick_stages.lock().expect("latency lock").drain(..).collect()
     }
 
     /// The engine's shared arrangements (one per relation and key, read by every view and index
@@ -265,11 +290,13 @@ impl Drop for Coordinator {
 
 fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>) {
     use std::sync::atomic::Ordering;
+    let mut previous_sent = None;
     while !shared.stop.load(Ordering::SeqCst) {
         match events.recv_timeout(std::time::Duration::from_millis(100)) {
             Ok(EngineEvent::Sealed { upto, changes }) => {
-                record_latency(shared, upto);
-                shared.hub.apply(upto, changes)
+                let received = std::time::Instant::now();
+                shared.hub.apply(upto, changes);
+                record_stages(shared, upto, received, &mut previous_sent);
             }
             Ok(EngineEvent::Error { id, message }) => {
                 let name = shared.catalog.lock().expect("catalog lock").name_of(id);
@@ -282,20 +309,31 @@ fn apply_loop(shared: &Shared, events: crossbeam_channel::Receiver<EngineEvent>)
     }
 }
 
-fn record_latency(shared: &Shared, upto: u64) {
-    // Up to the update leaving the engine, not this thread's receiving it (it may have queued
-    // behind the hub's work on earlier timestamps).
-    let now = shared.engine.seal_time(upto).unwrap_or_else(std::time::Instant::now);
-    let mut sent = shared.tick_sent.lock().expect("latency lock");
-    let mut lat = shared.latencies_us.lock().expect("latency lock");
-    while let Some((ts, at)) = sent.front().copied() {
-        if ts >= upto {
-            break;
-        }
-        sent.pop_front();
-        if lat.len() == MAX_LATENCY_SAMPLES {
-            lat.pop_front();
-        }
-        lat.push_back(now.duration_since(at).as_micros() as u64);
+fn record_stages(
+    shared: &Shared,
+    upto: u64,
+    received: std::time::Instant,
+    previous_sent: &mut Option<std::time::Instant>,
+) {
+    let applied = std::time::Instant::now();
+    let Some(t) = shared.engine.tick_timeline(upto.saturating_sub(1)) else { return };
+    let us = |at: std::time::Instant| at.saturating_duration_since(t.sent).as_micros() as u64;
+    let last = |stage: &[Option<std::time::Instant>]| us(stage.iter().flatten().copied().max().unwrap_or(t.sent));
+    let stages = TickStages {
+        ts: t.ts,
+        rows: t.rows,
+        interval_us: previous_sent.map_or(0, |p| t.sent.saturating_duration_since(p).as_micros() as u64),
+        taken_us: last(&t.taken),
+        passed_us: last(&t.passed),
+        merged_us: us(t.merged),
+        sealed_us: us(t.sealed),
+        received_us: us(received),
+        applied_us: us(applied),
+    };
+    *previous_sent = Some(t.sent);
+    let mut all = shared.tick_stages.lock().expect("latency lock");
+    if all.len() == MAX_LATENCY_SAMPLES {
+        all.pop_front();
     }
+    all.push_back(stages);
 }

@@ -10,9 +10,10 @@
 //! [`Engine::tick`] partitions the tick's rows by hash across the workers and broadcasts one
 //! [`Command::Tick`] to every worker. Each worker appends its share to the input's history, feeds it
 //! to every dataflow that reads the input, and advances its inputs to `ts + 1`. Capture sinks at the
-//! end of published dataflows buffer `(row, time, diff)`; after each step a worker sends its buffered
-//! changes and its local frontier to the merger thread, which consolidates and emits one
-//! [`EngineEvent::Sealed`] per tick once every worker's frontier has passed it.
+//! end of published dataflows buffer `(row, time, diff)`; after each step a worker hands its buffered
+//! changes and its local frontier to the [`merger`] (on the worker's own thread, under a lock), and
+//! the report that completes a tick (every worker's frontier has passed it) consolidates its changes
+//! and emits one [`EngineEvent::Sealed`].
 //!
 //! # Views over views
 //!
@@ -79,6 +80,26 @@ pub enum EngineEvent {
     /// A scalar evaluation error in a view's dataflow: the offending row was dropped. At most one
     /// event per view per second per worker; `message` says how many rows were dropped since the last one.
     Error { id: GlobalId, message: String },
+}
+
+/// When one tick passed each stage inside the engine ([`Engine::tick_timeline`]): where its latency
+/// goes. Worker stages are per worker, `None` if not seen (e.g. a report lost at shutdown).
+#[derive(Clone, Debug)]
+pub struct TickTimeline {
+    /// The tick's time.
+    pub ts: Timestamp,
+    /// Rows the tick carried, all inputs together.
+    pub rows: usize,
+    /// [`Engine::tick`] was called.
+    pub sent: Instant,
+    /// Per worker: the worker took the tick's command from its channel.
+    pub taken: Vec<Option<Instant>>,
+    /// Per worker: the worker reported a local frontier past `ts` (every dataflow is done with it).
+    pub passed: Vec<Option<Instant>>,
+    /// The merger applied the report that completed the tick (the last worker's).
+    pub merged: Instant,
+    /// The tick's `Sealed` event was ready to be sent.
+    pub sealed: Instant,
 }
 
 /// Why a request to the engine failed.
@@ -150,9 +171,7 @@ struct HandleState {
     arrangements: Vec<ArrangementInfo>,
     commands: Vec<crossbeam_channel::Sender<Command>>,
     threads: Vec<Thread>,
-    merger_tx: crossbeam_channel::Sender<merger::MergerMsg>,
     timely_thread: Option<JoinHandle<()>>,
-    merger_thread: Option<JoinHandle<()>>,
 }
 
 /// A thread-safe handle over the engine's worker threads. Methods take `&self`; commands from
@@ -165,22 +184,24 @@ pub struct Engine {
     workers: usize,
 }
 
-/// How many recent seal times the engine remembers for [`Engine::seal_time`].
-const SEAL_TIMES: usize = 4096;
+/// How many recent ticks' timelines the engine remembers for [`Engine::tick_timeline`].
+const TIMELINES: usize = 4096;
 
 /// State shared with the worker threads.
 pub(crate) struct Shared {
     pub(crate) sealed: Arc<AtomicU64>,
     pub(crate) events: crossbeam_channel::Sender<EngineEvent>,
-    /// When the merger sent each recent `Sealed` event, by `upto`, oldest first; at most
-    /// [`SEAL_TIMES`] (the oldest are dropped), written by the merger, read by [`Engine::seal_time`].
-    pub(crate) seal_times: Mutex<VecDeque<(Timestamp, Instant)>>,
     /// Shared arrangement dataflows installed, summed over the workers.
     pub(crate) live_arrangements: std::sync::atomic::AtomicUsize,
+    /// The timelines of recently sealed ticks, oldest first; at most [`TIMELINES`] (the oldest are
+    /// dropped), written by the merger, read by [`Engine::tick_timeline`].
+    pub(crate) timelines: Mutex<VecDeque<TickTimeline>>,
+    /// Turns the workers' reports into `Sealed` events; see [`merger`].
+    pub(crate) merger: Mutex<merger::Merger>,
 }
 
 impl Engine {
-    /// Starts `config.workers` timely workers and the merger; events go to `events`.
+    /// Starts `config.workers` timely workers; events go to `events`.
     pub fn start(config: EngineConfig, events: crossbeam_channel::Sender<EngineEvent>) -> Result<Engine, EngineError> {
         if config.workers == 0 {
             return Err(EngineError::Config("workers must be at least 1".into()));
@@ -191,18 +212,10 @@ impl Engine {
         let shared = Arc::new(Shared {
             sealed: sealed.clone(),
             events: events.clone(),
-            seal_times: Mutex::new(VecDeque::new()),
             live_arrangements: std::sync::atomic::AtomicUsize::new(0),
+            timelines: Mutex::new(VecDeque::new()),
+            merger: Mutex::new(merger::Merger::new(workers)),
         });
-
-        let (merger_tx, merger_rx) = crossbeam_channel::unbounded();
-        let merger_thread = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("viewcast-merger".into())
-                .spawn(move || merger::run(workers, merger_rx, shared))
-                .map_err(|e| EngineError::Config(format!("spawning merger: {e}")))?
-        };
 
         let mut command_txs = Vec::with_capacity(workers);
         let mut command_rxs = Vec::with_capacity(workers);
@@ -215,7 +228,6 @@ impl Engine {
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded::<(usize, Thread)>();
 
         let timely_thread = {
-            let merger_tx = merger_tx.clone();
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("viewcast-timely".into())
@@ -227,7 +239,7 @@ impl Engine {
                             .take()
                             .expect("each worker takes its receiver once");
                         let _ = thread_tx.send((index, std::thread::current()));
-                        worker::run(worker, rx, merger_tx.clone(), for_workers.clone());
+                        worker::run(worker, rx, for_workers.clone());
                     });
                     match result {
                         Ok(guards) => drop(guards.join()),
@@ -253,9 +265,7 @@ impl Engine {
                 arrangements: Vec::new(),
                 commands: command_txs,
                 threads,
-                merger_tx,
                 timely_thread: Some(timely_thread),
-                merger_thread: Some(merger_thread),
             }),
             shared,
             sealed,
@@ -376,13 +386,14 @@ impl Engine {
         }
         st.items.remove(&id);
         arrange::forget_user(&mut st.arrangements, id);
-        let _ = st.merger_tx.send(merger::MergerMsg::Dropped { id });
+        self.shared.merger.lock().map_err(|_| EngineError::Stopped)?.dropped(id);
         st.broadcast(Command::Drop { id })
     }
 
     /// Inserts `updates` (per input id) at time `ts`, then advances every input to `ts + 1`. `ts`
     /// must increase from call to call; call it once per tick even with nothing to insert.
     pub fn tick(&self, ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)>) -> Result<(), EngineError> {
+        let sent = Instant::now();
         let st = self.lock()?;
         if let Some(previous) = st.last_tick {
             if ts <= previous {
@@ -406,7 +417,8 @@ impl Engine {
             .filter(|(id, rows)| !rows.is_empty() && st.items.get(id).is_some_and(|i| i.published))
             .map(|(id, rows)| (*id, rows.iter().map(|(r, d)| (r.clone(), ts, *d)).collect()))
             .collect();
-        let _ = st.merger_tx.send(merger::MergerMsg::Tick { ts, inputs: published });
+        let rows = updates.iter().map(|(_, r)| r.len()).sum();
+        self.shared.merger.lock().map_err(|_| EngineError::Stopped)?.tick(ts, rows, sent, published);
 
         let n = st.commands.len();
         let mut shares: Vec<TickUpdates> = (0..n).map(|_| Vec::new()).collect();
@@ -436,18 +448,17 @@ impl Engine {
         self.sealed.load(Ordering::Acquire)
     }
 
-    /// When the `Sealed` event with this `upto` left the engine, if it has and is recent; forgets
-    /// every earlier one. For measuring latency from [`Engine::tick`] to sealing without the
-    /// consumer's queueing.
-    pub fn seal_time(&self, upto: Timestamp) -> Option<Instant> {
-        let mut times = self.shared.seal_times.lock().ok()?;
-        while times.front().is_some_and(|(u, _)| *u < upto) {
+    /// The stages of the tick at `ts`, if it is sealed and recent; forgets every earlier tick's.
+    /// For measuring latency from [`Engine::tick`] to sealing without the consumer's queueing.
+    pub fn tick_timeline(&self, ts: Timestamp) -> Option<TickTimeline> {
+        let mut times = self.shared.timelines.lock().ok()?;
+        while times.front().is_some_and(|t| t.ts < ts) {
             times.pop_front();
         }
-        times.front().filter(|(u, _)| *u == upto).map(|(_, at)| *at)
+        times.front().filter(|t| t.ts == ts).cloned()
     }
 
-    /// Stops the workers and the merger and joins their threads.
+    /// Stops the workers and joins their threads.
     pub fn shutdown(self) {
         // Drop does the work.
     }
@@ -486,10 +497,6 @@ impl Drop for Engine {
             thread.unpark();
         }
         if let Some(t) = st.timely_thread.take() {
-            let _ = t.join();
-        }
-        let _ = st.merger_tx.send(merger::MergerMsg::Shutdown);
-        if let Some(t) = st.merger_thread.take() {
             let _ = t.join();
         }
     }

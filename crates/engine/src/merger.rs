@@ -1,111 +1,139 @@
 //! The merger: turns per-worker captured changes and frontiers into one `Sealed` event per tick.
 //!
-//! Invariant: a worker reports a local frontier `f` only after it has sent every captured change at
-//! times `< f`, so once the minimum over workers passes `ts + 1`, the changes buffered for times
-//! `<= ts` are complete and can be sealed.
+//! It has no thread of its own: the handle registers each tick ([`Merger::tick`]) and each worker
+//! applies its reports ([`Merger::progress`]) under the merger's lock, and the report that completes
+//! a tick seals it on that worker's thread. A hand-off to a merger thread cost a wake-up per report,
+//! and on a loaded machine each wake-up waits for a core (measured: the merger thread spent 80% of
+//! the run waiting in the run queue for 2% of CPU, see BENCHMARKS.md "Tick latency").
+//!
+//! Invariant: a worker reports a local frontier `f` only after it has reported every captured
+//! change at times `< f`, so once the minimum over workers passes `ts + 1`, the changes buffered for
+//! times `<= ts` are complete and can be sealed. The handle registers a tick before any worker
+//! receives it, so no report passes a tick the merger does not know.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::time::Instant;
 
 use viewcast_plan::GlobalId;
 use viewcast_repr::{Timestamp, Update};
 
-use crate::{EngineEvent, Shared};
+use crate::{EngineEvent, Shared, TickTimeline};
 
-pub(crate) enum MergerMsg {
-    /// Sent by the handle before the tick's commands: one `Sealed` is owed for `ts`, and these are
-    /// the tick's changes to published inputs.
-    Tick {
-        ts: Timestamp,
-        inputs: Vec<(GlobalId, Vec<Update>)>,
-    },
-    /// A worker's captured changes since its last report, and its local frontier.
-    Progress {
-        worker: usize,
-        frontier: Timestamp,
-        changes: Vec<(GlobalId, Vec<Update>)>,
-    },
-    /// `id` was dropped: forget its buffered changes and ignore late ones.
-    Dropped {
-        id: GlobalId,
-    },
-    Shutdown,
+/// A worker's report: its captured changes since its last report and its local frontier.
+pub(crate) struct Report {
+    pub(crate) worker: usize,
+    pub(crate) frontier: Timestamp,
+    pub(crate) changes: Vec<(GlobalId, Vec<Update>)>,
+    /// When the worker took each tick command since its last report.
+    pub(crate) taken: Vec<(Timestamp, Instant)>,
 }
 
-pub(crate) fn run(workers: usize, rx: crossbeam_channel::Receiver<MergerMsg>, shared: Arc<Shared>) {
-    let mut frontiers = vec![0 as Timestamp; workers];
-    let mut ticks: VecDeque<Timestamp> = VecDeque::new();
-    let mut pending: HashMap<GlobalId, Vec<Update>> = HashMap::new();
-    let mut dropped: HashSet<GlobalId> = HashSet::new();
-    while let Ok(msg) = rx.recv() {
-        let mut batch = vec![msg];
-        // Drain what is already queued so one frontier advance seals once.
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        for msg in batch {
-            match msg {
-                MergerMsg::Tick { ts, inputs } => {
-                    ticks.push_back(ts);
-                    absorb(&mut pending, &dropped, inputs);
-                }
-                MergerMsg::Progress { worker, frontier, changes } => {
-                    frontiers[worker] = frontiers[worker].max(frontier);
-                    absorb(&mut pending, &dropped, changes);
-                }
-                MergerMsg::Dropped { id } => {
-                    dropped.insert(id);
-                    pending.remove(&id);
-                }
-                MergerMsg::Shutdown => return,
+pub(crate) struct Merger {
+    frontiers: Vec<Timestamp>,
+    /// Ticks owed a `Sealed`, oldest first, with their timelines so far.
+    ticks: VecDeque<TickTimeline>,
+    pending: HashMap<GlobalId, Vec<Update>>,
+    dropped: HashSet<GlobalId>,
+}
+
+impl Merger {
+    pub(crate) fn new(workers: usize) -> Merger {
+        Merger { frontiers: vec![0; workers], ticks: VecDeque::new(), pending: HashMap::new(), dropped: HashSet::new() }
+    }
+
+    /// One `Sealed` is owed for `ts`; `inputs` are the tick's changes to published inputs. Called by
+    /// the handle before the tick's commands are sent.
+    pub(crate) fn tick(&mut self, ts: Timestamp, rows: usize, sent: Instant, inputs: Vec<(GlobalId, Vec<Update>)>) {
+        let workers = self.frontiers.len();
+        self.ticks.push_back(TickTimeline {
+            ts,
+            rows,
+            sent,
+            taken: vec![None; workers],
+            passed: vec![None; workers],
+            merged: sent,
+            sealed: sent,
+        });
+        self.absorb(inputs);
+    }
+
+    /// `id` was dropped: forget its buffered changes and ignore late ones.
+    pub(crate) fn dropped(&mut self, id: GlobalId) {
+        self.dropped.insert(id);
+        self.pending.remove(&id);
+    }
+
+    /// Applies a worker's report, then seals (sends `Sealed` for) every tick it completes.
+    pub(crate) fn progress(&mut self, report: Report, shared: &Shared) {
+        let now = Instant::now();
+        let Report { worker, frontier, changes, taken } = report;
+        for (ts, when) in taken {
+            if let Some(t) = self.ticks.iter_mut().find(|t| t.ts == ts) {
+                t.taken[worker] = Some(when);
             }
         }
-        let global = frontiers.iter().copied().min().unwrap_or(0);
-        while let Some(&ts) = ticks.front() {
-            if ts >= global {
-                break;
-            }
-            ticks.pop_front();
-            let upto = ts + 1;
+        for t in self.ticks.iter_mut().take_while(|t| t.ts < frontier) {
+            t.passed[worker].get_or_insert(now);
+        }
+        self.frontiers[worker] = self.frontiers[worker].max(frontier);
+        self.absorb(changes);
+        self.seal(shared, now);
+    }
+
+    fn seal(&mut self, shared: &Shared, completed: Instant) {
+        let global = self.frontiers.iter().copied().min().unwrap_or(0);
+        while self.ticks.front().is_some_and(|t| t.ts < global) {
+            let mut timeline = self.ticks.pop_front().expect("a front tick");
+            timeline.merged = completed;
+            let upto = timeline.ts + 1;
             let mut changes = Vec::new();
-            for (id, updates) in pending.iter_mut() {
+            for (id, updates) in self.pending.iter_mut() {
                 if updates.is_empty() {
                     continue;
                 }
-                let (mut sealed, rest): (Vec<Update>, Vec<Update>) = updates.drain(..).partition(|u| u.1 < upto);
-                *updates = rest;
+                let mut sealed;
+                if updates.iter().all(|u| u.1 < upto) {
+                    sealed = std::mem::take(updates);
+                } else {
+                    let rest;
+                    (sealed, rest) = updates.drain(..).partition(|u| u.1 < upto);
+                    *updates = rest;
+                }
                 consolidate(&mut sealed);
                 if !sealed.is_empty() {
                     changes.push((*id, sealed));
                 }
             }
-            pending.retain(|_, u| !u.is_empty());
+            self.pending.retain(|_, u| !u.is_empty());
             changes.sort_by_key(|(id, _)| *id);
-            if shared.events.send(EngineEvent::Sealed { upto, changes }).is_err() {
-                return;
-            }
-            shared.sealed.store(upto, Ordering::Release);
-            if let Ok(mut times) = shared.seal_times.lock() {
-                if times.len() == crate::SEAL_TIMES {
+            // The timeline is stored before the event is sent, so a consumer that looks it up on
+            // receiving the event finds it.
+            timeline.sealed = Instant::now();
+            if let Ok(mut times) = shared.timelines.lock() {
+                if times.len() == crate::TIMELINES {
                     times.pop_front();
                 }
-                times.push_back((upto, std::time::Instant::now()));
+                times.push_back(timeline);
             }
+            // The consumer is gone only at shutdown; the workers stop on their own then.
+            let _ = shared.events.send(EngineEvent::Sealed { upto, changes });
+            shared.sealed.store(upto, Ordering::Release);
         }
     }
-}
 
-fn absorb(
-    pending: &mut HashMap<GlobalId, Vec<Update>>,
-    dropped: &HashSet<GlobalId>,
-    changes: Vec<(GlobalId, Vec<Update>)>,
-) {
-    for (id, mut updates) in changes {
-        if dropped.contains(&id) {
-            continue;
+    fn absorb(&mut self, changes: Vec<(GlobalId, Vec<Update>)>) {
+        for (id, updates) in changes {
+            if self.dropped.contains(&id) {
+                continue;
+            }
+            let slot = self.pending.entry(id).or_default();
+            if slot.is_empty() {
+                *slot = updates;
+            } else {
+                slot.extend(updates);
+            }
         }
-        pending.entry(id).or_default().append(&mut updates);
     }
 }
 

@@ -18,7 +18,7 @@ use viewcast_repr::{Diff, Row, Timestamp, Update};
 
 use crate::arrange::{ArrangementKey, SharedArrangement};
 use crate::forward::Forward;
-use crate::merger::MergerMsg;
+use crate::merger::Report;
 use crate::render::{count_view, is_linear, Feed, Part, RenderCtx, RowTrace};
 use crate::{Command, EngineEvent, Shared};
 
@@ -109,14 +109,11 @@ struct WorkerState {
     /// The global sealed frontier last applied to trace compaction.
     compacted_to: Timestamp,
     reported_frontier: Timestamp,
+    /// When this worker took each tick command since its last report (for the tick's timeline).
+    taken: Vec<(Timestamp, Instant)>,
 }
 
-pub(crate) fn run(
-    worker: &mut Worker,
-    commands: crossbeam_channel::Receiver<Command>,
-    merger: crossbeam_channel::Sender<MergerMsg>,
-    shared: Arc<Shared>,
-) {
+pub(crate) fn run(worker: &mut Worker, commands: crossbeam_channel::Receiver<Command>, shared: Arc<Shared>) {
     let index = worker.index();
     let mut st = WorkerState {
         items: Items::default(),
@@ -124,6 +121,7 @@ pub(crate) fn run(
         errors: Rc::new(ErrorSink { events: shared.events.clone(), state: RefCell::new(HashMap::new()) }),
         compacted_to: 0,
         reported_frontier: 0,
+        taken: Vec::new(),
     };
     loop {
         let mut worked = false;
@@ -144,7 +142,7 @@ pub(crate) fn run(
         } else {
             worker.step_or_park(Some(PARK));
         }
-        st.report(index, &merger);
+        st.report(index, &shared);
         let sealed = shared.sealed.load(Ordering::Acquire);
         if sealed > st.compacted_to {
             st.compacted_to = sealed;
@@ -271,6 +269,7 @@ impl WorkerState {
                 self.items.inputs.remove(&id);
             }
             Command::Tick { ts, updates } => {
+                self.taken.push((ts, Instant::now()));
                 let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = updates.into_iter().collect();
                 let views = self.items.views.values_mut().map(|v| &mut v.sessions);
                 let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
@@ -304,8 +303,8 @@ impl WorkerState {
         true
     }
 
-    /// Sends captured changes and the local frontier to the merger when either has moved.
-    fn report(&mut self, index: usize, merger: &crossbeam_channel::Sender<MergerMsg>) {
+    /// Hands captured changes and the local frontier to the merger when either has moved.
+    fn report(&mut self, index: usize, shared: &Shared) {
         let mut frontier = self.next_time;
         let mut changes = Vec::new();
         for (id, view) in self.items.views.iter() {
@@ -315,9 +314,13 @@ impl WorkerState {
                 changes.push((*id, std::mem::take(&mut cap.updates)));
             }
         }
-        if frontier != self.reported_frontier || !changes.is_empty() {
+        if frontier != self.reported_frontier || !changes.is_empty() || !self.taken.is_empty() {
             self.reported_frontier = frontier;
-            let _ = merger.send(MergerMsg::Progress { worker: index, frontier, changes });
+            let taken = std::mem::take(&mut self.taken);
+            let report = Report { worker: index, frontier, changes, taken };
+            if let Ok(mut merger) = shared.merger.lock() {
+                merger.progress(report, shared);
+            }
         }
     }
 }

@@ -53,11 +53,17 @@ fn sealed_once_per_tick_late_views_and_drops() {
     assert_eq!(h.log.len(), 20, "one Sealed per tick");
     assert!(h.log.windows(2).all(|w| w[0].0 < w[1].0), "strictly increasing");
     assert!(h.log.iter().any(|(_, c)| c.is_empty()), "empty Sealed events are sent too");
-    // The engine remembers when each Sealed left it, and forgets the earlier ones when asked.
-    let (second_last, last) = (h.log[18].0, h.log[19].0);
-    let sealed_at = h.engine.seal_time(second_last).expect("the time of a recent seal");
-    assert!(h.engine.seal_time(last).expect("the last seal") >= sealed_at);
-    assert_eq!(h.engine.seal_time(second_last), None, "earlier seal times are forgotten");
+    // The engine remembers each tick's stages, in order, and forgets the earlier ones when asked.
+    let (second_last, last) = (h.log[18].0 - 1, h.log[19].0 - 1);
+    let earlier = h.engine.tick_timeline(second_last).expect("the timeline of a recent tick");
+    let t = h.engine.tick_timeline(last).expect("the last tick's timeline");
+    assert_eq!((t.ts, t.rows), (last, usize::from(19 % 3 != 0)));
+    assert!(t.sealed >= earlier.sealed && t.sent >= earlier.sent);
+    for w in 0..2 {
+        let (taken, passed) = (t.taken[w].expect("taken"), t.passed[w].expect("passed"));
+        assert!(t.sent <= taken && taken <= passed && passed <= t.merged && t.merged <= t.sealed, "{t:?}");
+    }
+    assert!(h.engine.tick_timeline(second_last).is_none(), "earlier timelines are forgotten");
 
     // A view created after ticks starts with everything, at the time after the last tick.
     h.engine.create_view(11, RelExpr::Negate { input: get(10) }, true).unwrap();
