@@ -174,21 +174,8 @@ impl RelExpr {
     /// Calls `f` on this node and every node below it, parents first, allowing changes.
     pub fn visit_mut(&mut self, f: &mut impl FnMut(&mut RelExpr)) {
         f(self);
-        match self {
-            RelExpr::Get { .. } | RelExpr::Constant { .. } => {}
-            RelExpr::Map { input, .. }
-            | RelExpr::Filter { input, .. }
-            | RelExpr::Project { input, .. }
-            | RelExpr::Reduce { input, .. }
-            | RelExpr::TopK { input, .. }
-            | RelExpr::Negate { input }
-            | RelExpr::Distinct { input }
-            | RelExpr::Threshold { input } => input.visit_mut(f),
-            RelExpr::Join { left, right, .. } => {
-                left.visit_mut(f);
-                right.visit_mut(f);
-            }
-            RelExpr::Union { inputs } => inputs.iter_mut().for_each(|i| i.visit_mut(f)),
+        for child in self.children_mut() {
+            child.visit_mut(f);
         }
     }
 
@@ -254,6 +241,23 @@ impl RelExpr {
             | RelExpr::Threshold { input } => vec![input],
             RelExpr::Join { left, right, .. } => vec![left, right],
             RelExpr::Union { inputs } => inputs.iter().collect(),
+        }
+    }
+
+    /// The direct inputs, in order, to change.
+    pub fn children_mut(&mut self) -> Vec<&mut RelExpr> {
+        match self {
+            RelExpr::Get { .. } | RelExpr::Constant { .. } => Vec::new(),
+            RelExpr::Map { input, .. }
+            | RelExpr::Filter { input, .. }
+            | RelExpr::Project { input, .. }
+            | RelExpr::Reduce { input, .. }
+            | RelExpr::TopK { input, .. }
+            | RelExpr::Negate { input }
+            | RelExpr::Distinct { input }
+            | RelExpr::Threshold { input } => vec![input],
+            RelExpr::Join { left, right, .. } => vec![left, right],
+            RelExpr::Union { inputs } => inputs.iter_mut().collect(),
         }
     }
 

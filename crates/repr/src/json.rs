@@ -359,10 +359,6 @@ impl<'a> Json<'a> {
         }
     }
 
-    pub fn is_null(self) -> bool {
-        self.0[0] == NULL
-    }
-
     /// `self -> key` for an object; `None` for a missing key or a non-object.
     pub fn get(self, key: &str) -> Option<Json<'a>> {
         match self.view() {
