@@ -28,8 +28,13 @@ async fn two_servers_share_a_port_and_a_third_without_the_flag_is_refused() {
     let mut answered_by = BTreeSet::new();
     for _ in 0..64 {
         let views = http_get_json(a.http, "/api/v1/views").await;
-        let names: Vec<&str> =
-            views.as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).filter(|n| n.starts_with("only_")).collect();
+        let names: Vec<&str> = views["views"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a view list: {views}"))
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .filter(|n| n.starts_with("only_"))
+            .collect();
         assert_eq!(names.len(), 1, "one server answers each request: {views}");
         answered_by.insert(names[0].to_string());
     }
