@@ -412,7 +412,8 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     let s_connected = ProcSample::sum(&p_connected);
     let fds_connected: Vec<usize> = servers.pids().into_iter().map(open_fds).collect();
     let up_connected = servers.upstream.as_ref().map(Server::sample);
-    let bench_pids: Vec<u32> = std::iter::once(std::process::id()).chain(groups.iter().filter_map(Group::pid)).collect();
+    let bench_pids: Vec<u32> =
+        std::iter::once(std::process::id()).chain(groups.iter().filter_map(Group::pid)).collect();
     let bench_sample = || ProcSample::sum(&bench_pids.iter().map(|p| ProcSample::of(*p)).collect::<Vec<_>>());
     let me0 = bench_sample();
     let timeline0 = server_timeline(spec, servers.addr).await;

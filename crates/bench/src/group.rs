@@ -249,7 +249,9 @@ impl RemoteGroup {
             Ok(Ok(r)) => r,
             _ => {
                 let error = Some("the client process reported no results".to_string());
-                (0..self.clients).map(|_| (false, ClientResult { error: error.clone(), ..Default::default() })).collect()
+                (0..self.clients)
+                    .map(|_| (false, ClientResult { error: error.clone(), ..Default::default() }))
+                    .collect()
             }
         }
     }

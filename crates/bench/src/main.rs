@@ -90,9 +90,14 @@ struct Scale {
 impl std::str::FromStr for Scale {
     type Err = String;
     fn from_str(s: &str) -> Result<Scale, String> {
-        let parts: Vec<usize> = s.split(':').map(|p| p.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}"))).collect::<Result<_, _>>()?;
+        let parts: Vec<usize> = s
+            .split(':')
+            .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}")))
+            .collect::<Result<_, _>>()?;
         match parts[..] {
-            [clients, server_procs, client_procs] if server_procs >= 1 => Ok(Scale { clients, server_procs, client_procs }),
+            [clients, server_procs, client_procs] if server_procs >= 1 => {
+                Ok(Scale { clients, server_procs, client_procs })
+            }
             _ => Err(format!("{s:?}: expected CLIENTS:SERVER_PROCS:CLIENT_PROCS, at least one server process")),
         }
     }
@@ -251,7 +256,9 @@ async fn scenario(
             };
             let (mut line, plot) = match fanout::run(&spec).await {
                 Ok(r) => r,
-                Err(e) => (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()})),
+                Err(e) => {
+                    (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+                }
             };
             line["bench"] = json!(bench);
             println!("{line}");

@@ -159,8 +159,11 @@ pub struct KernelSockets {
 impl KernelSockets {
     pub fn now() -> KernelSockets {
         let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-        let tcp: Vec<&str> =
-            sockstat.lines().find(|l| l.starts_with("TCP:")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+        let tcp: Vec<&str> = sockstat
+            .lines()
+            .find(|l| l.starts_with("TCP:"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
         let field = |name: &str| {
             tcp.iter().position(|f| *f == name).and_then(|i| tcp.get(i + 1)).and_then(|v| v.parse::<u64>().ok())
         };
