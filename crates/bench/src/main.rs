@@ -422,3 +422,19 @@ async fn counter(coord: &Coordinator) -> i64 {
         Err(_) => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Scale;
+
+    #[test]
+    fn scales_parse_and_need_a_server_process() {
+        let s: Scale = "50000:3:4".parse().unwrap();
+        assert_eq!((s.clients, s.server_procs, s.client_procs), (50_000, 3, 4));
+        let s: Scale = "19000:1:0".parse().unwrap();
+        assert_eq!((s.clients, s.server_procs, s.client_procs), (19_000, 1, 0));
+        for bad in ["1000:0:1", "1000:2", "1000:2:x", "1000:2:2:2"] {
+            assert!(bad.parse::<Scale>().is_err(), "{bad}");
+        }
+    }
+}
