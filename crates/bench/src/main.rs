@@ -221,19 +221,20 @@ async fn scenario(
     stalled: usize,
     plot_kind: &str,
 ) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
-               "clients": load.clients, "stalled": stalled, "rate": load.rate, "seconds": load.seconds,
-               "scales": load.scale.iter().map(|s| format!("{}:{}:{}", s.clients, s.server_procs, s.client_procs)).collect::<Vec<_>>()})
-    );
     let scales = if load.scale.is_empty() {
         vec![Scale { clients: load.clients, server_procs: 1, client_procs: 0 }]
     } else {
         load.scale.clone()
     };
+    let scale_names: Vec<String> =
+        scales.iter().map(|s| format!("{}:{}:{}", s.clients, s.server_procs, s.client_procs)).collect();
+    println!(
+        "{}",
+        json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
+               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
+    );
     let mut plots = Vec::new();
-    for scale in &scales {
+    for (i, scale) in scales.iter().enumerate() {
         let mut at_scale = Vec::new();
         for &system in &load.systems {
             let spec = RunSpec {
@@ -269,14 +270,14 @@ async fn scenario(
         }
         let mut summary = json!({"bench": bench, "summary": ratios(&at_scale)});
         if scales.len() > 1 {
-            summary["scale"] = json!(format!("{}:{}:{}", scale.clients, scale.server_procs, scale.client_procs));
+            summary["scale"] = json!(scale_names[i]);
         }
         println!("{summary}");
     }
     if let Some(p) = &load.plot {
         let title = format!(
             "{bench}: {} clients{} x {} ts/s, {}",
-            load.clients,
+            if load.scale.is_empty() { load.clients.to_string() } else { scale_names.join(", ") },
             if stalled > 0 { format!(" + {stalled} stalled") } else { String::new() },
             load.rate,
             machine()
