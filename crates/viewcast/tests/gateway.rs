@@ -5,18 +5,17 @@
 //! contents at that timestamp, every timestamp once and in order, across connection loss and
 //! an upstream restart.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{dir, free_port, http_get_json, Proc};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
 
 type Contents = BTreeMap<String, i64>;
 
@@ -27,61 +26,7 @@ CREATE VIEW totals AS SELECT k, sum(n) AS total, count(*) AS c FROM t GROUP BY k
 /// A local view over the upstream view (runs on the gateway).
 const GATEWAY_SQL: &str = "CREATE VIEW big AS SELECT k, total FROM totals WHERE total > 10;";
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("viewcast-gateway-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A viewcast process, killed when dropped.
-struct Proc {
-    child: Child,
-    http: SocketAddr,
-    pg: SocketAddr,
-    log: PathBuf,
-}
-
 impl Proc {
-    async fn start(args: &[&str], log: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_viewcast"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-            .env("RUST_LOG", "info")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut http, mut pg) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http.is_none() || pg.is_none() {
-            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no addresses printed; log: {}", std::fs::read_to_string(log).unwrap()))
-                .unwrap()
-                .unwrap_or_else(|| panic!("process ended: {}", std::fs::read_to_string(log).unwrap()));
-            if let Some(a) = line.strip_prefix("viewcast is running: open http://") {
-                http = Some(a.trim_end_matches('/').parse().unwrap());
-            }
-            if let Some(a) = line.strip_prefix("pgwire listening on ") {
-                pg = Some(a.parse().unwrap());
-            }
-        }
-        // The binary logs to stdout: keep draining it (a closed pipe would fail its writes).
-        let mut copy = std::fs::File::create(log.with_extension("out")).unwrap();
-        tokio::spawn(async move {
-            use std::io::Write as _;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = writeln!(copy, "{line}");
-            }
-        });
-        Proc { child, http: http.unwrap(), pg: pg.unwrap(), log: log.to_path_buf() }
-    }
-
     async fn upstream(pg_port: u16, name: &str) -> Proc {
         let sql = dir().join("upstream.sql");
         std::fs::write(&sql, UPSTREAM_SQL).unwrap();
@@ -126,15 +71,6 @@ impl Proc {
             &dir().join(format!("{name}.log")),
         )
         .await
-    }
-
-    fn log(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        read(&self.log) + &read(&self.log.with_extension("out"))
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
     }
 }
 
@@ -602,16 +538,4 @@ async fn gateway_added_latency() {
         let h = &stats.pointer(path).cloned().unwrap_or_default();
         println!("  {stage}: n {} p50 {} us, p99 {} us, max {} us", h["n"], h["p50_us"], h["p99_us"], h["max_us"]);
     }
-}
-
-/// GET over HTTP/1.0 and parse the body as JSON (the tests have no HTTP client crate).
-async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }
