@@ -113,6 +113,17 @@ async fn required_tls_refuses_plaintext_sessions() {
     assert!(ok && out.starts_with("2\n") && out.contains("SSL connection"), "{out}");
     // libpq's default (prefer) upgrades.
     assert_eq!(count_totals(&base).await.unwrap(), 2);
+
+    // Bytes pipelined after an SSLRequest would be taken as sent over TLS: the server hangs up
+    // instead of answering it.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.pg).await.unwrap();
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    tcp.write_all(&[&ssl_request[..], &b"Q\0\0\0\x0dSELECT 1\0"[..]].concat()).await.unwrap();
+    let mut answer = Vec::new();
+    // A reset is a hang-up too.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await.unwrap();
+    assert!(answer.is_empty(), "answered {answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,9 +163,17 @@ async fn gateway_follows_a_tls_upstream_and_rides_out_an_untrusted_certificate()
         pg(upstream.pg).await.unwrap().simple_query("INSERT INTO t VALUES ('k9', 42)").await.unwrap();
         let after = settle(&client, upstream.pg).await;
         assert_ne!(after, expected);
-        let c = client.lock().unwrap();
-        assert_eq!((c.snapshots, c.resyncs), (1, 0), "one snapshot, never a resync");
+        {
+            let c = client.lock().unwrap();
+            assert_eq!((c.snapshots, c.resyncs), (1, 0), "one snapshot, never a resync");
+        }
         assert!(!gateway.log().contains("pw-not-to-be-shown"), "the password was logged");
+        let shown = pg(gateway.pg).await.unwrap().simple_query("SHOW CREATE SOURCE totals").await.unwrap();
+        let shown = match &shown[1] {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).unwrap().to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(shown.contains("materialize:<redacted>@localhost") && shown.contains("sslmode=verify-full"), "{shown}");
     })
     .await
     .expect("test timed out");
