@@ -193,7 +193,10 @@ mod tests {
             split_tls_params("postgres://u:p@h:6875/mz?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&options=x"),
             split("postgres://u:p@h:6875/mz?options=x", Some("verify-full"), Some("/tmp/ca.pem"))
         );
-        assert_eq!(split_tls_params("postgresql://h/db?sslmode=require"), split("postgresql://h/db", Some("require"), None));
+        assert_eq!(
+            split_tls_params("postgresql://h/db?sslmode=require"),
+            split("postgresql://h/db", Some("require"), None)
+        );
         assert_eq!(split_tls_params("postgres://h/db"), split("postgres://h/db", None, None));
     }
 
@@ -214,7 +217,10 @@ mod tests {
             redact_password("postgres://me%40x.com:mzp_secret@h:6875/materialize?sslmode=require"),
             "postgres://me%40x.com:<redacted>@h:6875/materialize?sslmode=require"
         );
-        assert_eq!(redact_password("postgres://me@h/db?password=s3cret&x=1"), "postgres://me@h/db?password=<redacted>&x=1");
+        assert_eq!(
+            redact_password("postgres://me@h/db?password=s3cret&x=1"),
+            "postgres://me@h/db?password=<redacted>&x=1"
+        );
         assert_eq!(redact_password("postgres://h/db"), "postgres://h/db");
         assert_eq!(
             redact_password("host=h password='a b' user=u password=x"),

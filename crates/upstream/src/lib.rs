@@ -27,8 +27,8 @@ use viewcast_repr::{consolidate_updates, ColumnType, Diff, RelationDesc, Row, Sc
 
 pub use conninfo::redact_password;
 pub use copy::scalar_type_of;
-pub use tls::{MakeRustlsConnect, SslMode};
 use copy::{decode_row, SubscribeRow};
+pub use tls::{MakeRustlsConnect, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

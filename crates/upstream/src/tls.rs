@@ -1,7 +1,8 @@
 //! TLS to the upstream, as libpq's `sslmode` asks: `disable`, `prefer` (the default), `require`
 //! (encrypted, the certificate unchecked), `verify-ca` (signed by a trusted root) and
 //! `verify-full` (also issued for the host name). Roots are the PEM file of `sslrootcert`, else
-//! the Mozilla roots of `webpki-roots`. rustls with ring, the stack reqwest already brings.
+//! (or with `sslrootcert=system`) the Mozilla roots of `webpki-roots`. rustls with ring, the
+//! stack reqwest already brings.
 
 use std::future::Future;
 use std::io;
@@ -67,11 +68,14 @@ impl MakeRustlsConnect {
     /// `root_cert`: a PEM file of trusted roots (`sslrootcert`); without it, the webpki roots.
     pub fn new(mode: SslMode, root_cert: Option<&Path>) -> Result<MakeRustlsConnect, UpstreamError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builtin = || RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let roots = match (mode, root_cert) {
             (SslMode::Disable | SslMode::Prefer, _) | (SslMode::Require, None) => None,
+            // libpq's name for the platform's roots: here, the built-in ones.
+            (_, Some(path)) if path == Path::new("system") => Some(builtin()),
             // As libpq: `require` with a root certificate file checks the chain like `verify-ca`.
             (_, Some(path)) => Some(read_roots(path)?),
-            (_, None) => Some(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
+            (_, None) => Some(builtin()),
         };
         let verifier = CertCheck {
             roots,

@@ -66,10 +66,8 @@ async fn clients_connect_with_each_sslmode() {
         assert_eq!(count_totals(&url).await.unwrap(), 2, "{url}");
     }
     // verify-ca checks the chain only; verify-full also the name (the address is the same).
-    let renamed = format!(
-        "host=db.example hostaddr=127.0.0.1 port={port} user=materialize sslrootcert={} sslmode=",
-        ca.cert
-    );
+    let renamed =
+        format!("host=db.example hostaddr=127.0.0.1 port={port} user=materialize sslrootcert={} sslmode=", ca.cert);
     assert_eq!(count_totals(&format!("{renamed}verify-ca")).await.unwrap(), 2);
     let e = count_totals(&format!("{renamed}verify-full")).await.unwrap_err().to_string();
     assert!(e.contains("certificate") && e.contains("db.example"), "{e}");
@@ -78,9 +76,11 @@ async fn clients_connect_with_each_sslmode() {
         let e = count_totals(&format!("{base} sslmode={mode} sslrootcert={}", other_ca.cert)).await.unwrap_err();
         assert!(e.to_string().contains("invalid peer certificate: UnknownIssuer"), "sslmode={mode}: {e}");
     }
-    // The Mozilla roots do not know our test CA either.
-    let e = count_totals(&format!("{base} sslmode=verify-full")).await.unwrap_err();
-    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    // The built-in (Mozilla) roots do not know our test CA either.
+    for roots in ["", " sslrootcert=system"] {
+        let e = count_totals(&format!("{base} sslmode=verify-full{roots}")).await.unwrap_err();
+        assert!(e.to_string().contains("UnknownIssuer"), "{roots}: {e}");
+    }
 
     // Settings errors say what is wrong and never show the password.
     let secret = "pw-not-to-be-shown";
@@ -183,7 +183,8 @@ async fn gateway_follows_a_tls_upstream_and_rides_out_an_untrusted_certificate()
 async fn gateway_refuses_to_start_on_an_untrusted_upstream() {
     let (ca, rogue) = (TestCa::new("start"), TestCa::new("start-rogue"));
     let port = free_port();
-    let _upstream = Proc::upstream_with(port, "tls-start-upstream", &tls_flags(&rogue.server_cert(&["localhost"]))).await;
+    let _upstream =
+        Proc::upstream_with(port, "tls-start-upstream", &tls_flags(&rogue.server_cert(&["localhost"]))).await;
     let url = format!(
         "postgres://materialize:pw-not-to-be-shown@localhost:{port}/materialize?sslmode=verify-full&sslrootcert={}",
         ca.cert
@@ -192,4 +193,15 @@ async fn gateway_refuses_to_start_on_an_untrusted_upstream() {
     assert!(!status.success());
     assert!(out.contains("invalid peer certificate: UnknownIssuer"), "{out}");
     assert!(!out.contains("pw-not-to-be-shown"), "the password was shown: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_on_a_key_that_is_not_its_certificates() {
+    let ca = TestCa::new("mismatch");
+    let (cert, _) = ca.server_cert(&["localhost"]);
+    let (_, other_key) = ca.server_cert(&["other.example"]);
+    let args = ["serve", "--listen", "127.0.0.1:0", "--pgwire-listen", "127.0.0.1:0"];
+    let (status, out) = run_to_exit(&[&args[..], &tls_flags(&(cert, other_key))[..]].concat(), "tls-mismatch").await;
+    assert!(!status.success());
+    assert!(out.contains("loading --pg-tls-cert/--pg-tls-key") && out.contains("TLS certificate and key"), "{out}");
 }

@@ -88,8 +88,7 @@ impl Proc {
         let sql = dir().join("upstream.sql");
         std::fs::write(&sql, UPSTREAM_SQL).unwrap();
         let pg = format!("127.0.0.1:{pg_port}");
-        let mut args =
-            vec!["serve", "--sql", sql.to_str().unwrap(), "--listen", "127.0.0.1:0", "--pgwire-listen", &pg];
+        let mut args = vec!["serve", "--sql", sql.to_str().unwrap(), "--listen", "127.0.0.1:0", "--pgwire-listen", &pg];
         args.extend(["--tick-ms", "20"]);
         args.extend(extra);
         Proc::start(&args, &dir().join(format!("{name}.log"))).await
@@ -279,7 +278,6 @@ pub async fn settle(client: &Arc<Mutex<Client>>, upstream: SocketAddr) -> Conten
     }
 }
 
-
 /// Runs a `viewcast` process expected to stop by itself (within 60 s): its exit status and
 /// everything it printed.
 pub async fn run_to_exit(args: &[impl AsRef<std::ffi::OsStr>], name: &str) -> (std::process::ExitStatus, String) {
@@ -291,7 +289,8 @@ pub async fn run_to_exit(args: &[impl AsRef<std::ffi::OsStr>], name: &str) -> (s
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("the process to stop").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("the process to stop").unwrap();
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     (status, read(&log) + &read(&log.with_extension("err")))
 }
@@ -320,7 +319,8 @@ impl TestCa {
     /// A server certificate for `names` (DNS names or IP addresses), signed by this CA: the paths
     /// of its certificate and key.
     pub fn server_cert(&self, names: &[&str]) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = rcgen::KeyPair::generate().unwrap();
