@@ -23,7 +23,7 @@ pub enum TlsConfigError {
     #[error("reading {path}: {reason}")]
     Pem { path: String, reason: String },
     #[error("TLS certificate and key: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
 }
 
 /// The endpoint's TLS: its certificate chain and key, and whether plaintext sessions are refused.
@@ -47,9 +47,9 @@ impl ServerTls {
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
         let mut config =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(chain, key)?;
+                .with_safe_default_protocol_versions()
+                .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+                .map_err(TlsConfigError::Rustls)?;
         // As PostgreSQL 17: clients that offer ALPN must offer this one.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), required: false })

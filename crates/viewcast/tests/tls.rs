@@ -35,7 +35,7 @@ async fn count_totals(conn: &str) -> Result<i64, UpstreamError> {
         .expect("a row"))
 }
 
-fn tls_flags<'a>((cert, key): &'a (String, String)) -> [&'a str; 4] {
+fn tls_flags((cert, key): &(String, String)) -> [&str; 4] {
     ["--pg-tls-cert", cert, "--pg-tls-key", key]
 }
 
