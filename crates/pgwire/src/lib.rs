@@ -1,8 +1,9 @@
 //! The Postgres wire endpoint: `psql`, drivers and BI tools speak to viewcast here.
 //!
 //! Owns: the wire protocol (TLS negotiation, startup without authentication, simple and extended
-//! query, COPY out, cancel requests), session statements (`SET`, `SHOW`, `BEGIN`/`COMMIT`, cursors), the few
-//! `pg_catalog` queries psql needs, and `SUBSCRIBE` streams fed from the hub's shared change logs.
+//! query, COPY out, cancel requests), session statements (`SET`, `SHOW`, `BEGIN`/`COMMIT`,
+//! cursors), the few `pg_catalog` queries psql needs, and `SUBSCRIBE` streams fed from the hub's
+//! shared change logs.
 //! Statements themselves run through [`Coordinator::execute`].
 //! Never touches: SQL planning, dataflow, HTTP. Supported surface: docs/pgwire.md.
 

@@ -56,8 +56,9 @@ pub enum UpstreamError {
     Sink(String),
 }
 
-/// Where one upstream view comes from, and how to keep following it.
-#[derive(Clone, Debug)]
+/// Where one upstream view comes from, and how to keep following it. Its `Debug` hides the
+/// password.
+#[derive(Clone)]
 pub struct UpstreamConfig {
     /// A libpq-style connection string or URL, e.g. `postgres://materialize@host:6875/materialize`,
     /// with libpq's `sslmode` (default `prefer`) and `sslrootcert` (see [`SslMode`]).
@@ -73,6 +74,20 @@ pub struct UpstreamConfig {
     pub backoff_max: Duration,
     /// Consolidate the buffer of incomplete timestamps when it passes this many rows.
     pub consolidate_rows: usize,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &redact_password(&self.url))
+            .field("view", &self.view)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("consolidate_rows", &self.consolidate_rows)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {
@@ -331,6 +346,13 @@ mod tests {
 
     fn r(i: i64) -> Row {
         Row::new(vec![Datum::Int(i)])
+    }
+
+    #[test]
+    fn config_debug_hides_the_password() {
+        let shown = format!("{:?}", UpstreamConfig::new("postgres://u:s3cret@h:6875/mz?sslmode=require", "v"));
+        assert!(shown.contains("postgres://u:<redacted>@h:6875/mz?sslmode=require"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]
