@@ -5,7 +5,9 @@
 //! the current contents, and history retention. Pure and synchronous.
 //! Never touches: threads, channels, sockets, serialization formats, dataflow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use viewcast_repr::{consolidate_updates, Diff, RelationDesc, Row, Timestamp, Update};
 
@@ -65,7 +67,7 @@ pub enum Resume<'a> {
 pub struct ViewLog {
     desc: RelationDesc,
     /// Contents through every time below `frontier`, as row -> multiplicity (never zero).
-    state: HashMap<Row, Diff>,
+    state: FxHashMap<Row, Diff>,
     /// Every time below this is sealed and applied.
     frontier: Timestamp,
     /// Sealed batches, oldest first, each with a distinct increasing `ts`.
@@ -81,7 +83,7 @@ impl ViewLog {
     pub fn new(desc: RelationDesc, as_of: Timestamp, retention: Retention) -> ViewLog {
         ViewLog {
             desc,
-            state: HashMap::new(),
+            state: FxHashMap::default(),
             frontier: as_of,
             history: VecDeque::new(),
             history_bytes: 0,

@@ -92,6 +92,11 @@ struct ServerArgs {
     /// Address of the HTTP server (web page, SQL API, streams).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Share --listen with other viewcast processes started with this flag (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. Each process serves its own clients, so run
+    /// processes with the same views (e.g. gateways following one upstream).
+    #[arg(long)]
+    reuse_port: bool,
     /// Address of the Postgres wire endpoint (psql, drivers, SUBSCRIBE).
     #[arg(long, default_value = "127.0.0.1:6875")]
     pgwire_listen: SocketAddr,
@@ -222,7 +227,15 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let listener = viewcast_gateway::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let options = viewcast_gateway::ListenOptions { reuse_port: args.reuse_port };
+    let listener = viewcast_gateway::bind(args.listen, options).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse && !args.reuse_port {
+            " (another process listens there; to share the address, start every process with --reuse-port)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("binding {}: {e}{hint}", args.listen)
+    })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     println!("viewcast is running: open http://{addr}/");

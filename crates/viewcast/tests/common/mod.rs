@@ -1,5 +1,7 @@
-//! What the process-level tests share: `viewcast` processes (an upstream `serve`, a `gateway`),
-//! Postgres and WebSocket clients of them, a writer changing the upstream, and waiting helpers.
+//! What the process-level tests share: `viewcast` processes on free ports (an upstream `serve`, a
+//! `gateway`), Postgres, WebSocket and JSON GET clients of them, a writer changing the upstream,
+//! waiting helpers, and a certificate authority for TLS.
+
 #![allow(dead_code)] // Each test binary uses its own part.
 
 use std::collections::BTreeMap;
@@ -24,8 +26,9 @@ CREATE VIEW totals AS SELECT k, sum(n) AS total, count(*) AS c FROM t GROUP BY k
 /// A local view over the upstream view (runs on the gateway).
 pub const GATEWAY_SQL: &str = "CREATE VIEW big AS SELECT k, total FROM totals WHERE total > 10;";
 
+/// This test process's scratch directory (SQL files, logs, certificates).
 pub fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("viewcast-gateway-test-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("viewcast-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -39,7 +42,7 @@ pub struct Proc {
     pub child: Child,
     pub http: SocketAddr,
     pub pg: SocketAddr,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Proc {
@@ -331,4 +334,16 @@ impl TestCa {
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         (cert_path.to_str().unwrap().to_string(), key_path.to_str().unwrap().to_string())
     }
+}
+
+/// GET over HTTP/1.0 and parse the body as JSON (the tests have no HTTP client crate).
+pub async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }
