@@ -515,29 +515,50 @@ impl Serialize for Json<'_> {
 
 impl Json<'_> {
     /// The length of the compact JSON text `serde_json` prints for this document, without
-    /// printing it (what a source counts as the bytes of a record it made itself).
+    /// printing it (what a source counts as the bytes of a record it made itself). One sequential
+    /// pass over the encoding.
     pub fn text_len(self) -> usize {
-        fn decimal_len(u: u64) -> usize {
-            u.checked_ilog10().unwrap_or(0) as usize + 1
+        text_len_at(self.0).0
+    }
+}
+
+/// The printed length of the value at the start of `b`, and the bytes of encoding it spans.
+fn text_len_at(b: &[u8]) -> (usize, usize) {
+    fn decimal_len(u: u64) -> usize {
+        u.checked_ilog10().unwrap_or(0) as usize + 1
+    }
+    fn string_len(s: &[u8]) -> usize {
+        // Most strings need no escape: a branch-free count (it vectorizes) rules that out before
+        // the per-byte table.
+        let special = s.iter().filter(|&&c| c < 0x20 || c == b'"' || c == b'\\').count();
+        let extra = if special == 0 { 0 } else { s.iter().map(|&c| ESCAPE_EXTRA[c as usize] as usize).sum() };
+        2 + s.len() + extra
+    }
+    match b[0] {
+        NULL | TRUE => (4, 1),
+        FALSE => (5, 1),
+        POS_INT => (decimal_len(read_u64(b, 1)), 9),
+        NEG_INT => (1 + decimal_len((read_u64(b, 1) as i64).unsigned_abs()), 9),
+        FLOAT => (JsonNumber::Float(f64::from_bits(read_u64(b, 1))).to_number().to_string().len(), 9),
+        STRING => {
+            let n = read_u32(b, 1);
+            (string_len(&b[5..5 + n]), 5 + n)
         }
-        fn string_len(s: &str) -> usize {
-            // Most strings need no escape: a branch-free count (it vectorizes) rules that out
-            // before the per-byte table.
-            let special = s.bytes().filter(|&b| b < 0x20 || b == b'"' || b == b'\\').count();
-            let extra = if special == 0 { 0 } else { s.bytes().map(|b| ESCAPE_EXTRA[b as usize] as usize).sum() };
-            2 + s.len() + extra
-        }
-        match self.view() {
-            JsonView::Null => 4,
-            JsonView::Bool(b) => 4 + !b as usize,
-            JsonView::Number(JsonNumber::PosInt(u)) => decimal_len(u),
-            JsonView::Number(JsonNumber::NegInt(i)) => 1 + decimal_len(i.unsigned_abs()),
-            JsonView::Number(n) => n.to_number().to_string().len(),
-            JsonView::String(s) => string_len(s),
-            JsonView::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(Json::text_len).sum::<usize>(),
-            JsonView::Object(o) => {
-                2 + o.len().saturating_sub(1) + o.iter().map(|(k, v)| string_len(k) + 1 + v.text_len()).sum::<usize>()
+        tag => {
+            let (end, count) = (5 + read_u32(b, 1), read_u32(b, 5));
+            let mut at = 9 + if tag == OBJECT { 4 * count } else { 0 };
+            let mut text = 2 + count.saturating_sub(1);
+            for _ in 0..count {
+                if tag == OBJECT {
+                    let klen = read_u32(b, at);
+                    text += string_len(&b[at + 4..at + 4 + klen]) + 1;
+                    at += 4 + klen;
+                }
+                let (t, n) = text_len_at(&b[at..end]);
+                text += t;
+                at += n;
             }
+            (text, end)
         }
     }
 }
