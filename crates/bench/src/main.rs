@@ -9,6 +9,7 @@ mod group;
 mod ingest;
 mod minimal;
 mod proc;
+mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,15 @@ impl std::str::FromStr for Scale {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IngestSource {
+    /// The load generator, in this process.
+    Loadgen,
+    /// `POST /api/webhook/wikirecent` to a `viewcast serve` process, then the in-process load
+    /// generator as the baseline.
+    Webhook,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Latency from a tick closing to its sealed update leaving the engine, the demo's four views
@@ -138,7 +148,9 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         stalled: usize,
     },
-    /// Events/s through the demo's four views, load generator as fast as possible, in process.
+    /// Events/s through the demo's views: the load generator as fast as possible, in process;
+    /// or (`--source webhook`) NDJSON POSTed to a `viewcast serve` process's webhook source, each
+    /// run followed by the in-process load generator run with the same views and events.
     Ingest {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
@@ -148,6 +160,17 @@ enum Command {
         tick_ms: u64,
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "loadgen")]
+        source: IngestSource,
+        /// Webhook: events per request (the server's 1 MiB body limit bounds it).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Webhook: concurrent keep-alive HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        http_clients: usize,
+        /// Webhook: the viewcast binary to start (default: `viewcast` beside this tool).
+        #[arg(long)]
+        viewcast_bin: Option<std::path::PathBuf>,
     },
     /// A share of a run's clients in a process of its own (started by the other subcommands).
     #[command(hide = true)]
@@ -196,9 +219,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::SlowConsumers { load, stalled } => {
             scenario("slow-consumers", &load, "bench_seq".into(), false, stalled, "rss").await
         }
-        Command::Ingest { events, workers, tick_ms, plot } => {
+        Command::Ingest { events, workers, tick_ms, plot, source, batch, http_clients, viewcast_bin } => {
             let mut runs = Vec::new();
             for w in workers {
+                if source == IngestSource::Webhook {
+                    let viewcast_bin = match viewcast_bin.clone() {
+                        Some(b) => b,
+                        None => std::env::current_exe()?.parent().context("exe dir")?.join("viewcast"),
+                    };
+                    let spec = webhook::Spec { events, workers: w, tick_ms, batch, clients: http_clients, viewcast_bin };
+                    let hook = webhook::run(&spec).await?;
+                    println!("{hook}");
+                    let base = ingest::run(events, w, tick_ms).await?;
+                    println!("{base}");
+                    let ratio = |k: &str| match (hook[k].as_f64(), base[k].as_f64()) {
+                        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 100.0).round() / 100.0),
+                        _ => Value::Null,
+                    };
+                    println!(
+                        "{}",
+                        json!({"bench": "ingest", "workers": w, "summary": {"webhook/loadgen events_per_s": ratio("events_per_s")}})
+                    );
+                    runs.extend([hook, base]);
+                    continue;
+                }
                 let r = ingest::run(events, w, tick_ms).await?;
                 println!("{r}");
                 runs.push(r);
