@@ -79,6 +79,24 @@ struct LoadArgs {
     scale: Vec<Scale>,
 }
 
+/// What the stalled clients of `slow-consumers` read, and the run without them.
+#[derive(Args, Clone, Debug, Default)]
+struct SlowArgs {
+    /// viewcast's stalled clients subscribe to this view (e.g. the demo's `recentchanges`, whose
+    /// frames carry every event; the demo then runs at `--demo-rate`) instead of the fast
+    /// clients' view.
+    #[arg(long)]
+    stalled_view: Option<String>,
+    /// The baselines' (minimal, node) stalled clients get their frames padded to this many bytes
+    /// (0: the fast clients' frames). Choose it to match the stalled view's bytes per second.
+    #[arg(long, default_value_t = 0)]
+    big_bytes: usize,
+    /// Run each system without the stalled clients first (same fast clients and load), for the
+    /// fast clients' latency without them.
+    #[arg(long)]
+    compare_unstalled: bool,
+}
+
 /// How many clients, over how many server and client processes (0 client processes: the
 /// clients are tasks of the bench itself).
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +165,8 @@ enum Command {
         load: LoadArgs,
         #[arg(long, default_value_t = 200)]
         stalled: usize,
+        #[command(flatten)]
+        slow: SlowArgs,
     },
     /// Events/s through the demo's views: the load generator as fast as possible, in process;
     /// or (`--source webhook`) NDJSON POSTed to a `viewcast serve` process's webhook source, each
@@ -181,6 +201,9 @@ enum Command {
         port: u16,
         #[arg(long, default_value_t = 10.0)]
         hz: f64,
+        /// Frames of this size to clients on a path ending in `/big` (0: none).
+        #[arg(long, default_value_t = 0)]
+        big_bytes: usize,
     },
 }
 
@@ -200,8 +223,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
     let cli = Cli::parse();
-    if let Command::MinimalBroadcaster { port, hz } = cli.command {
-        return minimal::run(port, hz).await;
+    if let Command::MinimalBroadcaster { port, hz, big_bytes } = cli.command {
+        return minimal::run(port, hz, big_bytes).await;
     }
     tokio::time::timeout(MAX_INVOCATION, run(cli.command)).await.context("the run exceeded its time cap")?
 }
@@ -211,13 +234,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::TickLatency { rate, seconds, tick_ms, workers } => tick_latency(rate, seconds, tick_ms, workers).await,
         Command::Fanout { load, view } => {
             let demo = view != "bench_seq";
-            scenario("fanout", &load, view, demo, 0, "latency").await
+            scenario("fanout", &load, view, demo, 0, &SlowArgs::default(), "latency").await
         }
         Command::ConnectStorm { load } => {
-            scenario("connect-storm", &load, "top10".into(), true, 0, "first-frame").await
+            scenario("connect-storm", &load, "top10".into(), true, 0, &SlowArgs::default(), "first-frame").await
         }
-        Command::SlowConsumers { load, stalled } => {
-            scenario("slow-consumers", &load, "bench_seq".into(), false, stalled, "rss").await
+        Command::SlowConsumers { load, stalled, slow } => {
+            let demo = slow.stalled_view.as_deref().is_some_and(|v| v != "bench_seq");
+            scenario("slow-consumers", &load, "bench_seq".into(), demo, stalled, &slow, "rss").await
         }
         Command::Ingest { events, workers, tick_ms, plot, source, batch, http_clients, viewcast_bin } => {
             let mut runs = Vec::new();
@@ -263,6 +287,7 @@ async fn scenario(
     view: String,
     demo: bool,
     stalled: usize,
+    slow: &SlowArgs,
     plot_kind: &str,
 ) -> anyhow::Result<()> {
     let scales = if load.scale.is_empty() {
@@ -275,7 +300,8 @@ async fn scenario(
     println!(
         "{}",
         json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
-               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
+               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds,
+               "stalled_view": slow.stalled_view, "big_bytes": slow.big_bytes, "demo_rate": load.demo_rate})
     );
     let mut plots = Vec::new();
     for (i, scale) in scales.iter().enumerate() {
@@ -298,14 +324,38 @@ async fn scenario(
                 demo_rate: load.demo_rate,
                 server_procs: scale.server_procs,
                 client_procs: scale.client_procs,
+                stalled_view: slow.stalled_view.clone(),
+                big_bytes: slow.big_bytes,
             };
-            let (mut line, plot) = match fanout::run(&spec).await {
-                Ok(r) => r,
-                Err(e) => {
-                    (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+            let run = |spec: RunSpec| async move {
+                match fanout::run(&spec).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+                    }
                 }
             };
+            // The same run without the stalled clients, for the fast clients' latency without them.
+            let unstalled = if slow.compare_unstalled && stalled > 0 {
+                let (mut line, mut plot) = run(RunSpec { stalled: 0, ..spec.clone() }).await;
+                line["bench"] = json!(bench);
+                println!("{line}");
+                plot["system"] = json!(format!("{} (no stalled)", system.name()));
+                plots.push(plot);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Some(line)
+            } else {
+                None
+            };
+            let (mut line, plot) = run(spec).await;
             line["bench"] = json!(bench);
+            if let Some(u) = unstalled {
+                let p99 = |l: &Value| l.pointer("/latency/p99_ms").and_then(Value::as_f64);
+                line["fast_p99_ms_without_stalled"] = json!(p99(&u));
+                if let (Some(a), Some(b)) = (p99(&line), p99(&u)) {
+                    line["fast_p99_with/without_stalled"] = json!((a / b * 100.0).round() / 100.0);
+                }
+            }
             println!("{line}");
             at_scale.push(line);
             plots.push(plot);
