@@ -365,7 +365,9 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         server: servers.addr,
         path: format!("/api/v1/stream/{}", spec.view),
         stalled_path: match (&spec.stalled_view, spec.system) {
-            (Some(v), System::Viewcast | System::ViewcastSse | System::ViewcastGateway) => format!("/api/v1/stream/{v}"),
+            (Some(v), System::Viewcast | System::ViewcastSse | System::ViewcastGateway) => {
+                format!("/api/v1/stream/{v}")
+            }
             (Some(_), System::Minimal | System::Node) if spec.big_bytes > 0 => "/api/v1/stream/big".to_string(),
             _ => format!("/api/v1/stream/{}", spec.view),
         },
@@ -596,7 +598,15 @@ async fn server_policy(spec: &RunSpec, addr: std::net::SocketAddr) -> Value {
     };
     let Some(body) = body else { return Value::Null };
     let stats: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let keys = ["connections", "consolidated", "resyncs", "stalled_closes", "queued_bytes", "backlog_bytes", "max_backlog_bytes"];
+    let keys = [
+        "connections",
+        "consolidated",
+        "resyncs",
+        "stalled_closes",
+        "queued_bytes",
+        "backlog_bytes",
+        "max_backlog_bytes",
+    ];
     Value::Object(keys.iter().map(|k| (k.to_string(), stats.get(*k).cloned().unwrap_or(Value::Null))).collect())
 }
 

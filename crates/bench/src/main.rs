@@ -251,7 +251,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         Some(b) => b,
                         None => std::env::current_exe()?.parent().context("exe dir")?.join("viewcast"),
                     };
-                    let spec = webhook::Spec { events, workers: w, tick_ms, batch, clients: http_clients, viewcast_bin };
+                    let spec =
+                        webhook::Spec { events, workers: w, tick_ms, batch, clients: http_clients, viewcast_bin };
                     let hook = webhook::run(&spec).await?;
                     println!("{hook}");
                     let base = ingest::run(events, w, tick_ms).await?;

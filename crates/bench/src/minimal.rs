@@ -78,6 +78,8 @@ pub async fn run(port: u16, hz: f64, big_bytes: usize) -> anyhow::Result<()> {
         let latest = latest_rx.borrow().clone();
         tokio::spawn(async move {
             let mut big = false;
+            // The handshake callback's error type is tungstenite's (an HTTP response).
+            #[allow(clippy::result_large_err)]
             let path = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
                 big = req.uri().path().ends_with("/big");
                 Ok(resp)

@@ -97,7 +97,11 @@ async fn counter(http: &reqwest::Client, addr: std::net::SocketAddr) -> anyhow::
 pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     anyhow::ensure!(spec.events <= MAX_EVENTS, "at most {MAX_EVENTS} events through webhooks");
     anyhow::ensure!((1..=MAX_CLIENTS).contains(&spec.clients), "1 to {MAX_CLIENTS} HTTP clients");
-    anyhow::ensure!(spec.viewcast_bin.exists(), "{} not found: cargo build --release -p viewcast", spec.viewcast_bin.display());
+    anyhow::ensure!(
+        spec.viewcast_bin.exists(),
+        "{} not found: cargo build --release -p viewcast",
+        spec.viewcast_bin.display()
+    );
     let (events, batch) = (spec.events, spec.batch);
     let bodies = Arc::new(tokio::task::spawn_blocking(move || bodies(events, batch)).await??);
     let body_bytes: usize = bodies.iter().map(Bytes::len).sum();
@@ -152,7 +156,11 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
-                        anyhow::ensure!(status.is_success(), "webhook POST: {status} {}", String::from_utf8_lossy(&answer));
+                        anyhow::ensure!(
+                            status.is_success(),
+                            "webhook POST: {status} {}",
+                            String::from_utf8_lossy(&answer)
+                        );
                         lat_us.push(t.elapsed().as_micros() as u64);
                         break;
                     }
