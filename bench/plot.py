@@ -40,7 +40,7 @@ def main():
         ax.legend()
     elif kind == "ingest":
         runs = data["runs"]
-        labels = [f'{r["workers"]} worker(s)' for r in runs]
+        labels = [f'{r.get("source", "loadgen")}, {r["workers"]} worker(s)' for r in runs]
         ax.bar(labels, [r["events_per_s"] for r in runs])
         ax.set_ylabel("events/s through the demo's four views")
     ax.set_title(title, fontsize=10)

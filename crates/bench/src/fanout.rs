@@ -79,6 +79,11 @@ pub struct RunSpec {
     /// Client processes the clients are split over (0: tasks of this process). Each has its own
     /// `addresses` source addresses.
     pub client_procs: usize,
+    /// The view the stalled clients subscribe to (viewcast; default: `view`). The baselines'
+    /// stalled clients get frames of `big_bytes` instead, at the same rate as the fast ones.
+    pub stalled_view: Option<String>,
+    /// Size of the baselines' frames to stalled clients (minimal, node; 0: the fast clients' frames).
+    pub big_bytes: usize,
 }
 
 impl RunSpec {
@@ -190,13 +195,13 @@ fn start_servers(spec: &RunSpec) -> anyhow::Result<Servers> {
         }
         System::Minimal => {
             let mut cmd = Command::new(exe);
-            cmd.args(["minimal-broadcaster", "--port", "0", "--hz", &hz]);
+            cmd.args(["minimal-broadcaster", "--port", "0", "--hz", &hz, "--big-bytes", &spec.big_bytes.to_string()]);
             Server::spawn("minimal", cmd, "listening ").map(one)
         }
         System::Node => {
             let script = bench_dir().join("node-ws/server.mjs");
             let mut cmd = Command::new("node");
-            cmd.arg(script).args(["--port", "0", "--hz", &hz]);
+            cmd.arg(script).args(["--port", "0", "--hz", &hz, "--big-bytes", &spec.big_bytes.to_string()]);
             Server::spawn("node-ws", cmd, "listening ").map(one)
         }
         System::Tornado => {
@@ -359,6 +364,13 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     let group = GroupSpec {
         server: servers.addr,
         path: format!("/api/v1/stream/{}", spec.view),
+        stalled_path: match (&spec.stalled_view, spec.system) {
+            (Some(v), System::Viewcast | System::ViewcastSse | System::ViewcastGateway) => {
+                format!("/api/v1/stream/{v}")
+            }
+            (Some(_), System::Minimal | System::Node) if spec.big_bytes > 0 => "/api/v1/stream/big".to_string(),
+            _ => format!("/api/v1/stream/{}", spec.view),
+        },
         transport: if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket },
         clients: spec.clients,
         stalled: spec.stalled,
@@ -367,6 +379,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         concurrency: spec.connect_concurrency,
         deadline,
     };
+    let stalled_path = group.stalled_path.clone();
     let connect_start = Instant::now();
     let mut groups = if spec.client_procs == 0 {
         vec![Group::Local(LocalGroup::start(group, shared.clone()))]
@@ -427,6 +440,8 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     let up_end = servers.upstream.as_ref().map(Server::sample);
     let me1 = bench_sample();
     let timeline1 = server_timeline(spec, servers.addr).await;
+    let policy = server_policy(spec, servers.addr).await;
+    let k_end = KernelSockets::now();
     let c_end = counts(&groups);
     shared.set_phase(DONE);
     groups.iter_mut().for_each(|g| g.set_phase(DONE));
@@ -499,6 +514,7 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "tcp_sockets_before_clients": k_idle.tcp_inuse,
         "tcp_sockets_connected": k_connected.tcp_inuse,
         "tcp_buffers_mib_connected": k_connected.tcp_mem_kib / 1024,
+        "tcp_buffers_mib_end": k_end.tcp_mem_kib / 1024,
         "slab_unreclaim_mib_before_clients": k_idle.slab_unreclaim_kib / 1024,
         "slab_unreclaim_mib_connected": k_connected.slab_unreclaim_kib / 1024,
         "slab_unreclaim_per_conn_kib": per_conn(k_connected.slab_unreclaim_kib as f64 - k_idle.slab_unreclaim_kib as f64),
@@ -554,6 +570,8 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         ("server_per_proc", json!(server_procs)),
         ("upstream", upstream),
         ("kernel", kernel),
+        ("stalled_path", json!(stalled_path)),
+        ("policy", policy),
     ] {
         line[key] = value;
     }
@@ -565,6 +583,31 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "measure_start_s": measure_start.duration_since(t0).as_secs_f64(),
     });
     Ok((line, plot))
+}
+
+/// viewcast's slow-client policy counters (`/api/v1/stats`, cumulative since it started, one
+/// process only): consolidations, resyncs, stalled closes, and the bytes queued and held now.
+async fn server_policy(spec: &RunSpec, addr: std::net::SocketAddr) -> Value {
+    if !matches!(spec.system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway) || spec.server_procs > 1
+    {
+        return Value::Null;
+    }
+    let body = match reqwest::get(format!("http://{addr}/api/v1/stats")).await {
+        Ok(r) => r.bytes().await.ok(),
+        Err(_) => None,
+    };
+    let Some(body) = body else { return Value::Null };
+    let stats: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let keys = [
+        "connections",
+        "consolidated",
+        "resyncs",
+        "stalled_closes",
+        "queued_bytes",
+        "backlog_bytes",
+        "max_backlog_bytes",
+    ];
+    Value::Object(keys.iter().map(|k| (k.to_string(), stats.get(*k).cloned().unwrap_or(Value::Null))).collect())
 }
 
 /// viewcast's per-stage timeline counters (`/api/v1/stats`), cumulative since it started (one

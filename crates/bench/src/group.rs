@@ -21,6 +21,8 @@ use crate::client::{self, Behaviour, ClientResult, ClientSpec, Shared, Transport
 pub struct GroupSpec {
     pub server: SocketAddr,
     pub path: String,
+    /// The stalled clients' path (e.g. a view with larger frames).
+    pub stalled_path: String,
     pub transport: Transport,
     /// Fast clients, then `stalled` stalled ones spread among them.
     pub clients: usize,
@@ -123,7 +125,7 @@ impl LocalGroup {
                     let stalled = spec.stalled > 0 && i % every == 0 && i / every < spec.stalled;
                     let cs = ClientSpec {
                         server: spec.server,
-                        path: spec.path.clone(),
+                        path: if stalled { spec.stalled_path.clone() } else { spec.path.clone() },
                         transport: spec.transport,
                         behaviour: if stalled { Behaviour::Stalled } else { Behaviour::Fast },
                         source: client::source_for(i, spec.first_address, spec.addresses),
@@ -183,6 +185,7 @@ impl RemoteGroup {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("clients")
             .args(["--server", &spec.server.to_string(), "--path", &spec.path])
+            .args(["--stalled-path", &spec.stalled_path])
             .args(["--clients", &spec.clients.to_string(), "--stalled", &spec.stalled.to_string()])
             .args(["--first-address", &spec.first_address.to_string(), "--addresses", &spec.addresses.to_string()])
             .args(["--concurrency", &spec.concurrency.to_string(), "--seconds", &format!("{seconds:.1}")])
@@ -272,6 +275,8 @@ pub struct ChildArgs {
     #[arg(long)]
     path: String,
     #[arg(long)]
+    stalled_path: Option<String>,
+    #[arg(long)]
     sse: bool,
     #[arg(long)]
     clients: usize,
@@ -295,6 +300,7 @@ pub async fn child(args: ChildArgs) -> anyhow::Result<()> {
     let seconds = args.seconds.clamp(0.0, crate::MAX_INVOCATION.as_secs_f64());
     let spec = GroupSpec {
         server: args.server,
+        stalled_path: args.stalled_path.unwrap_or_else(|| args.path.clone()),
         path: args.path,
         transport: if args.sse { Transport::Sse } else { Transport::WebSocket },
         clients: args.clients,

@@ -41,6 +41,7 @@ pub async fn run(events: u64, workers: usize, tick_ms: u64) -> anyhow::Result<Va
     };
     Ok(json!({
         "bench": "ingest",
+        "source": "loadgen",
         "workers": workers,
         "tick_ms": tick_ms,
         "events": events,
@@ -52,5 +53,6 @@ pub async fn run(events: u64, workers: usize, tick_ms: u64) -> anyhow::Result<Va
         "rss_mib": me1.rss_kib / 1024,
         "tick_to_sealed_p50_ms": crate::percentile(&lat, 0.5),
         "tick_to_sealed_p99_ms": crate::percentile(&lat, 0.99),
+        "loadavg_1m_end": crate::fanout::loadavg_1m(),
     }))
 }

@@ -9,6 +9,7 @@ mod group;
 mod ingest;
 mod minimal;
 mod proc;
+mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,24 @@ struct LoadArgs {
     scale: Vec<Scale>,
 }
 
+/// What the stalled clients of `slow-consumers` read, and the run without them.
+#[derive(Args, Clone, Debug, Default)]
+struct SlowArgs {
+    /// viewcast's stalled clients subscribe to this view (e.g. the demo's `recentchanges`, whose
+    /// frames carry every event; the demo then runs at `--demo-rate`) instead of the fast
+    /// clients' view.
+    #[arg(long)]
+    stalled_view: Option<String>,
+    /// The baselines' (minimal, node) stalled clients get their frames padded to this many bytes
+    /// (0: the fast clients' frames). Choose it to match the stalled view's bytes per second.
+    #[arg(long, default_value_t = 0)]
+    big_bytes: usize,
+    /// Run each system without the stalled clients first (same fast clients and load), for the
+    /// fast clients' latency without them.
+    #[arg(long)]
+    compare_unstalled: bool,
+}
+
 /// How many clients, over how many server and client processes (0 client processes: the
 /// clients are tasks of the bench itself).
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +120,15 @@ impl std::str::FromStr for Scale {
             _ => Err(format!("{s:?}: expected CLIENTS:SERVER_PROCS:CLIENT_PROCS, at least one server process")),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IngestSource {
+    /// The load generator, in this process.
+    Loadgen,
+    /// `POST /api/webhook/wikirecent` to a `viewcast serve` process, then the in-process load
+    /// generator as the baseline.
+    Webhook,
 }
 
 #[derive(Subcommand)]
@@ -137,8 +165,12 @@ enum Command {
         load: LoadArgs,
         #[arg(long, default_value_t = 200)]
         stalled: usize,
+        #[command(flatten)]
+        slow: SlowArgs,
     },
-    /// Events/s through the demo's four views, load generator as fast as possible, in process.
+    /// Events/s through the demo's views: the load generator as fast as possible, in process;
+    /// or (`--source webhook`) NDJSON POSTed to a `viewcast serve` process's webhook source, each
+    /// run followed by the in-process load generator run with the same views and events.
     Ingest {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
@@ -148,6 +180,17 @@ enum Command {
         tick_ms: u64,
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "loadgen")]
+        source: IngestSource,
+        /// Webhook: events per request (the server's 1 MiB body limit bounds it).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Webhook: concurrent keep-alive HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        http_clients: usize,
+        /// Webhook: the viewcast binary to start (default: `viewcast` beside this tool).
+        #[arg(long)]
+        viewcast_bin: Option<std::path::PathBuf>,
     },
     /// A share of a run's clients in a process of its own (started by the other subcommands).
     #[command(hide = true)]
@@ -158,6 +201,9 @@ enum Command {
         port: u16,
         #[arg(long, default_value_t = 10.0)]
         hz: f64,
+        /// Frames of this size to clients on a path ending in `/big` (0: none).
+        #[arg(long, default_value_t = 0)]
+        big_bytes: usize,
     },
 }
 
@@ -177,8 +223,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
     let cli = Cli::parse();
-    if let Command::MinimalBroadcaster { port, hz } = cli.command {
-        return minimal::run(port, hz).await;
+    if let Command::MinimalBroadcaster { port, hz, big_bytes } = cli.command {
+        return minimal::run(port, hz, big_bytes).await;
     }
     tokio::time::timeout(MAX_INVOCATION, run(cli.command)).await.context("the run exceeded its time cap")?
 }
@@ -188,17 +234,40 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::TickLatency { rate, seconds, tick_ms, workers } => tick_latency(rate, seconds, tick_ms, workers).await,
         Command::Fanout { load, view } => {
             let demo = view != "bench_seq";
-            scenario("fanout", &load, view, demo, 0, "latency").await
+            scenario("fanout", &load, view, demo, 0, &SlowArgs::default(), "latency").await
         }
         Command::ConnectStorm { load } => {
-            scenario("connect-storm", &load, "top10".into(), true, 0, "first-frame").await
+            scenario("connect-storm", &load, "top10".into(), true, 0, &SlowArgs::default(), "first-frame").await
         }
-        Command::SlowConsumers { load, stalled } => {
-            scenario("slow-consumers", &load, "bench_seq".into(), false, stalled, "rss").await
+        Command::SlowConsumers { load, stalled, slow } => {
+            let demo = slow.stalled_view.as_deref().is_some_and(|v| v != "bench_seq");
+            scenario("slow-consumers", &load, "bench_seq".into(), demo, stalled, &slow, "rss").await
         }
-        Command::Ingest { events, workers, tick_ms, plot } => {
+        Command::Ingest { events, workers, tick_ms, plot, source, batch, http_clients, viewcast_bin } => {
             let mut runs = Vec::new();
             for w in workers {
+                if source == IngestSource::Webhook {
+                    let viewcast_bin = match viewcast_bin.clone() {
+                        Some(b) => b,
+                        None => std::env::current_exe()?.parent().context("exe dir")?.join("viewcast"),
+                    };
+                    let spec =
+                        webhook::Spec { events, workers: w, tick_ms, batch, clients: http_clients, viewcast_bin };
+                    let hook = webhook::run(&spec).await?;
+                    println!("{hook}");
+                    let base = ingest::run(events, w, tick_ms).await?;
+                    println!("{base}");
+                    let ratio = |k: &str| match (hook[k].as_f64(), base[k].as_f64()) {
+                        (Some(a), Some(b)) if b > 0.0 => json!((a / b * 100.0).round() / 100.0),
+                        _ => Value::Null,
+                    };
+                    println!(
+                        "{}",
+                        json!({"bench": "ingest", "workers": w, "summary": {"webhook/loadgen events_per_s": ratio("events_per_s")}})
+                    );
+                    runs.extend([hook, base]);
+                    continue;
+                }
                 let r = ingest::run(events, w, tick_ms).await?;
                 println!("{r}");
                 runs.push(r);
@@ -219,6 +288,7 @@ async fn scenario(
     view: String,
     demo: bool,
     stalled: usize,
+    slow: &SlowArgs,
     plot_kind: &str,
 ) -> anyhow::Result<()> {
     let scales = if load.scale.is_empty() {
@@ -231,7 +301,8 @@ async fn scenario(
     println!(
         "{}",
         json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
-               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
+               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds,
+               "stalled_view": slow.stalled_view, "big_bytes": slow.big_bytes, "demo_rate": load.demo_rate})
     );
     let mut plots = Vec::new();
     for (i, scale) in scales.iter().enumerate() {
@@ -254,14 +325,38 @@ async fn scenario(
                 demo_rate: load.demo_rate,
                 server_procs: scale.server_procs,
                 client_procs: scale.client_procs,
+                stalled_view: slow.stalled_view.clone(),
+                big_bytes: slow.big_bytes,
             };
-            let (mut line, plot) = match fanout::run(&spec).await {
-                Ok(r) => r,
-                Err(e) => {
-                    (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+            let run = |spec: RunSpec| async move {
+                match fanout::run(&spec).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+                    }
                 }
             };
+            // The same run without the stalled clients, for the fast clients' latency without them.
+            let unstalled = if slow.compare_unstalled && stalled > 0 {
+                let (mut line, mut plot) = run(RunSpec { stalled: 0, ..spec.clone() }).await;
+                line["bench"] = json!(bench);
+                println!("{line}");
+                plot["system"] = json!(format!("{} (no stalled)", system.name()));
+                plots.push(plot);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Some(line)
+            } else {
+                None
+            };
+            let (mut line, plot) = run(spec).await;
             line["bench"] = json!(bench);
+            if let Some(u) = unstalled {
+                let p99 = |l: &Value| l.pointer("/latency/p99_ms").and_then(Value::as_f64);
+                line["fast_p99_ms_without_stalled"] = json!(p99(&u));
+                if let (Some(a), Some(b)) = (p99(&line), p99(&u)) {
+                    line["fast_p99_with/without_stalled"] = json!((a / b * 100.0).round() / 100.0);
+                }
+            }
             println!("{line}");
             at_scale.push(line);
             plots.push(plot);

@@ -303,7 +303,12 @@ impl WorkerState {
             }
             Command::Tick { ts, updates } => {
                 self.taken.push((ts, Instant::now()));
-                let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = updates.into_iter().collect();
+                // One input may come several times (writes that landed in the same tick): all of
+                // them count, not the last.
+                let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = HashMap::new();
+                for (id, rows) in updates {
+                    by_input.entry(id).or_default().extend(rows);
+                }
                 let views = self.items.views.values_mut().map(|v| &mut v.sessions);
                 let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
                 for sessions in views.chain(arrangements) {

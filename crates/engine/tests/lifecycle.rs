@@ -123,3 +123,22 @@ fn evaluation_errors_drop_rows_and_are_rate_limited() {
     assert_eq!(h.errors[0].0, 10);
     assert!(h.errors[0].1.contains("division by zero"));
 }
+
+/// Several writes to one input in one tick (concurrent webhook requests or INSERTs landing in the
+/// same timestamp) all reach the views, with one and with two workers, and a view created later
+/// reads all of them from the input's history.
+#[test]
+fn several_writes_to_one_input_in_one_tick_all_land() {
+    for workers in [1, 2] {
+        let mut h = Harness::new(workers);
+        h.engine.create_input(1, 1).unwrap();
+        h.engine.create_view(10, RelExpr::Distinct { input: get(1) }, true).unwrap();
+        let writes = vec![(1, vec![(row(1), 1), (row(2), 1)]), (1, vec![(row(3), 1)]), (1, vec![(row(4), 1)])];
+        h.tick(1, writes);
+        let all: Vec<(Row, i64)> = (1..=4).map(|i| (row(i), 1)).collect();
+        assert_eq!(h.contents(10), all, "{workers} worker(s)");
+        h.engine.create_view(11, RelExpr::Distinct { input: get(1) }, true).unwrap();
+        h.tick(2, vec![]);
+        assert_eq!(h.contents(11), all, "{workers} worker(s), a later view");
+    }
+}
