@@ -540,10 +540,10 @@ impl Shard {
 
     fn add(&mut self, conn: Conn) {
         let id = conn.id;
-        let bell = self.bells.entry(conn.view_id).or_insert_with(|| Bell {
-            frames: BroadcastStream::new(conn.updates.resubscribe()),
-            conns: Vec::new(),
-        });
+        let bell = self
+            .bells
+            .entry(conn.view_id)
+            .or_insert_with(|| Bell { frames: BroadcastStream::new(conn.updates.resubscribe()), conns: Vec::new() });
         bell.conns.push(id);
         self.conns.insert(id, conn);
         self.enqueue(id);

@@ -1,5 +1,9 @@
 //! One subscription's message flow to one client, with the slow-client policy.
 //!
+//! Multiplexed WebSockets and SSE streams run a [`Pump`] per subscription; single-view
+//! WebSockets are written by the writer shards of `fanout`, which share this module's encoding
+//! ([`Encoding`]) and slow-client backlog ([`Backlog`]).
+//!
 //! A [`Pump`] reads the hub's frames of one view and pushes encoded messages to its connection's
 //! [`Outbox`], whose byte budget bounds what is queued for the socket. When the budget is spent
 //! (the client reads slower than the view changes), the pump stops queueing and instead merges the

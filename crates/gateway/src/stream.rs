@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde::Deserialize;
 use viewcast_hub::Hub;
 use viewcast_repr::Timestamp;
