@@ -496,7 +496,7 @@ impl KeyedReplica {
 async fn single_view_websockets_follow_resume_and_key_exactly() {
     let _heavy = common::HEAVY.lock().await;
     let server = Server::start("CREATE TABLE t (k int, v int); CREATE TABLE u (a int)", CoordConfig::default()).await;
-    let view_of = |i: usize| if i % 2 == 0 { "t" } else { "u" };
+    let view_of = |i: usize| if i.is_multiple_of(2) { "t" } else { "u" };
     let mut plain: Vec<(Ws, Replica)> = Vec::new();
     for i in 0..24 {
         plain.push((common::ws_connect(server.addr, view_of(i)).await, Replica::default()));
