@@ -56,15 +56,9 @@ pub(crate) struct Fanout {
     hub: Arc<Hub>,
     config: Arc<GatewayConfig>,
     metrics: Arc<StreamMetrics>,
-    shards: OnceLock<Vec<ShardHandle>>,
+    shards: OnceLock<Vec<mpsc::Sender<Conn>>>,
     next_shard: AtomicUsize,
     next_id: AtomicU64,
-}
-
-struct ShardHandle {
-    conns: mpsc::Sender<Conn>,
-    /// Where a connection's reader reports that the client closed.
-    gone: mpsc::Sender<u64>,
 }
 
 impl Fanout {
@@ -79,20 +73,18 @@ impl Fanout {
         }
     }
 
-    fn shards(&self) -> &[ShardHandle] {
+    fn shards(&self) -> &[mpsc::Sender<Conn>] {
         self.shards.get_or_init(|| {
             let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
             (0..workers)
                 .map(|_| {
                     let (conns, new) = mpsc::channel(HANDOFF_QUEUE);
-                    // Readers never wait long here: the shard drains this at every wake-up.
-                    let (gone, gone_rx) = mpsc::channel(HANDOFF_QUEUE);
-                    let shard = Shard::new(self.hub.clone(), self.config.clone(), self.metrics.clone(), new, gone_rx);
+                    let shard = Shard::new(self.hub.clone(), self.config.clone(), self.metrics.clone(), new);
                     // The shard writes to many sockets per poll; tokio's per-task budget would
                     // make every write past the 128th return Pending. It yields on its own instead
                     // (SERVICE_BATCH).
                     tokio::spawn(tokio::task::unconstrained(shard.run()));
-                    ShardHandle { conns, gone }
+                    conns
                 })
                 .collect()
         })
@@ -120,7 +112,6 @@ impl Fanout {
         let shards = self.shards();
         let shard = &shards[self.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len()];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let reader = tokio::spawn(read_client(incoming, id, shard.gone.clone()));
         let start = start_frames(&view, &mut sub);
         let mut conn = Conn {
             id,
@@ -140,13 +131,13 @@ impl Fanout {
             last_ping: Instant::now(),
             last_ts: None,
             queued: false,
-            reader,
+            incoming: Some(incoming),
+            reader: None,
             _slot: slot,
         };
         conn.queue_start(start);
-        if let Err(mpsc::error::SendError(conn)) = shard.conns.send(conn).await {
-            conn.reader.abort();
-        }
+        // A shard that is gone (the server is shutting down) drops the connection.
+        let _ = shard.send(conn).await;
     }
 }
 
@@ -204,7 +195,10 @@ struct Conn {
     last_ts: Option<Timestamp>,
     /// In its shard's to-do queue.
     queued: bool,
-    reader: JoinHandle<()>,
+    /// The reading side, until the shard starts the connection's reader on it. The reader starts
+    /// only once the shard holds the connection, so its report of a close cannot come first.
+    incoming: Option<SplitStream<WebSocket>>,
+    reader: Option<JoinHandle<()>>,
     _slot: ConnectionSlot,
 }
 
@@ -385,7 +379,9 @@ impl Conn {
 
     /// Gives back what the connection counted in the shared gauges.
     fn release(&mut self, metrics: &StreamMetrics) {
-        self.reader.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
         if self.gauged > 0 {
             metrics.queued_bytes.fetch_sub(std::mem::take(&mut self.gauged), Ordering::Relaxed);
         }
@@ -413,7 +409,10 @@ struct Shard {
     config: Arc<GatewayConfig>,
     metrics: Arc<StreamMetrics>,
     new: mpsc::Receiver<Conn>,
+    /// Where connections' readers report that their client closed (the shard holds a sender, so
+    /// this never ends).
     gone: mpsc::Receiver<u64>,
+    gone_tx: mpsc::Sender<u64>,
     conns: HashMap<u64, Conn>,
     bells: HashMap<GlobalId, Bell>,
     /// Connections whose socket would block (retried at every wake-up).
@@ -425,25 +424,22 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(
-        hub: Arc<Hub>,
-        config: Arc<GatewayConfig>,
-        metrics: Arc<StreamMetrics>,
-        new: mpsc::Receiver<Conn>,
-        gone: mpsc::Receiver<u64>,
-    ) -> Shard {
+    fn new(hub: Arc<Hub>, config: Arc<GatewayConfig>, metrics: Arc<StreamMetrics>, new: mpsc::Receiver<Conn>) -> Shard {
         // Stall and ping deadlines are checked on this tick: a stalled client is closed at most
         // a quarter of the stall timeout late.
         let period = (config.stall_timeout.min(config.ping_interval) / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Readers never wait long here: the shard drains this at every wake-up.
+        let (gone_tx, gone) = mpsc::channel(HANDOFF_QUEUE);
         Shard {
             hub,
             config,
             metrics,
             new,
             gone,
+            gone_tx,
             conns: HashMap::new(),
             bells: HashMap::new(),
             blocked: Vec::new(),
@@ -538,8 +534,11 @@ impl Shard {
         }
     }
 
-    fn add(&mut self, conn: Conn) {
+    fn add(&mut self, mut conn: Conn) {
         let id = conn.id;
+        if let Some(incoming) = conn.incoming.take() {
+            conn.reader = Some(tokio::spawn(read_client(incoming, id, self.gone_tx.clone())));
+        }
         let bell = self
             .bells
             .entry(conn.view_id)

@@ -575,4 +575,16 @@ async fn single_view_websockets_follow_resume_and_key_exactly() {
             other => panic!("client {i}: not closed after the error: {other:?}"),
         }
     }
+    // Clients that go away give their connection slots back.
+    drop((plain, keyed, second));
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let s: Value = client.get(server.url("/api/v1/stats")).send().await.unwrap().json().await.unwrap();
+        if s["connections"] == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "connections still open: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
