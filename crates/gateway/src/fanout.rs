@@ -1,6 +1,6 @@
 //! Writer shards: the socket side of every single-view WebSocket stream.
 //!
-//! One shard task per runtime worker owns a share of the connections. It holds one receiver per
+//! A few shard tasks per runtime worker each own a share of the connections. It holds one receiver per
 //! view it serves (its "bell"); when the hub broadcasts a frame, the bell wakes the shard once,
 //! and the shard walks that view's connections: each takes the frame from its own subscription
 //! (`try_recv`, no waker registered), and the shard writes it to the socket and flushes at once.
@@ -46,6 +46,11 @@ pub(crate) const COALESCE_BYTES: usize = 64 << 10;
 /// Connections a shard serves in one poll before letting the worker run other tasks.
 const SERVICE_BATCH: usize = 1024;
 
+/// Shards per runtime worker. More shards than workers keeps the work stealable: while one
+/// worker's thread is preempted in the middle of a pass, the other workers take the shards still
+/// queued behind it, instead of every connection after the preempted one waiting for it.
+const SHARDS_PER_WORKER: usize = 4;
+
 /// Connections waiting to be handed to one shard.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -76,7 +81,7 @@ impl Fanout {
     fn shards(&self) -> &[mpsc::Sender<Conn>] {
         self.shards.get_or_init(|| {
             let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
-            (0..workers)
+            (0..workers * SHARDS_PER_WORKER)
                 .map(|_| {
                     let (conns, new) = mpsc::channel(HANDOFF_QUEUE);
                     let shard = Shard::new(self.hub.clone(), self.config.clone(), self.metrics.clone(), new);
