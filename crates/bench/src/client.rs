@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -85,12 +85,14 @@ pub struct ClientSpec {
     pub source: Ipv4Addr,
 }
 
-/// What one client saw.
-#[derive(Debug, Default)]
+/// What one client saw (sent from a client process to the bench as JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ClientResult {
     pub connected: bool,
     /// From starting to connect until the first frame (the snapshot) was in.
     pub first_frame_us: Option<u64>,
+    /// Whether that first frame was a `snapshot` (viewcast's complete view; baselines send none).
+    pub first_frame_snapshot: bool,
     pub error: Option<String>,
     /// Whether the server closed the stream before the end of the run.
     pub closed_early: bool,
@@ -164,6 +166,9 @@ impl State {
             self.shared.ready.fetch_add(1, Ordering::Relaxed);
         }
         let Ok(msg) = serde_json::from_slice::<Msg>(bytes) else { return };
+        if first {
+            self.res.first_frame_snapshot = msg.ty == Some("snapshot");
+        }
         let measuring = self.shared.phase.load(Ordering::Relaxed) == MEASURE;
         let lat = msg.ts.map(|ts| recv_us.saturating_sub(ts * 1000));
         if measuring {
@@ -365,7 +370,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The source address of client `i` of `n`, spread over `addresses` addresses 127.0.0.2, .3, ...
-pub fn source_for(i: usize, addresses: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 2 + (i % addresses.max(1)) as u8)
+/// The source address of client `i`, spread over `addresses` addresses 127.0.0.`first`,
+/// 127.0.0.`first + 1`, ...
+pub fn source_for(i: usize, first: u8, addresses: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, first.saturating_add((i % addresses.max(1)) as u8))
 }

@@ -11,8 +11,9 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::client::{self, Behaviour, ClientResult, ClientSpec, Shared, Transport, DONE, MEASURE};
-use crate::proc::{bench_dir, ProcSample, Server};
+use crate::client::{self, ClientResult, Shared, Transport, DONE, MEASURE};
+use crate::group::{Counts, Group, GroupSpec, LocalGroup, RemoteGroup};
+use crate::proc::{bench_dir, open_fds, KernelSockets, ProcSample, Server, Servers};
 
 /// Hard caps of the tool, whatever the flags say.
 pub const MAX_CLIENTS: usize = 60_000;
@@ -71,6 +72,22 @@ pub struct RunSpec {
     pub viewcast_load: ViewcastLoad,
     /// The viewcast binary (default: `viewcast` beside the bench tool).
     pub viewcast_bin: Option<std::path::PathBuf>,
+    /// Events per second of the demo's load generator (with `demo`).
+    pub demo_rate: u64,
+    /// Server processes sharing one port (`--reuse-port`; viewcast and viewcast-gateway only).
+    pub server_procs: usize,
+    /// Client processes the clients are split over (0: tasks of this process). Each has its own
+    /// `addresses` source addresses.
+    pub client_procs: usize,
+}
+
+impl RunSpec {
+    /// Whether the server changes its view by itself (no driver in the bench).
+    fn load_is_internal(&self) -> bool {
+        matches!(self.system, System::Minimal | System::Node)
+            || (matches!(self.system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway)
+                && self.viewcast_load == ViewcastLoad::Loadgen)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -99,66 +116,95 @@ fn viewcast_sql(spec: &RunSpec) -> String {
         )
     };
     if spec.demo {
-        sql.push_str(include_str!("../../viewcast/src/demo.sql"));
+        let demo = include_str!("../../viewcast/src/demo.sql");
+        sql.push_str(&demo.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {}", spec.demo_rate)));
     }
     sql
 }
 
-fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
+/// Starts `spec.server_procs` processes of `cmd(listen address, reuse port)` on one address: the
+/// first on a free port, the others on the same one (all with `--reuse-port` when several).
+fn spawn_sharing(
+    spec: &RunSpec,
+    name: &str,
+    cmd: impl Fn(&str, bool) -> Command,
+    marker: &str,
+) -> anyhow::Result<Vec<Server>> {
+    let reuse = spec.server_procs > 1;
+    let mut procs: Vec<Server> = Vec::with_capacity(spec.server_procs);
+    for _ in 0..spec.server_procs.max(1) {
+        let listen = procs.first().map_or("127.0.0.1:0".to_string(), |p| p.addr.to_string());
+        procs.push(Server::spawn(name, cmd(&listen, reuse), marker)?);
+    }
+    Ok(procs)
+}
+
+fn start_servers(spec: &RunSpec) -> anyhow::Result<Servers> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let hz = format!("{}", spec.rate);
+    anyhow::ensure!(
+        spec.server_procs <= 1 || matches!(spec.system, System::Viewcast | System::ViewcastGateway),
+        "several server processes: viewcast and viewcast-gateway only"
+    );
+    let bin = spec.viewcast_bin.clone().unwrap_or_else(|| dir.join("viewcast"));
+    // `viewcast SUBCOMMAND` serving HTTP on `listen` (sharing it when `reuse`) and pgwire on `pg`.
+    let viewcast = |subcommand: &str, listen: &str, pg: &str, reuse: bool| {
+        let mut cmd = Command::new(&bin);
+        cmd.args([subcommand, "--listen", listen, "--pgwire-listen", pg, "--tick-ms", &spec.tick_ms.to_string()])
+            .args(reuse.then_some("--reuse-port"))
+            .env("RUST_LOG", "warn");
+        cmd
+    };
+    let one = |server: Server| Servers { addr: server.addr, procs: vec![server], upstream: None };
     match spec.system {
-        System::Viewcast | System::ViewcastSse => {
-            let path = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
-            std::fs::write(&path, viewcast_sql(spec))?;
-            let bin = spec.viewcast_bin.clone().unwrap_or_else(|| dir.join("viewcast"));
+        System::Viewcast | System::ViewcastSse | System::ViewcastGateway => {
             anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
-            let mut cmd = Command::new(bin);
-            cmd.args(["serve", "--listen", "127.0.0.1:0", "--tick-ms", &spec.tick_ms.to_string(), "--sql"])
-                .arg(&path)
-                .env("RUST_LOG", "warn");
-            Server::spawn(spec.system.name(), cmd, "open ")
-        }
-        System::ViewcastGateway => {
+            let sql = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
+            std::fs::write(&sql, viewcast_sql(spec))?;
+            if spec.system != System::ViewcastGateway {
+                let serve = |listen: &str, reuse: bool| {
+                    let mut cmd = viewcast("serve", listen, "127.0.0.1:0", reuse);
+                    cmd.arg("--sql").arg(&sql);
+                    cmd
+                };
+                let procs = spawn_sharing(spec, spec.system.name(), serve, "open ")?;
+                return Ok(Servers { addr: procs[0].addr, procs, upstream: None });
+            }
             anyhow::ensure!(
                 spec.viewcast_load == ViewcastLoad::Loadgen,
                 "viewcast-gateway runs with --viewcast-load loadgen"
             );
-            let path = std::env::temp_dir().join(format!("viewcast-bench-{}.sql", std::process::id()));
-            std::fs::write(&path, viewcast_sql(spec))?;
-            let bin = dir.join("viewcast");
-            anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
             let pg = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            let mut up = Command::new(&bin);
-            up.args(["serve", "--listen", "127.0.0.1:0", "--tick-ms", &spec.tick_ms.to_string(), "--sql"])
-                .arg(&path)
-                .args(["--pgwire-listen", &pg.to_string()])
-                .env("RUST_LOG", "warn");
+            let mut up = viewcast("serve", "127.0.0.1:0", &pg.to_string(), false);
+            up.arg("--sql").arg(&sql);
             let upstream = Server::spawn("viewcast-upstream", up, "open ")?;
-            let mut gw = Command::new(&bin);
-            gw.args(["gateway", "--listen", "127.0.0.1:0", "--pgwire-listen", "127.0.0.1:0"])
-                .args(["--upstream", &format!("postgres://materialize@{pg}/materialize"), "--view", &spec.view])
-                .env("RUST_LOG", "warn");
-            Ok(Server::spawn(spec.system.name(), gw, "open ")?.with_companion(upstream))
+            let url = format!("postgres://materialize@{pg}/materialize");
+            let gateway = |listen: &str, reuse: bool| {
+                let mut cmd = viewcast("gateway", listen, "127.0.0.1:0", reuse);
+                cmd.args(["--upstream", &url, "--view", &spec.view]);
+                cmd
+            };
+            let procs = spawn_sharing(spec, spec.system.name(), gateway, "open ")?;
+            Ok(Servers { addr: procs[0].addr, procs, upstream: Some(upstream) })
         }
         System::Minimal => {
             let mut cmd = Command::new(exe);
             cmd.args(["minimal-broadcaster", "--port", "0", "--hz", &hz]);
-            Server::spawn("minimal", cmd, "listening ")
+            Server::spawn("minimal", cmd, "listening ").map(one)
         }
         System::Node => {
             let script = bench_dir().join("node-ws/server.mjs");
             let mut cmd = Command::new("node");
             cmd.arg(script).args(["--port", "0", "--hz", &hz]);
-            Server::spawn("node-ws", cmd, "listening ")
+            Server::spawn("node-ws", cmd, "listening ").map(one)
         }
         System::Tornado => {
             let py = bench_dir().join(".venv/bin/python");
             anyhow::ensure!(py.exists(), "{} not found: run bench/setup.sh", py.display());
             let mut cmd = Command::new(py);
             cmd.arg(bench_dir().join("tornado2020/server.py")).args(["--port", "0"]);
-            Server::spawn("tornado2020", cmd, "listening ")
+            Server::spawn("tornado2020", cmd, "listening ").map(one)
         }
     }
 }
@@ -168,16 +214,13 @@ fn start_server(spec: &RunSpec) -> anyhow::Result<Server> {
 /// issued during the measurement window.
 async fn drive(
     system: System,
-    viewcast_load: ViewcastLoad,
+    internal: bool,
     view: String,
     server: std::net::SocketAddr,
     rate: f64,
     shared: Arc<Shared>,
     issued_in_window: Arc<AtomicU64>,
 ) {
-    let internal = matches!(system, System::Minimal | System::Node)
-        || (matches!(system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway)
-            && viewcast_load == ViewcastLoad::Loadgen);
     if rate <= 0.0 || internal {
         return;
     }
@@ -263,121 +306,144 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     anyhow::ensure!(spec.clients + spec.stalled <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients");
     anyhow::ensure!(spec.seconds <= MAX_SECONDS && spec.warmup <= MAX_SECONDS, "at most {MAX_SECONDS} s a phase");
     anyhow::ensure!(spec.rate <= MAX_RATE, "at most {MAX_RATE} changes/s");
-    let server = start_server(spec)?;
+    anyhow::ensure!(
+        spec.load_is_internal() || (spec.server_procs <= 1 && spec.client_procs == 0),
+        "several server or client processes: only with loads the server makes itself (--viewcast-load loadgen)"
+    );
+    // Each process stays under the open-file limit. The kernel's hash spreads connections over
+    // server processes unevenly: allow four standard deviations (about the square root of a share).
+    let limit = crate::proc::open_file_limit() as usize;
+    let total = spec.clients + spec.stalled;
+    for (what, n) in [("server", spec.server_procs.max(1)), ("client", spec.client_procs.max(1))] {
+        let spread = if what == "server" && n > 1 { 4 * (total / n).isqrt() } else { 0 };
+        anyhow::ensure!(
+            total.div_ceil(n) + spread + 100 <= limit,
+            "{total} clients over {n} {what} process(es) pass the open-file limit {limit}: use more"
+        );
+    }
+    let servers = start_servers(spec)?;
     let t0 = Instant::now();
     let shared = Shared::new((spec.rate * (spec.seconds + spec.warmup + 200.0)) as usize + 16);
-    // Memory and CPU over the whole run.
+    // Memory over the whole run.
     let series: Arc<Mutex<Vec<(f64, u64)>>> = Arc::default();
     let sampler = {
         let series = series.clone();
-        let pid = server.pid();
+        let pids = servers.pids();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let s = ProcSample::of(pid);
-                series.lock().expect("series").push((t0.elapsed().as_secs_f64(), s.rss_kib));
+                let rss = pids.iter().map(|p| ProcSample::of(*p).rss_kib).sum();
+                series.lock().expect("series").push((t0.elapsed().as_secs_f64(), rss));
             }
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let s_idle = server.sample();
+    let per_proc = |servers: &Servers| servers.procs.iter().map(Server::sample).collect::<Vec<_>>();
+    let (p_idle, k_idle) = (per_proc(&servers), KernelSockets::now());
+    let s_idle = ProcSample::sum(&p_idle);
+    let up_idle = servers.upstream.as_ref().map(Server::sample);
     let issued = Arc::new(AtomicU64::new(0));
     let driver = tokio::spawn(drive(
         spec.system,
-        spec.viewcast_load,
+        spec.load_is_internal(),
         spec.view.clone(),
-        server.addr,
+        servers.addr,
         spec.rate,
         shared.clone(),
         issued.clone(),
     ));
 
     // Connect.
-    let transport = if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket };
-    let path = format!("/api/v1/stream/{}", spec.view);
-    let total = spec.clients + spec.stalled;
     let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs_f64(spec.warmup + spec.seconds + 30.0);
-    let permits = Arc::new(tokio::sync::Semaphore::new(if spec.connect_concurrency == 0 {
-        total.max(1)
-    } else {
-        spec.connect_concurrency
-    }));
-    let finished_connecting = Arc::new(AtomicU64::new(0));
+    let group = GroupSpec {
+        server: servers.addr,
+        path: format!("/api/v1/stream/{}", spec.view),
+        transport: if spec.system == System::ViewcastSse { Transport::Sse } else { Transport::WebSocket },
+        clients: spec.clients,
+        stalled: spec.stalled,
+        first_address: 2,
+        addresses: spec.addresses,
+        concurrency: spec.connect_concurrency,
+        deadline,
+    };
     let connect_start = Instant::now();
-    let mut handles = Vec::with_capacity(total);
-    for i in 0..total {
-        // Stalled clients are spread among the fast ones.
-        let stalled = spec.stalled > 0 && i % (total / spec.stalled.max(1)).max(1) == 0 && {
-            let k = i / (total / spec.stalled.max(1)).max(1);
-            k < spec.stalled
-        };
-        let cs = ClientSpec {
-            server: server.addr,
-            path: path.clone(),
-            transport,
-            behaviour: if stalled { Behaviour::Stalled } else { Behaviour::Fast },
-            source: client::source_for(i, spec.addresses),
-        };
-        let shared = shared.clone();
-        // A connection slot is held until the client's handshake is done (or has failed).
-        let permit = permits.clone().acquire_owned().await.expect("semaphore");
-        let done = finished_connecting.clone();
-        handles.push((
-            stalled,
-            tokio::spawn(async move {
-                let r = client::run_client(cs, shared, deadline, permit).await;
-                done.fetch_add(1, Ordering::Relaxed);
-                r
-            }),
-        ));
-    }
+    let mut groups = if spec.client_procs == 0 {
+        vec![Group::Local(LocalGroup::start(group, shared.clone()))]
+    } else {
+        // Process k gets every client_procs-th client and its own source addresses.
+        let n = spec.client_procs;
+        let mut groups = Vec::with_capacity(n);
+        for k in 0..n {
+            let share = |m: usize| m / n + usize::from(k < m % n);
+            let first_address = u8::try_from(2 + k * spec.addresses).context("too many source addresses")?;
+            let g = GroupSpec {
+                clients: share(spec.clients),
+                stalled: share(spec.stalled),
+                first_address,
+                ..group.clone()
+            };
+            groups.push(Group::Remote(RemoteGroup::start(&g)?));
+        }
+        groups
+    };
+    let counts = |groups: &[Group]| groups.iter().map(Group::counts).fold(Counts::default(), |a, b| a + b);
     // Wait until every client is connected or has given up, then (at most 10 s more) until the
     // connected ones have their first frame (the 2020 design sends none until something changes).
     let wait_until = connect_start + CONNECT_TIMEOUT;
     loop {
-        let handshaken = shared.handshaken.load(Ordering::Relaxed) as usize;
-        let failed = finished_connecting.load(Ordering::Relaxed) as usize;
-        if handshaken + failed >= total || Instant::now() > wait_until {
+        let c = counts(&groups);
+        if (c.handshaken + c.finished) as usize >= total || Instant::now() > wait_until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first_frames_until = Instant::now() + Duration::from_secs(10);
-    while (shared.ready.load(Ordering::Relaxed) as usize) < shared.handshaken.load(Ordering::Relaxed) as usize
-        && Instant::now() < first_frames_until
-    {
+    loop {
+        let c = counts(&groups);
+        if c.ready >= c.handshaken || Instant::now() > first_frames_until {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connect_secs = connect_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(spec.warmup)).await;
-    let s_connected = server.sample();
-    let me0 = ProcSample::of(std::process::id());
-    let timeline0 = server_timeline(spec.system, server.addr).await;
+    let (p_connected, k_connected) = (per_proc(&servers), KernelSockets::now());
+    let s_connected = ProcSample::sum(&p_connected);
+    let fds_connected: Vec<usize> = servers.pids().into_iter().map(open_fds).collect();
+    let up_connected = servers.upstream.as_ref().map(Server::sample);
+    let bench_pids: Vec<u32> =
+        std::iter::once(std::process::id()).chain(groups.iter().filter_map(Group::pid)).collect();
+    let bench_sample = || ProcSample::sum(&bench_pids.iter().map(|p| ProcSample::of(*p)).collect::<Vec<_>>());
+    let me0 = bench_sample();
+    let timeline0 = server_timeline(spec, servers.addr).await;
     shared.set_phase(MEASURE);
+    groups.iter_mut().for_each(|g| g.set_phase(MEASURE));
     let measure_start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(spec.seconds)).await;
     let window = measure_start.elapsed().as_secs_f64();
-    let s_end = server.sample();
-    let me1 = ProcSample::of(std::process::id());
-    let timeline1 = server_timeline(spec.system, server.addr).await;
+    let p_end = per_proc(&servers);
+    let s_end = ProcSample::sum(&p_end);
+    let up_end = servers.upstream.as_ref().map(Server::sample);
+    let me1 = bench_sample();
+    let timeline1 = server_timeline(spec, servers.addr).await;
+    let c_end = counts(&groups);
     shared.set_phase(DONE);
+    groups.iter_mut().for_each(|g| g.set_phase(DONE));
     let _ = tokio::time::timeout(Duration::from_secs(10), driver).await;
     let mut fast: Vec<ClientResult> = Vec::new();
     let mut slow: Vec<ClientResult> = Vec::new();
-    for (stalled, h) in handles {
-        let r = match tokio::time::timeout(Duration::from_secs(30), h).await {
-            Ok(Ok(r)) => r,
-            _ => ClientResult { error: Some("client task did not finish".into()), ..Default::default() },
-        };
-        if stalled {
-            slow.push(r)
-        } else {
-            fast.push(r)
+    for g in groups {
+        for (stalled, r) in g.finish().await {
+            if stalled {
+                slow.push(r)
+            } else {
+                fast.push(r)
+            }
         }
     }
     sampler.abort();
-    drop(server);
+    drop(servers);
 
     let connected = fast.iter().filter(|r| r.connected).count();
     let got_first = fast.iter().filter(|r| r.first_frame_us.is_some()).count();
@@ -410,7 +476,34 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     };
     let series = series.lock().expect("series").clone();
     let rss_max = series.iter().map(|(_, r)| *r).max().unwrap_or(0);
-    let line = json!({
+    let per_conn = |bytes_kib: f64| ((bytes_kib / (connected + slow.len()).max(1) as f64) * 100.0).round() / 100.0;
+    let cpu = |end: &ProcSample, start: &ProcSample| (end.cpu_percent_since(start) * 10.0).round() / 10.0;
+    let server_procs: Vec<Value> = (0..p_idle.len())
+        .map(|i| {
+            json!({
+                "rss_mib_before_clients": p_idle[i].rss_kib / 1024,
+                "rss_mib_connected": p_connected[i].rss_kib / 1024,
+                "open_fds_connected": fds_connected[i],
+                "cpu_pct": cpu(&p_end[i], &p_connected[i]),
+            })
+        })
+        .collect();
+    let upstream = match (up_idle, up_connected, up_end) {
+        (Some(i), Some(c), Some(e)) => json!({
+            "rss_mib_before_clients": i.rss_kib / 1024, "rss_mib_connected": c.rss_kib / 1024, "cpu_pct": cpu(&e, &c),
+        }),
+        _ => Value::Null,
+    };
+    // Machine-wide, so both ends of each loopback connection and anything else running.
+    let kernel = json!({
+        "tcp_sockets_before_clients": k_idle.tcp_inuse,
+        "tcp_sockets_connected": k_connected.tcp_inuse,
+        "tcp_buffers_mib_connected": k_connected.tcp_mem_kib / 1024,
+        "slab_unreclaim_mib_before_clients": k_idle.slab_unreclaim_kib / 1024,
+        "slab_unreclaim_mib_connected": k_connected.slab_unreclaim_kib / 1024,
+        "slab_unreclaim_per_conn_kib": per_conn(k_connected.slab_unreclaim_kib as f64 - k_idle.slab_unreclaim_kib as f64),
+    });
+    let mut line = json!({
         "system": spec.system.name(),
         "clients": spec.clients,
         "stalled": spec.stalled,
@@ -440,8 +533,8 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "e2e_latency": summary(&e2e),
         "progress_latency": summary(&prog),
         "stalled_closed_by_server": slow.iter().filter(|r| r.closed_early).count(),
-        "server_cpu_pct": (s_end.cpu_percent_since(&s_connected) * 10.0).round() / 10.0,
-        "bench_cpu_pct": (me1.cpu_percent_since(&me0) * 10.0).round() / 10.0,
+        "server_cpu_pct": cpu(&s_end, &s_connected),
+        "bench_cpu_pct": cpu(&me1, &me0),
         "server_rss_mib": {
             "before_clients": s_idle.rss_kib / 1024,
             "connected": s_connected.rss_kib / 1024,
@@ -452,6 +545,18 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
         "loadavg_1m_end": loadavg_1m(),
         "server_timeline": window_timeline(timeline0.as_ref(), timeline1.as_ref()),
     });
+    // (More keys than one `json!` expands.)
+    for (key, value) in [
+        ("server_procs", json!(spec.server_procs.max(1))),
+        ("client_procs", json!(spec.client_procs)),
+        ("first_frame_snapshot", json!(fast.iter().filter(|r| r.first_frame_snapshot).count())),
+        ("ended_before_window_end", json!(c_end.finished)),
+        ("server_per_proc", json!(server_procs)),
+        ("upstream", upstream),
+        ("kernel", kernel),
+    ] {
+        line[key] = value;
+    }
     let plot = json!({
         "system": spec.system.name(),
         "latency_cdf": cdf(&lat),
@@ -462,9 +567,12 @@ pub async fn run(spec: &RunSpec) -> anyhow::Result<(Value, Value)> {
     Ok((line, plot))
 }
 
-/// viewcast's per-stage timeline counters (`/api/v1/stats`), cumulative since it started.
-async fn server_timeline(system: System, addr: std::net::SocketAddr) -> Option<Value> {
-    if !matches!(system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway) {
+/// viewcast's per-stage timeline counters (`/api/v1/stats`), cumulative since it started (one
+/// process only).
+async fn server_timeline(spec: &RunSpec, addr: std::net::SocketAddr) -> Option<Value> {
+    // With several processes on the address, a request reaches one of them at random.
+    if !matches!(spec.system, System::Viewcast | System::ViewcastSse | System::ViewcastGateway) || spec.server_procs > 1
+    {
         return None;
     }
     let body = reqwest::get(format!("http://{addr}/api/v1/stats")).await.ok()?.bytes().await.ok()?;

@@ -5,6 +5,7 @@
 
 mod client;
 mod fanout;
+mod group;
 mod ingest;
 mod minimal;
 mod proc;
@@ -19,7 +20,7 @@ use viewcast_coord::{CoordConfig, Coordinator, TickStages};
 use crate::fanout::{RunSpec, System};
 
 /// Longest a whole invocation may run.
-const MAX_INVOCATION: Duration = Duration::from_secs(30 * 60);
+pub(crate) const MAX_INVOCATION: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Parser)]
 #[command(name = "viewcast-bench")]
@@ -64,6 +65,42 @@ struct LoadArgs {
     /// to compare before and after a change.
     #[arg(long)]
     viewcast_bin: Option<std::path::PathBuf>,
+    /// Events per second of the demo's load generator, when a demo view (`counter`, `top10`) is
+    /// streamed.
+    #[arg(long, default_value_t = 200)]
+    demo_rate: u64,
+    /// Run each system at these scales, one after another, instead of `--clients` in one server
+    /// and this process: `CLIENTS:SERVER_PROCS:CLIENT_PROCS`, e.g. `19000:1:1,50000:3:4`. Server
+    /// processes share one port (`--reuse-port`; viewcast and viewcast-gateway); each client
+    /// process holds its share of the clients from its own `--addresses` source addresses. This
+    /// is how a run goes past one process's open-file limit.
+    #[arg(long, value_delimiter = ',')]
+    scale: Vec<Scale>,
+}
+
+/// How many clients, over how many server and client processes (0 client processes: the
+/// clients are tasks of the bench itself).
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    clients: usize,
+    server_procs: usize,
+    client_procs: usize,
+}
+
+impl std::str::FromStr for Scale {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scale, String> {
+        let parts: Vec<usize> = s
+            .split(':')
+            .map(|p| p.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        match parts[..] {
+            [clients, server_procs, client_procs] if server_procs >= 1 => {
+                Ok(Scale { clients, server_procs, client_procs })
+            }
+            _ => Err(format!("{s:?}: expected CLIENTS:SERVER_PROCS:CLIENT_PROCS, at least one server process")),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -112,6 +149,9 @@ enum Command {
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
     },
+    /// A share of a run's clients in a process of its own (started by the other subcommands).
+    #[command(hide = true)]
+    Clients(group::ChildArgs),
     /// The minimal Rust broadcaster (a baseline server; normally started by the other subcommands).
     MinimalBroadcaster {
         #[arg(long, default_value_t = 0)]
@@ -168,6 +208,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Clients(args) => group::child(args).await,
         Command::MinimalBroadcaster { .. } => unreachable!("handled in main"),
     }
 }
@@ -180,45 +221,63 @@ async fn scenario(
     stalled: usize,
     plot_kind: &str,
 ) -> anyhow::Result<()> {
+    let scales = if load.scale.is_empty() {
+        vec![Scale { clients: load.clients, server_procs: 1, client_procs: 0 }]
+    } else {
+        load.scale.clone()
+    };
+    let scale_names: Vec<String> =
+        scales.iter().map(|s| format!("{}:{}:{}", s.clients, s.server_procs, s.client_procs)).collect();
     println!(
         "{}",
         json!({"bench": bench, "machine": machine(), "open_files_limit": proc::open_file_limit(),
-               "clients": load.clients, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
+               "scales": scale_names, "stalled": stalled, "rate": load.rate, "seconds": load.seconds})
     );
-    let mut lines = Vec::new();
     let mut plots = Vec::new();
-    for &system in &load.systems {
-        let spec = RunSpec {
-            system,
-            clients: load.clients,
-            stalled,
-            rate: load.rate,
-            seconds: load.seconds,
-            warmup: load.warmup,
-            addresses: load.addresses,
-            connect_concurrency: if bench == "connect-storm" { 0 } else { load.concurrency },
-            view: view.clone(),
-            demo,
-            tick_ms: load.tick_ms,
-            viewcast_load: load.viewcast_load,
-            viewcast_bin: load.viewcast_bin.clone(),
-        };
-        let (mut line, plot) = match fanout::run(&spec).await {
-            Ok(r) => r,
-            Err(e) => (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()})),
-        };
-        line["bench"] = json!(bench);
-        println!("{line}");
-        lines.push(line);
-        plots.push(plot);
-        // Let sockets in TIME_WAIT and the previous server's memory go before the next system.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, scale) in scales.iter().enumerate() {
+        let mut at_scale = Vec::new();
+        for &system in &load.systems {
+            let spec = RunSpec {
+                system,
+                clients: scale.clients,
+                stalled,
+                rate: load.rate,
+                seconds: load.seconds,
+                warmup: load.warmup,
+                addresses: load.addresses,
+                connect_concurrency: if bench == "connect-storm" { 0 } else { load.concurrency },
+                view: view.clone(),
+                demo,
+                tick_ms: load.tick_ms,
+                viewcast_load: load.viewcast_load,
+                viewcast_bin: load.viewcast_bin.clone(),
+                demo_rate: load.demo_rate,
+                server_procs: scale.server_procs,
+                client_procs: scale.client_procs,
+            };
+            let (mut line, plot) = match fanout::run(&spec).await {
+                Ok(r) => r,
+                Err(e) => {
+                    (json!({"system": system.name(), "error": format!("{e:#}")}), json!({"system": system.name()}))
+                }
+            };
+            line["bench"] = json!(bench);
+            println!("{line}");
+            at_scale.push(line);
+            plots.push(plot);
+            // Let sockets in TIME_WAIT and the previous server's memory go before the next system.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let mut summary = json!({"bench": bench, "summary": ratios(&at_scale)});
+        if scales.len() > 1 {
+            summary["scale"] = json!(scale_names[i]);
+        }
+        println!("{summary}");
     }
-    println!("{}", json!({"bench": bench, "summary": ratios(&lines)}));
     if let Some(p) = &load.plot {
         let title = format!(
             "{bench}: {} clients{} x {} ts/s, {}",
-            load.clients,
+            if load.scale.is_empty() { load.clients.to_string() } else { scale_names.join(", ") },
             if stalled > 0 { format!(" + {stalled} stalled") } else { String::new() },
             load.rate,
             machine()
@@ -241,7 +300,8 @@ fn ratios(lines: &[Value]) -> Value {
         ("server_cpu", &["server_cpu_pct"]),
     ];
     let mut out = serde_json::Map::new();
-    for base in lines.iter().filter(|l| l["system"] != "viewcast") {
+    let baseline = |l: &&Value| !l["system"].as_str().unwrap_or("viewcast").starts_with("viewcast");
+    for base in lines.iter().filter(baseline) {
         let mut m = serde_json::Map::new();
         for (name, path) in metrics {
             if let (Some(a), Some(b)) = (get(vc, path), get(base, path)) {
@@ -361,5 +421,21 @@ async fn counter(coord: &Coordinator) -> i64 {
             _ => 0,
         },
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scale;
+
+    #[test]
+    fn scales_parse_and_need_a_server_process() {
+        let s: Scale = "50000:3:4".parse().unwrap();
+        assert_eq!((s.clients, s.server_procs, s.client_procs), (50_000, 3, 4));
+        let s: Scale = "19000:1:0".parse().unwrap();
+        assert_eq!((s.clients, s.server_procs, s.client_procs), (19_000, 1, 0));
+        for bad in ["1000:0:1", "1000:2", "1000:2:x", "1000:2:2:2"] {
+            assert!(bad.parse::<Scale>().is_err(), "{bad}");
+        }
     }
 }

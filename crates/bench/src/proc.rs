@@ -14,12 +14,24 @@ pub fn bench_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench")
 }
 
-/// A server under test; killed when dropped.
+/// A server process under test; killed when dropped.
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
-    /// A process this one needs (the upstream of a gateway), stopped after it.
-    companion: Option<Box<Server>>,
+}
+
+/// The processes of one system under test: one or more serving the clients on one address (with
+/// `SO_REUSEPORT` when several), and the upstream they follow, if any (stopped after them).
+pub struct Servers {
+    pub addr: SocketAddr,
+    pub procs: Vec<Server>,
+    pub upstream: Option<Server>,
+}
+
+impl Servers {
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Server::pid).collect()
+    }
 }
 
 impl Server {
@@ -59,15 +71,9 @@ impl Server {
                 let addr: SocketAddr = addr.parse().with_context(|| format!("{name} printed {line:?}"))?;
                 // Keep draining stdout in the background.
                 std::thread::spawn(move || while rx.recv().is_ok() {});
-                return Ok(Server { addr, child, companion: None });
+                return Ok(Server { addr, child });
             }
         }
-    }
-
-    /// Keeps `upstream` running as long as this server.
-    pub fn with_companion(mut self, upstream: Server) -> Server {
-        self.companion = Some(Box::new(upstream));
-        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -83,7 +89,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        drop(self.companion.take());
     }
 }
 
@@ -116,6 +121,15 @@ impl ProcSample {
         ProcSample { at: Some(Instant::now()), cpu_ticks, rss_kib }
     }
 
+    /// Several processes taken together (at the latest instant of theirs).
+    pub fn sum(samples: &[ProcSample]) -> ProcSample {
+        ProcSample {
+            at: samples.iter().filter_map(|s| s.at).max(),
+            cpu_ticks: samples.iter().map(|s| s.cpu_ticks).sum(),
+            rss_kib: samples.iter().map(|s| s.rss_kib).sum(),
+        }
+    }
+
     /// CPU use between two samples, in percent of one core.
     pub fn cpu_percent_since(&self, earlier: &ProcSample) -> f64 {
         let (Some(a), Some(b)) = (earlier.at, self.at) else { return f64::NAN };
@@ -124,6 +138,48 @@ impl ProcSample {
             return f64::NAN;
         }
         (self.cpu_ticks.saturating_sub(earlier.cpu_ticks)) as f64 / USER_HZ / secs * 100.0
+    }
+}
+
+/// Open file descriptors of a process (its sockets, mostly).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The kernel's side of the sockets, machine-wide (both ends of every loopback connection, and
+/// whatever else runs): TCP sockets in use and their buffer memory (`/proc/net/sockstat`), and
+/// unreclaimable slab memory (`/proc/meminfo`), where socket structures live.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelSockets {
+    pub tcp_inuse: u64,
+    pub tcp_mem_kib: u64,
+    pub slab_unreclaim_kib: u64,
+}
+
+impl KernelSockets {
+    pub fn now() -> KernelSockets {
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        let tcp: Vec<&str> = sockstat
+            .lines()
+            .find(|l| l.starts_with("TCP:"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |name: &str| {
+            tcp.iter().position(|f| *f == name).and_then(|i| tcp.get(i + 1)).and_then(|v| v.parse::<u64>().ok())
+        };
+        let page_kib = 4; // sockstat's `mem` counts pages
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let slab_unreclaim_kib = meminfo
+            .lines()
+            .find(|l| l.starts_with("SUnreclaim:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        KernelSockets {
+            tcp_inuse: field("inuse").unwrap_or(0),
+            tcp_mem_kib: field("mem").unwrap_or(0) * page_kib,
+            slab_unreclaim_kib,
+        }
     }
 }
 

@@ -5,15 +5,20 @@
 //! the current contents, and history retention. Pure and synchronous.
 //! Never touches: threads, channels, sockets, serialization formats, dataflow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use viewcast_repr::{consolidate_updates, Diff, RelationDesc, Row, Timestamp, Update};
+use rustc_hash::FxHashMap;
 
-/// All changes of one view at one timestamp, consolidated (no row twice, no zero diff).
+use std::sync::Arc;
+
+use viewcast_repr::{consolidate_timed, consolidate_updates, Diff, RelationDesc, Row, Timestamp, Update};
+
+/// All changes of one view at one timestamp, consolidated (no row twice, no zero diff). The
+/// updates are shared: the log's history and every reader of a batch hold the same allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub ts: Timestamp,
-    pub updates: Vec<(Row, Diff)>,
+    pub updates: Arc<Vec<(Row, Diff)>>,
 }
 
 impl Batch {
@@ -65,7 +70,7 @@ pub enum Resume<'a> {
 pub struct ViewLog {
     desc: RelationDesc,
     /// Contents through every time below `frontier`, as row -> multiplicity (never zero).
-    state: HashMap<Row, Diff>,
+    state: FxHashMap<Row, Diff>,
     /// Every time below this is sealed and applied.
     frontier: Timestamp,
     /// Sealed batches, oldest first, each with a distinct increasing `ts`.
@@ -81,7 +86,7 @@ impl ViewLog {
     pub fn new(desc: RelationDesc, as_of: Timestamp, retention: Retention) -> ViewLog {
         ViewLog {
             desc,
-            state: HashMap::new(),
+            state: FxHashMap::default(),
             frontier: as_of,
             history: VecDeque::new(),
             history_bytes: 0,
@@ -122,17 +127,15 @@ impl ViewLog {
         if let Some((_, t, _)) = updates.iter().find(|(_, t, _)| *t < self.frontier || *t >= upto) {
             return Err(SealError::OutOfRange { ts: *t, frontier: self.frontier, upto });
         }
-        updates.sort_by_key(|(_, t, _)| *t);
+        // Sorted by time, each time's rows consolidated (by a hash of each row: no string
+        // comparisons of wide rows).
+        consolidate_timed(&mut updates);
         let mut batches = Vec::new();
         let mut iter = updates.into_iter().peekable();
         while let Some((row, ts, diff)) = iter.next() {
             let mut group = vec![(row, diff)];
             while let Some((r, d)) = iter.next_if(|(_, t, _)| *t == ts).map(|(r, _, d)| (r, d)) {
                 group.push((r, d));
-            }
-            consolidate_updates(&mut group);
-            if group.is_empty() {
-                continue;
             }
             for (row, diff) in &group {
                 match self.state.get_mut(row) {
@@ -147,7 +150,7 @@ impl ViewLog {
                     }
                 }
             }
-            batches.push(Batch { ts, updates: group });
+            batches.push(Batch { ts, updates: Arc::new(group) });
         }
         self.frontier = upto;
         for b in &batches {
@@ -241,7 +244,13 @@ mod tests {
     fn seal_groups_by_time_and_consolidates() {
         let mut l = log();
         let b = l.seal(20, vec![(r(1), 12, 1), (r(2), 11, 1), (r(1), 12, 1), (r(3), 15, 1), (r(3), 15, -1)]).unwrap();
-        assert_eq!(b, vec![Batch { ts: 11, updates: vec![(r(2), 1)] }, Batch { ts: 12, updates: vec![(r(1), 2)] }]);
+        assert_eq!(
+            b,
+            vec![
+                Batch { ts: 11, updates: Arc::new(vec![(r(2), 1)]) },
+                Batch { ts: 12, updates: Arc::new(vec![(r(1), 2)]) }
+            ]
+        );
         assert_eq!(l.snapshot(), vec![(r(1), 2), (r(2), 1)]);
         assert_eq!(l.sealed_ts(), 19);
         assert!(l.seal(25, vec![(r(1), 19, 1)]).is_err(), "time below frontier is rejected");

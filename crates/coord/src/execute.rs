@@ -84,7 +84,7 @@ async fn execute_planned(shared: &Shared, stmt: Statement, sql: &str) -> Result<
                 return ok("CREATE SOURCE");
             }
             if let SourceConnector::Upstream { url, view } = connector {
-                crate::upstream::create_upstream(shared, &name, &url, &view, sql).await?;
+                crate::upstream::create_upstream(shared, &name, &url, &view).await?;
                 return ok("CREATE SOURCE");
             }
             create_source(shared, &name, connector, desc, sql)

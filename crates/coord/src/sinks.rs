@@ -263,8 +263,9 @@ fn enqueue(shared: &SinkShared, batch: Batch) {
     match q.waiting.as_mut() {
         None => q.waiting = Some(batch),
         Some(w) => {
-            w.updates.extend(batch.updates);
-            consolidate_updates(&mut w.updates);
+            let waiting = std::sync::Arc::make_mut(&mut w.updates);
+            waiting.extend(batch.updates.iter().cloned());
+            consolidate_updates(waiting);
             w.ts = batch.ts;
         }
     }
@@ -279,7 +280,7 @@ async fn follow(shared: Arc<SinkShared>, hub: Arc<Hub>, view_id: GlobalId, send_
         match ViewFollower::start(hub.clone(), view_id, None).await {
             Ok((follower, ts, snapshot)) => {
                 if send_snapshot {
-                    enqueue(&shared, Batch { ts, updates: snapshot });
+                    enqueue(&shared, Batch { ts, updates: snapshot.into() });
                 } else {
                     // Nothing to send until the view changes: caught up as of the start time.
                     let mut st = shared.status.lock().expect("status lock");

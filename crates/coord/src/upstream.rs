@@ -127,8 +127,12 @@ pub(crate) async fn create_upstream(
     name: &str,
     url: &str,
     view: &str,
-    sql: &str,
 ) -> Result<GlobalId, StatementError> {
+    // The statement as written would show the upstream's password in `SHOW CREATE SOURCE`.
+    let sql = &format!(
+        "CREATE SOURCE {name} FROM UPSTREAM '{}' SUBSCRIBE {view}",
+        viewcast_upstream::redact_password(url).replace('\'', "''")
+    );
     let config = UpstreamConfig::new(url, view);
     let desc = viewcast_upstream::describe(&config)
         .await

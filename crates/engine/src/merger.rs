@@ -100,7 +100,7 @@ impl Merger {
                     (sealed, rest) = updates.drain(..).partition(|u| u.1 < upto);
                     *updates = rest;
                 }
-                consolidate(&mut sealed);
+                viewcast_repr::consolidate_timed(&mut sealed);
                 if !sealed.is_empty() {
                     changes.push((*id, sealed));
                 }
@@ -134,36 +134,5 @@ impl Merger {
                 slot.extend(updates);
             }
         }
-    }
-}
-
-/// Merges updates of equal `(time, row)`, dropping those that cancel; sorted by time, then by a hash
-/// of the row (rows are compared only on equal hashes, so a tick of thousands of wide rows that
-/// share their first columns is not sorted by comparing strings). The order within a time is
-/// deterministic but otherwise unspecified.
-fn consolidate(updates: &mut Vec<Update>) {
-    use std::hash::{Hash, Hasher};
-    let mut keyed: Vec<(Timestamp, u64, Update)> = updates
-        .drain(..)
-        .map(|u| {
-            let mut h = crate::render::FxHasher::default();
-            u.0.hash(&mut h);
-            (u.1, h.finish(), u)
-        })
-        .collect();
-    keyed.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2 .0.cmp(&b.2 .0)));
-    for (time, _, (row, _, diff)) in keyed {
-        match updates.last_mut() {
-            Some(last) if last.1 == time && last.0 == row => last.2 += diff,
-            _ => {
-                if updates.last().is_some_and(|l| l.2 == 0) {
-                    updates.pop();
-                }
-                updates.push((row, time, diff));
-            }
-        }
-    }
-    if updates.last().is_some_and(|l| l.2 == 0) {
-        updates.pop();
     }
 }

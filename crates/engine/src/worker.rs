@@ -38,11 +38,46 @@ pub(crate) fn row_hash(row: &Row) -> u64 {
 /// An input's retained history on this worker.
 pub(crate) struct InputState {
     arity: usize,
-    /// Every row this worker received, with multiplicities; consolidated when it has doubled in
-    /// length since the last consolidation and has seen a retraction (append-only inputs never pay).
-    pub(crate) history: Vec<(Row, Diff)>,
+    /// Every row this worker received, with multiplicities, as the ticks' own vectors (appending a
+    /// tick moves its vector in: no copy of the history as it grows, no doubling reallocation on a
+    /// tick's path). Consolidated into one chunk when it has doubled in length since the last
+    /// consolidation and has seen a retraction (append-only inputs never pay).
+    history: Vec<Vec<(Row, Diff)>>,
+    len: usize,
     consolidated_len: usize,
     saw_retraction: bool,
+}
+
+impl InputState {
+    fn new(arity: usize) -> InputState {
+        InputState { arity, history: Vec::new(), len: 0, consolidated_len: 0, saw_retraction: false }
+    }
+
+    /// Appends one tick's rows.
+    fn append(&mut self, rows: Vec<(Row, Diff)>) {
+        debug_assert!(rows.iter().all(|(r, _)| r.len() == self.arity), "the handle checks arities");
+        if rows.is_empty() {
+            return;
+        }
+        self.saw_retraction |= rows.iter().any(|(_, d)| *d < 0);
+        self.len += rows.len();
+        self.history.push(rows);
+        if self.saw_retraction && self.len >= 2 * self.consolidated_len.max(1024) {
+            let mut all: Vec<(Row, Diff)> = Vec::with_capacity(self.len);
+            for chunk in self.history.drain(..) {
+                all.extend(chunk);
+            }
+            viewcast_repr::consolidate_updates(&mut all);
+            self.len = all.len();
+            self.consolidated_len = all.len();
+            self.history.push(all);
+        }
+    }
+
+    /// Every retained row with its multiplicity (not necessarily consolidated).
+    pub(crate) fn rows(&self) -> impl Iterator<Item = &(Row, Diff)> {
+        self.history.iter().flatten()
+    }
 }
 
 /// A view's dataflow on this worker.
@@ -165,9 +200,7 @@ impl WorkerState {
     fn apply(&mut self, worker: &mut Worker, cmd: Command, shared: &Shared) -> bool {
         match cmd {
             Command::CreateInput { id, arity } => {
-                self.items
-                    .inputs
-                    .insert(id, InputState { arity, history: Vec::new(), consolidated_len: 0, saw_retraction: false });
+                self.items.inputs.insert(id, InputState::new(arity));
             }
             Command::CreateView { id, plan, publish, as_of } => {
                 for wanted in plan.shared_arrangements() {
@@ -287,13 +320,7 @@ impl WorkerState {
                 }
                 for (id, input) in self.items.inputs.iter_mut() {
                     if let Some(rows) = by_input.remove(id) {
-                        debug_assert!(rows.iter().all(|(r, _)| r.len() == input.arity), "the handle checks arities");
-                        input.saw_retraction |= rows.iter().any(|(_, d)| *d < 0);
-                        input.history.extend(rows);
-                        if input.saw_retraction && input.history.len() >= 2 * input.consolidated_len.max(1024) {
-                            viewcast_repr::consolidate_updates(&mut input.history);
-                            input.consolidated_len = input.history.len();
-                        }
+                        input.append(rows);
                     }
                 }
                 self.next_time = ts + 1;
@@ -337,7 +364,7 @@ pub(crate) fn start_sessions(
     for (input, feed, mut session) in sessions {
         session.advance_to(as_of);
         if feed != Feed::Live {
-            for (row, diff) in &inputs[&input].history {
+            for (row, diff) in inputs[&input].rows() {
                 session.update(row.clone(), *diff);
             }
         }

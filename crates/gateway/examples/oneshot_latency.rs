@@ -73,7 +73,8 @@ async fn run(runs: usize) -> Outcome {
     percentiles("Coordinator::query", direct);
 
     // Through HTTP.
-    let listener = viewcast_gateway::bind("127.0.0.1:0".parse().expect("address")).map_err(|e| e.to_string())?;
+    let listener = viewcast_gateway::bind("127.0.0.1:0".parse().expect("address"), Default::default())
+        .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(viewcast_gateway::serve(listener, coord.clone(), GatewayConfig::default(), async {

@@ -131,13 +131,29 @@ async fn assets_handler(uri: axum::http::Uri) -> axum::response::Response {
     }
 }
 
-/// Binds a listener with a deep accept backlog: a burst of connections beyond the backlog costs
-/// clients whole seconds of SYN retries (the kernel caps it at `net.core.somaxconn`).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Accept backlog of the HTTP listener: a burst of connections beyond it costs clients whole
+/// seconds of SYN retries. The kernel caps it at `net.core.somaxconn` (4,096 on the bench host).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// How the HTTP listener is bound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenOptions {
+    /// `SO_REUSEPORT`: several processes (each binding with it, as the same user) share the
+    /// address, and the kernel spreads incoming connections over them by a hash of the
+    /// connection's addresses. Each listener keeps its own backlog of [`LISTEN_BACKLOG`].
+    /// Without it, binding an address another listener holds fails with `AddrInUse`.
+    pub reuse_port: bool,
+}
+
+/// Binds the HTTP listener with a deep accept backlog ([`LISTEN_BACKLOG`]).
+pub fn bind(addr: SocketAddr, options: ListenOptions) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if options.reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
-    socket.listen(8192)
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves until `shutdown` resolves.

@@ -112,7 +112,7 @@ impl ViewEntry {
             return Ok(());
         }
         for b in batches {
-            let _ = self.tx.send(wire::update(&self.name, b.ts, Arc::new(b.updates)));
+            let _ = self.tx.send(wire::update(&self.name, b.ts, b.updates));
         }
         let through = upto - 1;
         if let Some(t) = last_ts {
@@ -316,10 +316,8 @@ impl Hub {
             None => Start::Snapshot(snapshot()),
             Some(since) => match entry.log.resume(since) {
                 viewcast_changelog::Resume::Replay(batches) => {
-                    let mut frames: Vec<Frame> = batches
-                        .into_iter()
-                        .map(|b| wire::update(&entry.name, b.ts, Arc::new(b.updates.clone())))
-                        .collect();
+                    let mut frames: Vec<Frame> =
+                        batches.into_iter().map(|b| wire::update(&entry.name, b.ts, b.updates.clone())).collect();
                     // A resuming client learns at once how far the view is complete, without
                     // waiting for the next (throttled) progress frame.
                     let sealed = entry.log.sealed_ts();

@@ -59,7 +59,7 @@ async fn main() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(viewcast_pgwire::serve(listener, coord.clone(), std::future::pending()));
+    tokio::spawn(viewcast_pgwire::serve(listener, coord.clone(), None, std::future::pending()));
     let conn = format!("host=127.0.0.1 port={} user=materialize dbname=materialize", addr.port());
     let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.expect("connect");
     tokio::spawn(connection);

@@ -17,12 +17,8 @@ use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ErrorResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
-use pgwire::messages::{
-    DecodeContext, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion, SslNegotiationMetaMessage,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use pgwire::messages::{DecodeContext, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use viewcast_coord::{Coordinator, ExecuteResult, StatementError};
 use viewcast_repr::{ColumnType, Datum, RelationDesc, Row, ScalarType};
@@ -30,6 +26,7 @@ use viewcast_repr::{ColumnType, Datum, RelationDesc, Row, ScalarType};
 use crate::encode::{self, Format};
 use crate::pgcatalog::{self, Session};
 use crate::subscribe::{output_desc, SubscribeStream};
+use crate::tls::Transport;
 
 /// Output is written to the socket once this much is buffered, even mid-timestamp.
 const FLUSH_BYTES: usize = 256 * 1024;
@@ -72,6 +69,8 @@ pub enum ConnError {
     Protocol(#[from] pgwire::error::PgWireError),
     #[error("client disconnected")]
     Disconnected,
+    #[error("connection refused: {0}")]
+    Refused(String),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,8 +120,11 @@ enum Step {
 pub struct Conn {
     coord: Arc<Coordinator>,
     registry: Arc<Registry>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Box<dyn AsyncRead + Send + Sync + Unpin>,
+    writer: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+    /// Whether the client negotiated TLS, and whether it must have.
+    encrypted: bool,
+    tls_required: bool,
     inbuf: BytesMut,
     out: BytesMut,
     ctx: DecodeContext,
@@ -148,17 +150,21 @@ fn canceled() -> StatementError {
 }
 
 impl Conn {
-    pub fn new(coord: Arc<Coordinator>, registry: Arc<Registry>, stream: TcpStream) -> Conn {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    /// A connection past TLS negotiation ([`crate::tls::negotiate`]).
+    pub fn new(coord: Arc<Coordinator>, registry: Arc<Registry>, transport: Transport, tls_required: bool) -> Conn {
+        let Transport { reader, writer, inbuf, encrypted } = transport;
+        let mut ctx = DecodeContext::default();
+        ctx.awaiting_frontend_ssl = false;
         Conn {
             coord,
             registry,
             reader,
             writer,
-            inbuf: BytesMut::with_capacity(8192),
+            encrypted,
+            tls_required,
+            inbuf,
             out: BytesMut::with_capacity(64 * 1024),
-            ctx: DecodeContext::default(),
+            ctx,
             pid: 0,
             cancel: None,
             user: String::new(),
@@ -262,6 +268,8 @@ impl Conn {
         if !self.out.is_empty() {
             self.writer.write_all(&self.out).await?;
             self.out.clear();
+            // TLS may hold written records back until flushed (plain TCP: a no-op).
+            self.writer.flush().await?;
         }
         Ok(())
     }
@@ -281,27 +289,25 @@ impl Conn {
 
     /// Startup and (trust) authentication. Returns false for a cancel request's connection.
     async fn startup(&mut self) -> Result<bool, ConnError> {
-        let startup = loop {
-            match self.read_message().await? {
-                PgWireFrontendMessage::SslNegotiation(SslNegotiationMetaMessage::None) => {
-                    self.ctx.awaiting_frontend_ssl = false;
-                }
-                PgWireFrontendMessage::SslNegotiation(_) => {
-                    // No TLS: refuse, the client continues in plain text.
-                    self.writer.write_all(b"N").await?;
-                }
-                PgWireFrontendMessage::CancelRequest(c) => {
-                    self.registry.cancel(c.pid, &c.secret_key);
-                    return Ok(false);
-                }
-                PgWireFrontendMessage::Startup(s) => break s,
-                other => {
-                    tracing::debug!(?other, "unexpected message before startup");
-                    return Ok(false);
-                }
+        let startup = match self.read_message().await? {
+            PgWireFrontendMessage::CancelRequest(c) => {
+                self.registry.cancel(c.pid, &c.secret_key);
+                return Ok(false);
+            }
+            PgWireFrontendMessage::Startup(s) => s,
+            other => {
+                tracing::debug!(?other, "unexpected message before startup");
+                return Ok(false);
             }
         };
-        self.ctx.awaiting_frontend_ssl = false;
+        if self.tls_required && !self.encrypted {
+            let message = "this server requires TLS: connect with sslmode=require, verify-ca or verify-full";
+            let fields =
+                [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "28000"), (b'M', message)].map(|(k, v)| (k, v.to_string()));
+            self.send(PgWireBackendMessage::ErrorResponse(ErrorResponse::new(fields.to_vec())));
+            self.flush().await?;
+            return Ok(false);
+        }
         self.ctx.awaiting_frontend_startup = false;
         self.ctx.protocol_version = ProtocolVersion::PROTOCOL3_0;
         let params = startup.parameters;

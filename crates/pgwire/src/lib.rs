@@ -1,8 +1,9 @@
 //! The Postgres wire endpoint: `psql`, drivers and BI tools speak to viewcast here.
 //!
-//! Owns: the wire protocol (startup without authentication, simple and extended query, COPY out,
-//! cancel requests), session statements (`SET`, `SHOW`, `BEGIN`/`COMMIT`, cursors), the few
-//! `pg_catalog` queries psql needs, and `SUBSCRIBE` streams fed from the hub's shared change logs.
+//! Owns: the wire protocol (TLS negotiation, startup without authentication, simple and extended
+//! query, COPY out, cancel requests), session statements (`SET`, `SHOW`, `BEGIN`/`COMMIT`,
+//! cursors), the few `pg_catalog` queries psql needs, and `SUBSCRIBE` streams fed from the hub's
+//! shared change logs.
 //! Statements themselves run through [`Coordinator::execute`].
 //! Never touches: SQL planning, dataflow, HTTP. Supported surface: docs/pgwire.md.
 
@@ -10,6 +11,7 @@ mod conn;
 mod encode;
 mod pgcatalog;
 mod subscribe;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,12 +21,15 @@ use tracing::Instrument;
 use viewcast_coord::Coordinator;
 
 pub use subscribe::{output_desc, SubscribeStream};
+pub use tls::{ServerTls, TlsConfigError};
 
 /// Accepts Postgres connections on `listener` until `shutdown` resolves. Each connection runs on
 /// its own task; a connection's resources (cursors, transient views) are freed when it ends.
+/// With `tls`, clients may (or, if it is required, must) encrypt; without it they cannot.
 pub async fn serve(
     listener: TcpListener,
     coord: Arc<Coordinator>,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let registry = Arc::new(conn::Registry::default());
@@ -41,10 +46,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let conn = conn::Conn::new(coord.clone(), registry.clone(), stream);
+                let (coord, registry, tls) = (coord.clone(), registry.clone(), tls.clone());
                 tokio::spawn(
                     async move {
-                        if let Err(e) = conn.run().await {
+                        let required = tls.as_ref().is_some_and(ServerTls::is_required);
+                        let r = match tls::negotiate(stream, tls.as_ref()).await {
+                            Ok(transport) => conn::Conn::new(coord, registry, transport, required).run().await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = r {
                             tracing::debug!(error = %e, "pgwire connection ended");
                         }
                     }

@@ -128,7 +128,7 @@ impl SubscribeStream {
             if self.up_to.is_some_and(|u| b.ts >= u) {
                 break;
             }
-            self.push_changes(b.ts, b.updates);
+            self.push_changes(b.ts, Arc::unwrap_or_clone(b.updates));
         }
         match self.up_to {
             Some(u) if through + 1 >= u => {

@@ -16,7 +16,7 @@ async fn start() -> (Arc<Coordinator>, SocketAddr) {
     let coord = Arc::new(Coordinator::start(CoordConfig { tick_ms: 10, ..CoordConfig::default() }).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(viewcast_pgwire::serve(listener, coord.clone(), std::future::pending()));
+    tokio::spawn(viewcast_pgwire::serve(listener, coord.clone(), None, std::future::pending()));
     (coord, addr)
 }
 

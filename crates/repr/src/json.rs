@@ -513,6 +513,74 @@ impl Serialize for Json<'_> {
     }
 }
 
+impl Json<'_> {
+    /// The length of the compact JSON text `serde_json` prints for this document, without
+    /// printing it (what a source counts as the bytes of a record it made itself). One sequential
+    /// pass over the encoding.
+    pub fn text_len(self) -> usize {
+        text_len_at(self.0).0
+    }
+}
+
+/// The printed length of the value at the start of `b`, and the bytes of encoding it spans.
+fn text_len_at(b: &[u8]) -> (usize, usize) {
+    fn decimal_len(u: u64) -> usize {
+        u.checked_ilog10().unwrap_or(0) as usize + 1
+    }
+    fn string_len(s: &[u8]) -> usize {
+        // Most strings need no escape: a branch-free count (it vectorizes) rules that out before
+        // the per-byte table.
+        let special = s.iter().filter(|&&c| c < 0x20 || c == b'"' || c == b'\\').count();
+        let extra = if special == 0 { 0 } else { s.iter().map(|&c| ESCAPE_EXTRA[c as usize] as usize).sum() };
+        2 + s.len() + extra
+    }
+    match b[0] {
+        NULL | TRUE => (4, 1),
+        FALSE => (5, 1),
+        POS_INT => (decimal_len(read_u64(b, 1)), 9),
+        NEG_INT => (1 + decimal_len((read_u64(b, 1) as i64).unsigned_abs()), 9),
+        FLOAT => (JsonNumber::Float(f64::from_bits(read_u64(b, 1))).to_number().to_string().len(), 9),
+        STRING => {
+            let n = read_u32(b, 1);
+            (string_len(&b[5..5 + n]), 5 + n)
+        }
+        tag => {
+            let (end, count) = (5 + read_u32(b, 1), read_u32(b, 5));
+            let mut at = 9 + if tag == OBJECT { 4 * count } else { 0 };
+            let mut text = 2 + count.saturating_sub(1);
+            for _ in 0..count {
+                if tag == OBJECT {
+                    let klen = read_u32(b, at);
+                    text += string_len(&b[at + 4..at + 4 + klen]) + 1;
+                    at += 4 + klen;
+                }
+                let (t, n) = text_len_at(&b[at..end]);
+                text += t;
+                at += n;
+            }
+            (text, end)
+        }
+    }
+}
+
+/// Extra bytes `serde_json`'s compact printer adds when escaping each byte value.
+const ESCAPE_EXTRA: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = 5;
+        b += 1;
+    }
+    t[b'"' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t[b'\n' as usize] = 1;
+    t[b'\r' as usize] = 1;
+    t[b'\t' as usize] = 1;
+    t[0x08] = 1;
+    t[0x0c] = 1;
+    t
+};
+
 /// Compact JSON text, as `serde_json` prints (keys in order).
 impl fmt::Display for Json<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -798,6 +866,167 @@ fn check_size<E: de::Error>(n: usize) -> Result<(), E> {
     u32::try_from(n).map(|_| ()).map_err(|_| E::custom("a JSON document over 4 GiB"))
 }
 
+/// Builds one `jsonb` document value by value, straight into the encoding: what a producer of
+/// documents (the load generator) uses instead of building a `serde_json::Value` tree to encode.
+///
+/// Values are written in document order; an object's members may come in any key order (they
+/// are sorted, and of a repeated key the last is kept, when the object ends). A misuse (a value
+/// where a key is due, unbalanced containers, [`JsonbWriter::finish`] without exactly one
+/// complete value) is a bug in the caller and panics.
+///
+/// ```
+/// # use viewcast_repr::{Jsonb, JsonbWriter};
+/// let mut w = JsonbWriter::new();
+/// w.begin_object();
+/// w.key("b").u64(2);
+/// w.key("a").begin_array();
+/// w.str("x").null();
+/// w.end_array();
+/// w.end_object();
+/// assert_eq!(w.finish(), Jsonb::parse(r#"{"a":["x",null],"b":2}"#).unwrap());
+/// ```
+#[derive(Default)]
+pub struct JsonbWriter {
+    scratch: Scratch,
+    /// The containers being written, innermost last.
+    open: Vec<Open>,
+    /// Whether a key was written and its value is due.
+    key_due: bool,
+    /// Complete top-level values written (one is a document).
+    done: usize,
+}
+
+enum Open {
+    Array { start: usize, count: usize },
+    Object { start: usize, first: usize },
+}
+
+impl JsonbWriter {
+    pub fn new() -> JsonbWriter {
+        let mut w = JsonbWriter::default();
+        w.scratch.buf.resize(HASH_LEN, 0);
+        w
+    }
+
+    /// Accounts for a value about to be written where it is.
+    fn value(&mut self) {
+        match self.open.last_mut() {
+            None => self.done += 1,
+            Some(Open::Array { count, .. }) => *count += 1,
+            Some(Open::Object { .. }) => {
+                assert!(self.key_due, "a jsonb object member needs its key first");
+                self.key_due = false;
+            }
+        }
+    }
+
+    /// The key of the next member of the innermost object; its value comes next.
+    pub fn key(&mut self, key: &str) -> &mut Self {
+        assert!(
+            matches!(self.open.last(), Some(Open::Object { .. })) && !self.key_due,
+            "a jsonb key outside an object"
+        );
+        let buf = &mut self.scratch.buf;
+        self.scratch.members.push(buf.len());
+        buf.extend_from_slice(&len_u32(key.len()).to_le_bytes());
+        buf.extend_from_slice(key.as_bytes());
+        self.key_due = true;
+        self
+    }
+
+    pub fn null(&mut self) -> &mut Self {
+        self.value();
+        self.scratch.buf.push(NULL);
+        self
+    }
+
+    pub fn bool(&mut self, b: bool) -> &mut Self {
+        self.value();
+        self.scratch.buf.push(if b { TRUE } else { FALSE });
+        self
+    }
+
+    pub fn u64(&mut self, n: u64) -> &mut Self {
+        self.value();
+        put_number(&mut self.scratch.buf, JsonNumber::PosInt(n));
+        self
+    }
+
+    pub fn i64(&mut self, n: i64) -> &mut Self {
+        self.value();
+        put_number(&mut self.scratch.buf, JsonNumber::NegInt(n));
+        self
+    }
+
+    /// A float; a non-finite one is written as `null`, as `serde_json::Value::from` does.
+    pub fn f64(&mut self, f: f64) -> &mut Self {
+        self.value();
+        put_number(&mut self.scratch.buf, JsonNumber::Float(f));
+        self
+    }
+
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.value();
+        put_str(&mut self.scratch.buf, s);
+        self
+    }
+
+    pub fn begin_array(&mut self) -> &mut Self {
+        self.value();
+        let start = start_container(&mut self.scratch.buf, ARRAY);
+        self.open.push(Open::Array { start, count: 0 });
+        self
+    }
+
+    pub fn end_array(&mut self) -> &mut Self {
+        let Some(Open::Array { start, count }) = self.open.pop() else {
+            panic!("end_array without an open jsonb array")
+        };
+        finish_container(&mut self.scratch.buf, start, count);
+        self
+    }
+
+    pub fn begin_object(&mut self) -> &mut Self {
+        self.value();
+        let start = start_container(&mut self.scratch.buf, OBJECT);
+        self.open.push(Open::Object { start, first: self.scratch.members.len() });
+        self
+    }
+
+    pub fn end_object(&mut self) -> &mut Self {
+        assert!(!self.key_due, "a jsonb key without its value");
+        let Some(Open::Object { start, first }) = self.open.pop() else {
+            panic!("end_object without an open jsonb object")
+        };
+        let count = self.scratch.finish_members(first);
+        finish_container(&mut self.scratch.buf, start, count);
+        self
+    }
+
+    /// Bytes of encoding written so far for the current document.
+    pub fn len(&self) -> usize {
+        self.scratch.buf.len() - HASH_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The document written since the last `finish`; the writer is then ready for the next one
+    /// and keeps its buffers.
+    pub fn finish(&mut self) -> Jsonb {
+        assert!(self.open.is_empty() && self.done == 1, "a jsonb document is exactly one complete value");
+        let doc = Jsonb::seal_copy(&mut self.scratch.buf);
+        self.scratch.buf.truncate(HASH_LEN);
+        self.scratch.trim();
+        if self.scratch.buf.len() < HASH_LEN {
+            self.scratch.buf.resize(HASH_LEN, 0);
+        }
+        self.done = 0;
+        doc
+    }
+}
+
 /// Deserializes an object key as a member's `u32` length and bytes.
 struct Key<'b>(&'b mut Vec<u8>);
 
@@ -1078,6 +1307,105 @@ mod tests {
         for _ in 0..2_000 {
             check_against_serde_json(&random_doc(&mut seed, 4));
         }
+    }
+
+    /// Writes a random document into `w` and returns the same document as JSON text, with
+    /// repeated and unordered keys, strings that need escaping, and every kind of number.
+    fn random_written(seed: &mut u64, depth: u32, w: &mut JsonbWriter) -> String {
+        fn next(seed: &mut u64) -> u64 {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        }
+        match next(seed) % if depth == 0 { 7 } else { 9 } {
+            0 => {
+                w.null();
+                "null".into()
+            }
+            1 => {
+                let b = next(seed).is_multiple_of(2);
+                w.bool(b);
+                b.to_string()
+            }
+            2 => {
+                let n = next(seed) >> (next(seed) % 64);
+                w.u64(n);
+                n.to_string()
+            }
+            3 => {
+                let n = -((next(seed) % 1_000_000) as i64) - 1;
+                w.i64(n);
+                n.to_string()
+            }
+            4 => {
+                let f = (next(seed) % 100_000) as f64 / 64.0 - 700.5;
+                w.f64(f);
+                serde_json::to_string(&f).unwrap()
+            }
+            5 => {
+                let s = ["", "plain", "tab\t", "quote\"", "\u{1}ctl", "h\u{e9}llo"][next(seed) as usize % 6];
+                w.str(s);
+                serde_json::to_string(s).unwrap()
+            }
+            6 => {
+                // A signed value that happens to be non-negative is an unsigned one.
+                let n = (next(seed) % 1000) as i64;
+                w.i64(n);
+                n.to_string()
+            }
+            7 => {
+                w.begin_array();
+                let items: Vec<String> = (0..next(seed) % 4).map(|_| random_written(seed, depth - 1, w)).collect();
+                w.end_array();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                w.begin_object();
+                let members: Vec<String> = (0..next(seed) % 5)
+                    .map(|_| {
+                        let key = format!("k{}", next(seed) % 4);
+                        w.key(&key);
+                        format!("\"{key}\":{}", random_written(seed, depth - 1, w))
+                    })
+                    .collect();
+                w.end_object();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    #[test]
+    fn the_writer_builds_what_the_parser_builds() {
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let mut w = JsonbWriter::new();
+        for _ in 0..2_000 {
+            let text = random_written(&mut seed, 4, &mut w);
+            let written = w.finish();
+            let parsed = Jsonb::parse(&text).unwrap();
+            assert_eq!(written, parsed, "{text}");
+            assert_eq!(written.json().text_len(), serde_json::to_string(&written.to_value()).unwrap().len(), "{text}");
+        }
+    }
+
+    #[test]
+    fn text_len_counts_escapes_and_numbers_as_serde_json_prints_them() {
+        let tricky = serde_json::json!({
+            "a\"b": "quote \" backslash \\ newline \n tab \t cr \r bell \u{7} nul \u{0} ff \u{c} bs \u{8}",
+            "unicode": "\u{200e}<span dir=\"auto\">é日本</span>",
+            "nums": [0, 9, 10, -1, -10, 18446744073709551615u64, -9223372036854775808i64, 1.5, 1e300, 0.1],
+            "empty": {}, "empty_list": [], "null": null, "t": true, "f": false,
+        });
+        let doc = Jsonb::from_value(&tricky);
+        assert_eq!(doc.json().text_len(), serde_json::to_string(&tricky).unwrap().len());
+    }
+
+    #[test]
+    #[should_panic(expected = "exactly one complete value")]
+    fn the_writer_refuses_an_unfinished_document() {
+        let mut w = JsonbWriter::new();
+        w.begin_object().key("a").u64(1);
+        w.finish();
     }
 
     #[test]

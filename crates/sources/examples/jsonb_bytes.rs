@@ -3,8 +3,7 @@
 //!
 //! `cargo run --release -p viewcast-sources --example jsonb_bytes [events]`
 
-use viewcast_sources::loadgen::json_encoded_len;
-use viewcast_sources::{json_row, WikipediaGenerator};
+use viewcast_sources::{jsonb_row, WikipediaGenerator};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,8 +30,8 @@ fn main() {
     let before = rss();
     for _ in 0..n {
         let e = generator.next_event();
-        text += json_encoded_len(&e);
-        rows.push(json_row(e));
+        text += e.json().text_len();
+        rows.push(jsonb_row(e));
     }
     let after = rss();
     println!(

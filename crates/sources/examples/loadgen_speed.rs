@@ -1,12 +1,11 @@
 //! Measures how fast the Wikipedia load generator makes events, three ways:
-//! bare `serde_json::Value`s, `data jsonb` rows, and rows through the threaded runner and a channel.
+//! bare `jsonb` documents, `data jsonb` rows, and rows through the threaded runner and a channel.
 //!
 //! `cargo run --release -p viewcast-sources --example loadgen_speed [events]`
 
 use std::time::Instant;
 
-use viewcast_sources::loadgen::json_encoded_len;
-use viewcast_sources::{json_row, EventClock, LoadGenConfig, LoadGenerator, SseParser, WikipediaGenerator};
+use viewcast_sources::{jsonb_row, EventClock, LoadGenConfig, LoadGenerator, SseParser, WikipediaGenerator};
 
 fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2_000_000);
@@ -19,15 +18,15 @@ fn main() {
     let mut bytes = 0;
     for _ in 0..n {
         let e = generator.next_event();
-        bytes += json_encoded_len(&e);
+        bytes += e.json().text_len();
     }
-    report("values (virtual clock)", n, clock, bytes);
+    report("documents (virtual clock)", n, clock, bytes);
 
     let mut generator = WikipediaGenerator::new(1).with_clock(EventClock::Wall);
     let clock = start();
     let mut rows = 0;
     for _ in 0..n {
-        rows += json_row(generator.next_event()).len();
+        rows += jsonb_row(generator.next_event()).len();
     }
     report("jsonb rows (wall clock)", rows as u64, clock, 0);
 

@@ -22,7 +22,7 @@ pub use decode::{BodyError, Decoded, RecordFormat};
 pub use error::SourceError;
 pub use file::{FileConfig, FileSource};
 pub use loadgen::{EventClock, LoadGenConfig, LoadGenerator, WikipediaGenerator};
-pub use source::{json_row, Batch, BatchSink, SinkClosed, SourceHandle, StopSignal};
+pub use source::{json_row, jsonb_row, Batch, BatchSink, SinkClosed, SourceHandle, StopSignal};
 pub use sse::{SseConfig, SseEvent, SseParser, SseSource};
 pub use stats::{now_millis, SourceStats, SourceStatsSnapshot};
 

@@ -15,7 +15,12 @@ pub type Batch = Vec<Row>;
 
 /// Wraps a JSON document as a one-column `data jsonb` row.
 pub fn json_row(value: serde_json::Value) -> Row {
-    Row::new(vec![Datum::Jsonb(Jsonb::from_value(&value))])
+    jsonb_row(Jsonb::from_value(&value))
+}
+
+/// A `data jsonb` row holding `doc`.
+pub fn jsonb_row(doc: Jsonb) -> Row {
+    Row::new(vec![Datum::Jsonb(doc)])
 }
 
 /// A one-shot, cloneable request to stop. Once stopped it stays stopped.

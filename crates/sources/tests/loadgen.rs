@@ -42,7 +42,7 @@ fn edit_events_have_the_fixture_shape() {
         assert_eq!(shape(f), want);
     }
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
-    for e in WikipediaGenerator::new(9).take(5_000) {
+    for e in WikipediaGenerator::new(9).take(5_000).map(|e| e.to_value()) {
         let ty = e["type"].as_str().unwrap().to_owned();
         *by_type.entry(ty.clone()).or_default() += 1;
         let mut got = shape(&e);
@@ -88,10 +88,10 @@ fn edit_events_have_the_fixture_shape() {
 
 #[test]
 fn same_seed_same_events() {
-    let a: Vec<Value> = WikipediaGenerator::new(42).take(2_000).collect();
-    let b: Vec<Value> = WikipediaGenerator::new(42).take(2_000).collect();
+    let a: Vec<Value> = WikipediaGenerator::new(42).take(2_000).map(|e| e.to_value()).collect();
+    let b: Vec<Value> = WikipediaGenerator::new(42).take(2_000).map(|e| e.to_value()).collect();
     assert_eq!(a, b);
-    let c: Vec<Value> = WikipediaGenerator::new(43).take(2_000).collect();
+    let c: Vec<Value> = WikipediaGenerator::new(43).take(2_000).map(|e| e.to_value()).collect();
     assert_ne!(a, c);
     // On the wall clock only the time fields differ.
     let strip = |mut e: Value| {
@@ -99,10 +99,12 @@ fn same_seed_same_events() {
         e["meta"]["dt"].take();
         e
     };
-    let d: Vec<Value> = WikipediaGenerator::new(42).with_clock(EventClock::Wall).take(2_000).map(strip).collect();
+    let d: Vec<Value> =
+        WikipediaGenerator::new(42).with_clock(EventClock::Wall).take(2_000).map(|e| strip(e.to_value())).collect();
     assert_eq!(a.into_iter().map(strip).collect::<Vec<_>>(), d);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let ts = WikipediaGenerator::new(1).with_clock(EventClock::Wall).next_event()["timestamp"].as_u64().unwrap();
+    let ts =
+        WikipediaGenerator::new(1).with_clock(EventClock::Wall).next_event().to_value()["timestamp"].as_u64().unwrap();
     assert!(ts.abs_diff(now) < 60);
 }
 
@@ -113,7 +115,7 @@ fn traffic_is_skewed_like_the_real_stream() {
     let mut wikis: HashMap<String, u64> = HashMap::new();
     let mut titles: HashMap<String, u64> = HashMap::new();
     let mut bots = 0u64;
-    for e in WikipediaGenerator::new(7).take(n) {
+    for e in WikipediaGenerator::new(7).take(n).map(|e| e.to_value()) {
         *users.entry(e["user"].as_str().unwrap().to_owned()).or_default() += 1;
         *wikis.entry(e["wiki"].as_str().unwrap().to_owned()).or_default() += 1;
         *titles.entry(format!("{}/{}", e["wiki"], e["title"])).or_default() += 1;
@@ -158,7 +160,8 @@ fn max_events_is_exact_and_counted() {
     assert_eq!(snap.errors, 0);
     assert!(snap.last_event_time.is_some());
     // The runner's events are the generator's, in order.
-    let direct: Vec<Value> = WikipediaGenerator::new(3).with_clock(EventClock::Wall).take(50).collect();
+    let direct: Vec<Value> =
+        WikipediaGenerator::new(3).with_clock(EventClock::Wall).take(50).map(|e| e.to_value()).collect();
     for (r, d) in rows.iter().zip(&direct) {
         assert_eq!(data(r)["meta"]["id"], d["meta"]["id"]);
     }

@@ -14,7 +14,9 @@
 //! size is bounded by the distinct changes of the incomplete timestamps. The upstream's COPY
 //! stream is only read as fast as the sink accepts sealed timestamps (TCP backpressure).
 
+mod conninfo;
 mod copy;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +25,20 @@ use futures::StreamExt;
 use rand::Rng;
 use viewcast_repr::{consolidate_updates, ColumnType, Diff, RelationDesc, Row, ScalarType, Timestamp, Update};
 
+pub use conninfo::redact_password;
 pub use copy::scalar_type_of;
 use copy::{decode_row, SubscribeRow};
+pub use tls::{MakeRustlsConnect, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The connection string or its TLS settings (never shows the string: it may hold a password).
+    #[error("upstream connection settings: {0}")]
+    Config(String),
+    /// Refused, timed out, TLS failed (a certificate not trusted, TLS refused), authentication.
     #[error("connecting to the upstream: {0}")]
     Connect(String),
-    #[error("upstream: {0}")]
+    #[error("upstream: {}", error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The upstream no longer has the history to resume from (Materialize and viewcast:
     /// "Timestamp (t) is not valid for all inputs").
@@ -48,10 +56,13 @@ pub enum UpstreamError {
     Sink(String),
 }
 
-/// Where one upstream view comes from, and how to keep following it.
-#[derive(Clone, Debug)]
+/// Where one upstream view comes from, and how to keep following it. Its `Debug` hides the
+/// password.
+#[derive(Clone)]
 pub struct UpstreamConfig {
-    /// A libpq-style connection string or URL, e.g. `postgres://materialize@host:6875/materialize`.
+    /// A libpq-style connection string or URL, e.g. `postgres://materialize@host:6875/materialize`,
+    /// with libpq's `sslmode` (default `prefer`) and `sslrootcert` (see [`SslMode`]).
+    /// It may hold a password: show it only through [`redact_password`].
     pub url: String,
     /// The upstream relation, as SQL names it there (`counter`, `materialize.public.counter`).
     pub view: String,
@@ -63,6 +74,20 @@ pub struct UpstreamConfig {
     pub backoff_max: Duration,
     /// Consolidate the buffer of incomplete timestamps when it passes this many rows.
     pub consolidate_rows: usize,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &redact_password(&self.url))
+            .field("view", &self.view)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("consolidate_rows", &self.consolidate_rows)
+            .finish()
+    }
 }
 
 impl UpstreamConfig {
@@ -104,17 +129,24 @@ async fn describe_with(client: &tokio_postgres::Client, view: &str) -> Result<Re
     ))
 }
 
-async fn connect(config: &UpstreamConfig) -> Result<tokio_postgres::Client, UpstreamError> {
-    let connecting = tokio_postgres::connect(&config.url, tokio_postgres::NoTls);
-    let (client, connection) = tokio::time::timeout(config.connect_timeout, connecting)
+/// Opens one connection to the upstream, with TLS as the connection string's `sslmode` says.
+/// The connection runs on its own task until the client is dropped.
+pub async fn connect(config: &UpstreamConfig) -> Result<tokio_postgres::Client, UpstreamError> {
+    let split = conninfo::split_tls_params(&config.url);
+    let mode = split.sslmode.as_deref().map_or(Ok(SslMode::Prefer), SslMode::parse)?;
+    let mut pg: tokio_postgres::Config =
+        split.rest.parse().map_err(|e: tokio_postgres::Error| UpstreamError::Config(error_chain(&e)))?;
+    pg.ssl_mode(mode.negotiation());
+    let tls = MakeRustlsConnect::new(mode, split.sslrootcert.as_deref().map(std::path::Path::new))?;
+    let (client, connection) = tokio::time::timeout(config.connect_timeout, pg.connect(tls))
         .await
         .map_err(|_| UpstreamError::Connect(format!("timed out after {:?}", config.connect_timeout)))?
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
     // The connection task ends when the client is dropped (or the socket fails).
     let view = config.view.clone();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(%view, error = %e, "upstream connection closed");
+            tracing::debug!(%view, error = %error_chain(&e), "upstream connection closed");
         }
     });
     Ok(client)
@@ -209,6 +241,19 @@ async fn follow_once(
     }
 }
 
+/// An error and its causes, `outer: inner: ...` (tokio-postgres's own text names only the kind:
+/// "error performing TLS handshake", "db error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// A failed SUBSCRIBE while resuming with a database error about the timestamp means the
 /// upstream lacks the history; anything else is a plain loss.
 fn classify(e: tokio_postgres::Error, resuming: bool) -> UpstreamError {
@@ -301,6 +346,13 @@ mod tests {
 
     fn r(i: i64) -> Row {
         Row::new(vec![Datum::Int(i)])
+    }
+
+    #[test]
+    fn config_debug_hides_the_password() {
+        let shown = format!("{:?}", UpstreamConfig::new("postgres://u:s3cret@h:6875/mz?sslmode=require", "v"));
+        assert!(shown.contains("postgres://u:<redacted>@h:6875/mz?sslmode=require"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]

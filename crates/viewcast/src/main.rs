@@ -42,8 +42,12 @@ enum Command {
     Gateway {
         #[command(flatten)]
         server: ServerArgs,
-        /// The upstream's connection string, e.g. postgres://materialize@host:6875/materialize.
-        #[arg(long)]
+        /// The upstream's connection string, e.g.
+        /// postgres://USER:PASSWORD@HOST:6875/materialize?sslmode=require, with libpq's sslmode
+        /// (disable, prefer: the default, require, verify-ca, verify-full) and sslrootcert=PEM
+        /// (else the webpki roots). Prefer the VIEWCAST_UPSTREAM environment variable when it
+        /// holds a password (kept out of `ps`).
+        #[arg(long, env = "VIEWCAST_UPSTREAM", hide_env_values = true)]
         upstream: String,
         /// An upstream view to serve, as `NAME` or `LOCAL=UPSTREAM_NAME`. Repeatable.
         #[arg(long = "view", required = true)]
@@ -88,9 +92,24 @@ struct ServerArgs {
     /// Address of the HTTP server (web page, SQL API, streams).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Share --listen with other viewcast processes started with this flag (SO_REUSEPORT): the
+    /// kernel spreads new connections over them. Each process serves its own clients, so run
+    /// processes with the same views (e.g. gateways following one upstream).
+    #[arg(long)]
+    reuse_port: bool,
     /// Address of the Postgres wire endpoint (psql, drivers, SUBSCRIBE).
     #[arg(long, default_value = "127.0.0.1:6875")]
     pgwire_listen: SocketAddr,
+    /// PEM certificate (then intermediates) for TLS on the Postgres wire endpoint, with
+    /// --pg-tls-key. Without them the endpoint refuses TLS (clients use plain text).
+    #[arg(long, requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+    /// PEM private key of --pg-tls-cert.
+    #[arg(long, requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
+    /// Refuse Postgres sessions that are not encrypted (needs --pg-tls-cert).
+    #[arg(long, requires = "pg_tls_cert")]
+    pg_tls_required: bool,
     /// Length of a timestamp in milliseconds: rows ingested within one tick become visible together.
     #[arg(long, default_value_t = 50)]
     tick_ms: u64,
@@ -186,6 +205,14 @@ fn gateway_sql(upstream: &str, views: &[String]) -> anyhow::Result<String> {
 }
 
 async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
+    let pg_tls = match (&args.pg_tls_cert, &args.pg_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            viewcast_pgwire::ServerTls::from_pem_files(cert, key)
+                .context("loading --pg-tls-cert/--pg-tls-key")?
+                .required(args.pg_tls_required),
+        ),
+        _ => None,
+    };
     let defaults = CoordConfig::default();
     let hub = HubConfig { progress_interval_ms: args.progress_ms, ..defaults.hub };
     let coord = Arc::new(
@@ -200,7 +227,15 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let listener = viewcast_gateway::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let options = viewcast_gateway::ListenOptions { reuse_port: args.reuse_port };
+    let listener = viewcast_gateway::bind(args.listen, options).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse && !args.reuse_port {
+            " (another process listens there; to share the address, start every process with --reuse-port)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("binding {}: {e}{hint}", args.listen)
+    })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     println!("viewcast is running: open http://{addr}/");
@@ -220,10 +255,10 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.pgwire_listen))?;
     let pg_addr = pg_listener.local_addr()?;
-    tracing::info!(%pg_addr, "pgwire serving");
+    tracing::info!(%pg_addr, tls = pg_tls.is_some(), tls_required = args.pg_tls_required, "pgwire serving");
     println!("pgwire listening on {pg_addr}");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let pg = tokio::spawn(viewcast_pgwire::serve(pg_listener, coord.clone(), {
+    let pg = tokio::spawn(viewcast_pgwire::serve(pg_listener, coord.clone(), pg_tls, {
         let mut stop = stop_rx.clone();
         async move {
             let _ = stop.wait_for(|s| *s).await;

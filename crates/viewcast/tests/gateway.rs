@@ -5,165 +5,16 @@
 //! contents at that timestamp, every timestamp once and in order, across connection loss and
 //! an upstream restart.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::*;
 use futures::StreamExt;
-use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
-
-type Contents = BTreeMap<String, i64>;
-
-const UPSTREAM_SQL: &str = "CREATE TABLE t (k text, n bigint);
-INSERT INTO t VALUES ('k0', 1), ('k1', 2);
-CREATE VIEW totals AS SELECT k, sum(n) AS total, count(*) AS c FROM t GROUP BY k;";
-
-/// A local view over the upstream view (runs on the gateway).
-const GATEWAY_SQL: &str = "CREATE VIEW big AS SELECT k, total FROM totals WHERE total > 10;";
-
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("viewcast-gateway-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A viewcast process, killed when dropped.
-struct Proc {
-    child: Child,
-    http: SocketAddr,
-    pg: SocketAddr,
-    log: PathBuf,
-}
-
-impl Proc {
-    async fn start(args: &[&str], log: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_viewcast"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-            .env("RUST_LOG", "info")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut http, mut pg) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http.is_none() || pg.is_none() {
-            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no addresses printed; log: {}", std::fs::read_to_string(log).unwrap()))
-                .unwrap()
-                .unwrap_or_else(|| panic!("process ended: {}", std::fs::read_to_string(log).unwrap()));
-            if let Some(a) = line.strip_prefix("viewcast is running: open http://") {
-                http = Some(a.trim_end_matches('/').parse().unwrap());
-            }
-            if let Some(a) = line.strip_prefix("pgwire listening on ") {
-                pg = Some(a.parse().unwrap());
-            }
-        }
-        // The binary logs to stdout: keep draining it (a closed pipe would fail its writes).
-        let mut copy = std::fs::File::create(log.with_extension("out")).unwrap();
-        tokio::spawn(async move {
-            use std::io::Write as _;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = writeln!(copy, "{line}");
-            }
-        });
-        Proc { child, http: http.unwrap(), pg: pg.unwrap(), log: log.to_path_buf() }
-    }
-
-    async fn upstream(pg_port: u16, name: &str) -> Proc {
-        let sql = dir().join("upstream.sql");
-        std::fs::write(&sql, UPSTREAM_SQL).unwrap();
-        let pg = format!("127.0.0.1:{pg_port}");
-        Proc::start(
-            &[
-                "serve",
-                "--sql",
-                sql.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--pgwire-listen",
-                &pg,
-                "--tick-ms",
-                "20",
-            ],
-            &dir().join(format!("{name}.log")),
-        )
-        .await
-    }
-
-    async fn gateway(upstream: SocketAddr, name: &str) -> Proc {
-        let sql = dir().join("gateway.sql");
-        std::fs::write(&sql, GATEWAY_SQL).unwrap();
-        let url = format!("postgres://materialize@{upstream}/materialize");
-        Proc::start(
-            &[
-                "gateway",
-                "--upstream",
-                &url,
-                "--view",
-                "totals",
-                "--sql",
-                sql.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--pgwire-listen",
-                "127.0.0.1:0",
-                "--tick-ms",
-                "20",
-            ],
-            &dir().join(format!("{name}.log")),
-        )
-        .await
-    }
-
-    fn log(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        read(&self.log) + &read(&self.log.with_extension("out"))
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
-
-async fn pg(addr: SocketAddr) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host={} port={} user=materialize", addr.ip(), addr.port()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-fn key(k: &str, total: i64, c: i64) -> String {
-    json!([k, total, c]).to_string()
-}
-
-/// The upstream's `totals` as `SELECT` returns it now.
-async fn upstream_contents(addr: SocketAddr) -> Contents {
-    let client = pg(addr).await.unwrap();
-    let mut m = Contents::new();
-    for msg in client.simple_query("SELECT k, total, c FROM totals").await.unwrap() {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = msg {
-            let num = |i| r.get(i).unwrap().parse::<i64>().unwrap();
-            *m.entry(key(r.get(0).unwrap(), num(1), num(2))).or_default() += 1;
-        }
-    }
-    m
-}
 
 /// The upstream's contents at every timestamp, from its own SUBSCRIBE.
 #[derive(Default)]
@@ -227,118 +78,6 @@ impl Oracle {
     }
 }
 
-/// A WebSocket client of one gateway view, keeping its replica and every state it was sent.
-#[derive(Default)]
-struct Client {
-    state: Contents,
-    /// (ts, contents) after each snapshot or update message.
-    seen: Vec<(u64, Contents)>,
-    /// Every message's ts, in arrival order.
-    ts_order: Vec<u64>,
-    snapshots: usize,
-    resyncs: usize,
-}
-
-impl Client {
-    fn start(http: SocketAddr, view: &str) -> Arc<Mutex<Client>> {
-        let client = Arc::new(Mutex::new(Client::default()));
-        let c = client.clone();
-        let url = format!("ws://{http}/api/v1/stream/{view}");
-        tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            while let Some(Ok(msg)) = ws.next().await {
-                let tokio_tungstenite::tungstenite::Message::Text(text) = msg else { continue };
-                let m: Value = serde_json::from_str(&text).unwrap();
-                let mut c = c.lock().unwrap();
-                let ts = m["ts"].as_u64();
-                match m["type"].as_str().unwrap() {
-                    "snapshot" => {
-                        c.snapshots += 1;
-                        c.state.clear();
-                        c.apply(&m["rows"]);
-                    }
-                    "update" => c.apply(&m["rows"]),
-                    "resync" => c.resyncs += 1,
-                    _ => {}
-                }
-                if let Some(ts) = ts {
-                    c.ts_order.push(ts);
-                    if m["type"] != "progress" {
-                        let state = c.state.clone();
-                        c.seen.push((ts, state));
-                    }
-                }
-            }
-        });
-        client
-    }
-
-    fn apply(&mut self, rows: &Value) {
-        for r in rows.as_array().unwrap() {
-            let k = r["row"].to_string();
-            let e = self.state.entry(k.clone()).or_default();
-            *e += r["diff"].as_i64().unwrap();
-            if *e == 0 {
-                self.state.remove(&k);
-            }
-        }
-    }
-}
-
-/// Inserts and deletes random rows of the upstream's table until stopped, reconnecting when the
-/// upstream goes away.
-fn start_writer(addr: Arc<Mutex<SocketAddr>>) -> Writer {
-    start_writer_every(addr, Duration::from_millis(7))
-}
-
-/// A writer that changes the upstream's table about every `every` (plus the write's own time).
-fn start_writer_every(addr: Arc<Mutex<SocketAddr>>, every: Duration) -> Writer {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
-    let task = tokio::spawn(async move {
-        let mut client = None;
-        let mut live: Vec<(String, i64)> = Vec::new();
-        while !s.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(every).await;
-            if client.is_none() {
-                let a = *addr.lock().unwrap();
-                client = pg(a).await.ok();
-                live.clear();
-                continue;
-            }
-            let sql = {
-                let mut rng = rand::thread_rng();
-                if !live.is_empty() && rng.gen_bool(0.3) {
-                    let (k, n) = live.swap_remove(rng.gen_range(0..live.len()));
-                    format!("DELETE FROM t WHERE k = '{k}' AND n = {n}")
-                } else {
-                    let (k, n) = (format!("k{}", rng.gen_range(0..6)), rng.gen_range(1..10));
-                    live.push((k.clone(), n));
-                    format!("INSERT INTO t VALUES ('{k}', {n})")
-                }
-            };
-            if client.as_ref().unwrap().simple_query(&sql).await.is_err() {
-                client = None;
-            }
-        }
-    });
-    Writer { stop, task }
-}
-
-struct Writer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    /// Stops writing and returns once the last write is done.
-    async fn stop(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.task.await.unwrap();
-    }
-}
-
-/// A TCP proxy whose connections can be cut, to lose the upstream without restarting it.
 struct Proxy {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -384,27 +123,6 @@ fn check(client: &Client, oracles: &[&Oracle]) -> usize {
         }
     }
     compared
-}
-
-async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits for the gateway client to equal the upstream's current contents (writer stopped).
-async fn settle(client: &Arc<Mutex<Client>>, upstream: SocketAddr) -> Contents {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let expected = upstream_contents(upstream).await;
-        if client.lock().unwrap().state == expected {
-            return expected;
-        }
-        assert!(Instant::now() < deadline, "gateway client never matched the upstream: {expected:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `big` is `totals` filtered on `total > 10`, computed here from the upstream's contents.
@@ -602,16 +320,4 @@ async fn gateway_added_latency() {
         let h = &stats.pointer(path).cloned().unwrap_or_default();
         println!("  {stage}: n {} p50 {} us, p99 {} us, max {} us", h["n"], h["p50_us"], h["p99_us"], h["max_us"]);
     }
-}
-
-/// GET over HTTP/1.0 and parse the body as JSON (the tests have no HTTP client crate).
-async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
 }

@@ -30,7 +30,7 @@ impl Server {
                 panic!("setup SQL failed: {e}");
             }
         }
-        let listener = viewcast_gateway::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = viewcast_gateway::bind("127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c = coord.clone();

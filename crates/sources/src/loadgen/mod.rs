@@ -14,8 +14,8 @@ mod sampler;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
-use serde_json::{Map, Value};
 use viewcast_repr::{civil_from_days, Timestamp};
+use viewcast_repr::{Jsonb, JsonbWriter};
 
 use self::data::WikiKind;
 use self::rng::{mix, Rng};
@@ -157,7 +157,11 @@ pub struct WikipediaGenerator {
     counters: Vec<WikiCounters>,
     /// `meta.dt` for the second in `.0`, rebuilt only when the second changes.
     dt_cache: (u64, String),
+    /// The title of the event being made.
     scratch: String,
+    /// The `meta.uri` of the event being made.
+    uri: String,
+    writer: JsonbWriter,
 }
 
 const SCHEMA: &str = "/mediawiki/recentchange/1.0.0";
@@ -188,6 +192,8 @@ impl WikipediaGenerator {
             counters,
             dt_cache: (u64::MAX, String::new()),
             scratch: String::with_capacity(128),
+            uri: String::with_capacity(256),
+            writer: JsonbWriter::new(),
         }
     }
 
@@ -321,8 +327,9 @@ impl WikipediaGenerator {
         }
     }
 
-    /// The next event.
-    pub fn next_event(&mut self) -> Value {
+    /// The next event, written straight into its `jsonb` encoding (no `serde_json::Value` tree:
+    /// the generator is on the hot path of every demo and benchmark).
+    pub fn next_event(&mut self) -> Jsonb {
         let now = self.now_millis();
         self.seq += 1;
         let secs = now / 1000;
@@ -341,24 +348,9 @@ impl WikipediaGenerator {
         let ns = self.pick_namespace(wiki.kind, type_idx);
         let page = wiki.pages.sample(&mut self.rng);
         self.write_title(wiki.kind, ns, page);
-        let title = self.scratch.clone();
-
-        let mut uri = String::with_capacity(wiki.uri_prefix.len() + title.len());
-        uri.push_str(&wiki.uri_prefix);
-        uri.extend(title.chars().map(|c| if c == ' ' { '_' } else { c }));
-
-        // Pairs go in key order, so building each map is a linear bulk load, not a search per key.
-        let meta = Map::from_iter([
-            ("domain".to_owned(), Value::String(wiki.server_name.into())),
-            ("dt".to_owned(), Value::String(self.dt(secs))),
-            ("id".to_owned(), Value::String(self.uuid())),
-            ("offset".to_owned(), Value::from(FIRST_OFFSET + self.seq - 1)),
-            ("partition".to_owned(), Value::from(0)),
-            ("request_id".to_owned(), Value::String(self.uuid())),
-            ("stream".to_owned(), Value::String(STREAM.into())),
-            ("topic".to_owned(), Value::String(TOPIC.into())),
-            ("uri".to_owned(), Value::String(uri)),
-        ]);
+        let dt = self.dt(secs);
+        let meta_id = self.uuid();
+        let request_id = self.uuid();
 
         let (comment, parsed, log) = match (type_idx, wiki.kind) {
             (2, _) => {
@@ -373,15 +365,18 @@ impl WikipediaGenerator {
         let counters = &mut self.counters[wiki_idx];
         counters.rc_id += 1;
 
-        let mut e: Vec<(String, Value)> = Vec::with_capacity(24);
-        e.push(("$schema".to_owned(), Value::String(SCHEMA.into())));
-        e.push(("bot".to_owned(), Value::Bool(bot)));
-        e.push(("comment".to_owned(), Value::String(comment.into())));
-        e.push(("id".to_owned(), Value::from(counters.rc_id)));
+        // Members go in key order, so no object needs sorting when it ends.
+        let w = &mut self.writer;
+        w.begin_object();
+        w.key("$schema").str(SCHEMA);
+        w.key("bot").bool(bot);
+        w.key("comment").str(comment);
+        w.key("id").u64(counters.rc_id);
         let mut revision = None;
         if type_idx <= 1 {
             counters.revision += 1;
-            let (length, rev) = if type_idx == 0 {
+            w.key("length").begin_object();
+            if type_idx == 0 {
                 let old = 200 + mix(page ^ (wiki_idx as u64) << 40) % 60_000;
                 let delta = if self.rng.chance(0.9) {
                     self.rng.below(600) as i64 - 200
@@ -389,54 +384,63 @@ impl WikipediaGenerator {
                     self.rng.below(20_000) as i64 - 8_000
                 };
                 let back = 1 + self.rng.below(counters.revision.min(50_000_000));
-                (
-                    Map::from_iter([
-                        ("new".to_owned(), Value::from((old as i64 + delta).max(0))),
-                        ("old".to_owned(), Value::from(old)),
-                    ]),
-                    Map::from_iter([
-                        ("new".to_owned(), Value::from(counters.revision)),
-                        ("old".to_owned(), Value::from(counters.revision - back)),
-                    ]),
-                )
+                w.key("new").i64((old as i64 + delta).max(0));
+                w.key("old").u64(old);
+                revision = Some((counters.revision, Some(counters.revision - back)));
             } else {
-                (
-                    Map::from_iter([("new".to_owned(), Value::from(100 + self.rng.below(8_000)))]),
-                    Map::from_iter([("new".to_owned(), Value::from(counters.revision))]),
-                )
-            };
-            e.push(("length".to_owned(), Value::Object(length)));
-            revision = Some(rev);
+                w.key("new").u64(100 + self.rng.below(8_000));
+                revision = Some((counters.revision, None));
+            }
+            w.end_object();
         }
         if let Some(l) = log {
             counters.log_id += 1;
-            e.push(("log_action".to_owned(), Value::String(l.1.into())));
-            e.push(("log_action_comment".to_owned(), Value::String(l.4.into())));
-            e.push(("log_id".to_owned(), Value::from(counters.log_id)));
-            e.push(("log_params".to_owned(), Value::Array(Vec::new())));
-            e.push(("log_type".to_owned(), Value::String(l.0.into())));
+            w.key("log_action").str(l.1);
+            w.key("log_action_comment").str(l.4);
+            w.key("log_id").u64(counters.log_id);
+            w.key("log_params").begin_array().end_array();
+            w.key("log_type").str(l.0);
         }
-        e.push(("meta".to_owned(), Value::Object(meta)));
+        w.key("meta").begin_object();
+        w.key("domain").str(wiki.server_name);
+        w.key("dt").str(&dt);
+        w.key("id").str(&meta_id);
+        w.key("offset").u64(FIRST_OFFSET + self.seq - 1);
+        w.key("partition").u64(0);
+        w.key("request_id").str(&request_id);
+        w.key("stream").str(STREAM);
+        w.key("topic").str(TOPIC);
+        self.uri.clear();
+        self.uri.push_str(&wiki.uri_prefix);
+        self.uri.extend(self.scratch.chars().map(|c| if c == ' ' { '_' } else { c }));
+        w.key("uri").str(&self.uri);
+        w.end_object();
         if type_idx <= 1 {
             let minor = type_idx == 0 && self.rng.chance(if bot { 0.5 } else { 0.2 });
-            e.push(("minor".to_owned(), Value::Bool(minor)));
+            w.key("minor").bool(minor);
         }
-        e.push(("namespace".to_owned(), Value::from(ns)));
-        e.push(("parsedcomment".to_owned(), Value::String(parsed.into())));
-        if let Some(rev) = revision {
+        w.key("namespace").i64(ns);
+        w.key("parsedcomment").str(parsed);
+        if let Some((new, old)) = revision {
             let patrolled = bot || self.rng.chance(0.7);
-            e.push(("patrolled".to_owned(), Value::Bool(patrolled)));
-            e.push(("revision".to_owned(), Value::Object(rev)));
+            w.key("patrolled").bool(patrolled);
+            w.key("revision").begin_object();
+            w.key("new").u64(new);
+            if let Some(old) = old {
+                w.key("old").u64(old);
+            }
+            w.end_object();
         }
-        e.push(("server_name".to_owned(), Value::String(wiki.server_name.into())));
-        e.push(("server_script_path".to_owned(), Value::String("/w".into())));
-        e.push(("server_url".to_owned(), Value::String(wiki.server_url.clone())));
-        e.push(("timestamp".to_owned(), Value::from(secs)));
-        e.push(("title".to_owned(), Value::String(title)));
-        e.push(("type".to_owned(), Value::String(TYPES[type_idx].into())));
-        e.push(("user".to_owned(), Value::String(pop.users[user].clone())));
-        e.push(("wiki".to_owned(), Value::String(wiki.wiki.into())));
-        Value::Object(Map::from_iter(e))
+        w.key("server_name").str(wiki.server_name);
+        w.key("server_script_path").str("/w");
+        w.key("server_url").str(&wiki.server_url);
+        w.key("timestamp").u64(secs);
+        w.key("title").str(&self.scratch);
+        w.key("type").str(TYPES[type_idx]);
+        w.key("user").str(&pop.users[user]);
+        w.key("wiki").str(wiki.wiki);
+        w.end_object();
+        w.finish()
     }
 }
 
@@ -448,65 +452,11 @@ fn pick(rng: &mut Rng, table: &[(&'static str, &'static str)]) -> (&'static str,
 }
 
 impl Iterator for WikipediaGenerator {
-    type Item = Value;
+    type Item = Jsonb;
 
-    fn next(&mut self) -> Option<Value> {
+    fn next(&mut self) -> Option<Jsonb> {
         Some(self.next_event())
     }
-}
-
-/// The length of `value` printed as compact JSON (`serde_json::to_string`), without printing it.
-pub fn json_encoded_len(value: &Value) -> usize {
-    match value {
-        Value::Null => 4,
-        Value::Bool(b) => 4 + !b as usize,
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                decimal_len(u)
-            } else if let Some(i) = n.as_i64() {
-                1 + decimal_len(i.unsigned_abs())
-            } else {
-                n.to_string().len()
-            }
-        }
-        Value::String(s) => string_len(s),
-        Value::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(json_encoded_len).sum::<usize>(),
-        Value::Object(o) => {
-            2 + o.len().saturating_sub(1)
-                + o.iter().map(|(k, v)| string_len(k) + 1 + json_encoded_len(v)).sum::<usize>()
-        }
-    }
-}
-
-fn decimal_len(mut u: u64) -> usize {
-    let mut n = 1;
-    while u >= 10 {
-        u /= 10;
-        n += 1;
-    }
-    n
-}
-
-/// Extra bytes serde_json's compact printer adds when escaping each byte value.
-const ESCAPE_EXTRA: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = 5;
-        b += 1;
-    }
-    t[b'"' as usize] = 1;
-    t[b'\\' as usize] = 1;
-    t[b'\n' as usize] = 1;
-    t[b'\r' as usize] = 1;
-    t[b'\t' as usize] = 1;
-    t[0x08] = 1;
-    t[0x0c] = 1;
-    t
-};
-
-fn string_len(s: &str) -> usize {
-    2 + s.len() + s.bytes().map(|b| ESCAPE_EXTRA[b as usize] as usize).sum::<usize>()
 }
 
 #[cfg(test)]
@@ -548,18 +498,11 @@ mod tests {
     }
 
     #[test]
-    fn json_encoded_len_matches_serde_json() {
-        let tricky = serde_json::json!({
-            "a\"b": "quote \" backslash \\ newline \n tab \t cr \r bell \u{7} nul \u{0} ff \u{c} bs \u{8}",
-            "unicode": "\u{200e}<span dir=\"auto\">é日本</span>",
-            "nums": [0, 9, 10, -1, -10, 18446744073709551615u64, -9223372036854775808i64, 1.5, 1e300],
-            "empty": {}, "empty_list": [], "null": null, "t": true, "f": false,
-        });
-        assert_eq!(json_encoded_len(&tricky), serde_json::to_string(&tricky).unwrap().len());
+    fn text_len_is_the_printed_length() {
         let mut g = WikipediaGenerator::new(5);
         for _ in 0..2_000 {
             let e = g.next_event();
-            assert_eq!(json_encoded_len(&e), serde_json::to_string(&e).unwrap().len());
+            assert_eq!(e.json().text_len(), e.to_string().len());
         }
     }
 
@@ -567,12 +510,12 @@ mod tests {
     fn virtual_clock_spaces_events_evenly() {
         let clock = EventClock::Virtual { start: 1_700_000_000_000, events_per_second: 10.0 };
         let mut g = WikipediaGenerator::new(1).with_clock(clock);
-        let ts: Vec<u64> = (0..30).map(|_| g.next_event()["timestamp"].as_u64().unwrap()).collect();
+        let ts: Vec<u64> = (0..30).map(|_| g.next_event().to_value()["timestamp"].as_u64().unwrap()).collect();
         assert_eq!(ts[0], 1_700_000_000);
         assert_eq!(ts[9], 1_700_000_000);
         assert_eq!(ts[10], 1_700_000_001);
         assert_eq!(ts[29], 1_700_000_002);
         let mut g = WikipediaGenerator::new(1).with_clock(clock);
-        assert_eq!(g.next_event()["meta"]["dt"], "2023-11-14T22:13:20Z");
+        assert_eq!(g.next_event().to_value()["meta"]["dt"], "2023-11-14T22:13:20Z");
     }
 }

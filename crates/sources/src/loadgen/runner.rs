@@ -3,8 +3,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::{json_encoded_len, EventClock, WikipediaGenerator};
-use crate::source::{json_row, Batch, BatchSink, SourceHandle};
+use super::{EventClock, WikipediaGenerator};
+use crate::source::{jsonb_row, Batch, BatchSink, SourceHandle};
 use crate::stats::now_millis;
 use crate::{SourceError, SourceStats};
 
@@ -80,8 +80,8 @@ fn run(config: LoadGenConfig, sink: &BatchSink, stats: &SourceStats) {
         let mut bytes = 0u64;
         for _ in 0..n {
             let event = generator.next_event();
-            bytes += json_encoded_len(&event) as u64;
-            batch.push(json_row(event));
+            bytes += event.json().text_len() as u64;
+            batch.push(jsonb_row(event));
         }
         if sink.send_blocking(batch).is_err() {
             return;
