@@ -1,5 +1,9 @@
 //! One subscription's message flow to one client, with the slow-client policy.
 //!
+//! Multiplexed WebSockets and SSE streams run a [`Pump`] per subscription; single-view
+//! WebSockets are written by the writer shards of `fanout`, which share this module's encoding
+//! ([`Encoding`]) and slow-client backlog ([`Backlog`]).
+//!
 //! A [`Pump`] reads the hub's frames of one view and pushes encoded messages to its connection's
 //! [`Outbox`], whose byte budget bounds what is queued for the socket. When the budget is spent
 //! (the client reads slower than the view changes), the pump stops queueing and instead merges the
@@ -275,7 +279,7 @@ pub(crate) struct Encoding {
 }
 
 impl Encoding {
-    fn encode(&self, frame: &Frame) -> Result<Bytes, String> {
+    pub(crate) fn encode(&self, frame: &Frame) -> Result<Bytes, String> {
         let keyed_update;
         let frame = match (&self.key, frame.kind, &frame.rows) {
             (Some((cols, _)), FrameKind::Update, Some(rows)) => {
@@ -298,7 +302,7 @@ impl Encoding {
         })
     }
 
-    fn error(&self, view: &str, message: &str) -> Bytes {
+    pub(crate) fn error(&self, view: &str, message: &str) -> Bytes {
         let f = wire::error(Some(view), message);
         match &self.id {
             Some(id) => f.with_id(id, ""),
@@ -314,7 +318,7 @@ fn view_of(frame: &Frame) -> &str {
 }
 
 /// Changes received while the client could not take them.
-enum Backlog {
+pub(crate) enum Backlog {
     Empty,
     /// Consolidated changes through `ts` (possibly none: progress only).
     Pending {
@@ -324,6 +328,27 @@ enum Backlog {
     },
     /// Too much to consolidate: the client gets `resync` and a fresh snapshot.
     Resync,
+}
+
+/// The frames a subscription starts with (taken out of it): its snapshot, the replayed
+/// timestamps of a resume, or `resync` and a snapshot.
+pub(crate) fn start_frames(view: &str, sub: &mut Subscription) -> Vec<Frame> {
+    match std::mem::replace(&mut sub.start, Start::Replay(Vec::new())) {
+        Start::Snapshot(f) => vec![f],
+        Start::Replay(fs) => fs,
+        Start::Resync(f) => vec![wire::resync(view), f],
+    }
+}
+
+/// A fresh subscription for a client whose backlog was dropped: it starts with `resync` and a
+/// snapshot.
+pub(crate) fn resubscribe(hub: &Hub, view: &str, metrics: &StreamMetrics) -> Result<Subscription, HubError> {
+    metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+    let mut sub = hub.subscribe(view, None)?;
+    if let Start::Snapshot(f) = std::mem::replace(&mut sub.start, Start::Replay(vec![])) {
+        sub.start = Start::Resync(f);
+    }
+    Ok(sub)
 }
 
 /// Pumps one view's frames into an outbox until the view or the connection is gone.
@@ -337,9 +362,22 @@ pub(crate) struct Pump {
 }
 
 /// This subscription's share of [`StreamMetrics::backlog_bytes`], given back however it ends.
-struct BacklogShare {
+pub(crate) struct BacklogShare {
     metrics: Arc<StreamMetrics>,
     bytes: AtomicUsize,
+}
+
+impl BacklogShare {
+    pub(crate) fn new(metrics: Arc<StreamMetrics>) -> BacklogShare {
+        BacklogShare { metrics, bytes: AtomicUsize::new(0) }
+    }
+
+    fn release(&self, backlog: &Backlog) {
+        if let Backlog::Pending { bytes, .. } = backlog {
+            self.metrics.backlog_bytes.fetch_sub(*bytes, Ordering::Relaxed);
+            self.bytes.fetch_sub(*bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for BacklogShare {
@@ -365,12 +403,7 @@ impl Pump {
     }
 
     async fn start(&self, sub: &mut Subscription) -> bool {
-        let frames: Vec<Frame> = match std::mem::replace(&mut sub.start, Start::Replay(Vec::new())) {
-            Start::Snapshot(f) => vec![f],
-            Start::Replay(fs) => fs,
-            Start::Resync(f) => vec![wire::resync(&self.view), f],
-        };
-        for f in frames {
+        for f in start_frames(&self.view, sub) {
             if !self.send(&f).await {
                 return false;
             }
@@ -403,7 +436,7 @@ impl Pump {
     }
 
     async fn follow(self, sub: Subscription) {
-        let share = BacklogShare { metrics: self.outbox.metrics.clone(), bytes: AtomicUsize::new(0) };
+        let share = BacklogShare::new(self.outbox.metrics.clone());
         self.follow_with(sub, &share).await
     }
 
@@ -417,34 +450,21 @@ impl Pump {
                 return;
             }
             // Flush the backlog as soon as there is room for it.
-            if !matches!(backlog, Backlog::Empty) {
+            if !backlog.is_empty() {
                 let need = match &backlog {
                     Backlog::Pending { bytes, .. } => *bytes,
                     _ => 1,
                 };
                 tokio::select! {
                     _ = self.outbox.wait_for_room(need) => {
-                        let taken = std::mem::replace(&mut backlog, Backlog::Empty);
-                        self.release_backlog(&taken, share);
-                        match taken {
-                            Backlog::Pending { ts, rows, .. } => {
-                                let rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, d)| *d != 0).collect();
-                                self.outbox.metrics.consolidated.fetch_add(1, Ordering::Relaxed);
-                                let frame = if rows.is_empty() {
-                                    wire::progress(&self.view, ts)
-                                } else {
-                                    wire::update(&self.view, ts, Arc::new(rows))
-                                };
-                                if !self.send(&frame).await {
-                                    return;
-                                }
+                        if let Some(frame) = backlog.take(&self.view, share) {
+                            if !self.send(&frame).await {
+                                return;
                             }
-                            Backlog::Resync => match self.resubscribe() {
+                        } else {
+                            match resubscribe(&self.hub, &self.view, &self.outbox.metrics) {
                                 Ok(new) => {
                                     sub = new;
-                                    if let Start::Snapshot(f) = std::mem::replace(&mut sub.start, Start::Replay(vec![])) {
-                                        sub.start = Start::Resync(f);
-                                    }
                                     if !self.start(&mut sub).await {
                                         return;
                                     }
@@ -453,8 +473,7 @@ impl Pump {
                                     self.send_error(&e.to_string()).await;
                                     return;
                                 }
-                            },
-                            Backlog::Empty => {}
+                            }
                         }
                         continue;
                     }
@@ -495,7 +514,7 @@ impl Pump {
                 }
             }
             // Drain what is already waiting without blocking, so a burst is consolidated.
-            while matches!(backlog, Backlog::Empty) {
+            while backlog.is_empty() {
                 match sub.updates.try_recv() {
                     Ok(f) => match self.encoding.encode(&f) {
                         Ok(bytes) => {
@@ -509,10 +528,7 @@ impl Pump {
                         }
                     },
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Lagged(_)) => {
-                        self.release_backlog(&backlog, share);
-                        backlog = Backlog::Resync
-                    }
+                    Err(TryRecvError::Lagged(_)) => backlog.overflow(share),
                     Err(TryRecvError::Closed) => {
                         self.send_error("view was dropped").await;
                         return;
@@ -522,39 +538,45 @@ impl Pump {
         }
     }
 
-    fn resubscribe(&self) -> Result<Subscription, HubError> {
-        self.outbox.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
-        self.hub.subscribe(&self.view, None)
-    }
-
-    fn release_backlog(&self, backlog: &Backlog, share: &BacklogShare) {
-        if let Backlog::Pending { bytes, .. } = backlog {
-            self.outbox.metrics.backlog_bytes.fetch_sub(*bytes, Ordering::Relaxed);
-            share.bytes.fetch_sub(*bytes, Ordering::Relaxed);
-        }
-    }
-
     /// Merges a received frame into the backlog. Returns false when the view is gone.
     fn absorb(&self, r: Result<Frame, RecvError>, backlog: &mut Backlog, share: &BacklogShare) -> bool {
         let frame = match r {
             Ok(f) => f,
             Err(RecvError::Lagged(_)) => {
-                self.release_backlog(backlog, share);
-                *backlog = Backlog::Resync;
+                backlog.overflow(share);
                 return true;
             }
             Err(RecvError::Closed) => return false,
         };
+        backlog.absorb(&frame, share, self.max_backlog_bytes)
+    }
+}
+
+impl Backlog {
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self, Backlog::Empty)
+    }
+
+    /// The hub's queue overflowed (or the changes outgrew their budget): what was held is dropped
+    /// and the client will be resynced.
+    pub(crate) fn overflow(&mut self, share: &BacklogShare) {
+        share.release(self);
+        *self = Backlog::Resync;
+    }
+
+    /// Merges `frame` into the backlog, falling back to a resync past `max_bytes`. Returns false
+    /// when the frame ends the view (an error).
+    pub(crate) fn absorb(&mut self, frame: &Frame, share: &BacklogShare, max_bytes: usize) -> bool {
         if frame.kind == FrameKind::Error {
             return false;
         }
-        if matches!(backlog, Backlog::Resync) {
+        if matches!(self, Backlog::Resync) {
             return true;
         }
-        if matches!(backlog, Backlog::Empty) {
-            *backlog = Backlog::Pending { ts: 0, rows: BTreeMap::new(), bytes: 0 };
+        if matches!(self, Backlog::Empty) {
+            *self = Backlog::Pending { ts: 0, rows: BTreeMap::new(), bytes: 0 };
         }
-        let Backlog::Pending { ts, rows, bytes } = backlog else { unreachable!("set above") };
+        let Backlog::Pending { ts, rows, bytes } = self else { unreachable!("set above") };
         if let Some(t) = frame.ts {
             *ts = (*ts).max(t);
         }
@@ -567,16 +589,26 @@ impl Pump {
                 }
             }
             *bytes += frame.bytes.len();
-            let m = &self.outbox.metrics;
+            let m = &share.metrics;
             m.backlog_bytes.fetch_add(frame.bytes.len(), Ordering::Relaxed);
             share.bytes.fetch_add(frame.bytes.len(), Ordering::Relaxed);
             m.max_backlog_bytes.fetch_max(*bytes, Ordering::Relaxed);
         }
-        if *bytes > self.max_backlog_bytes {
-            self.release_backlog(backlog, share);
-            *backlog = Backlog::Resync;
+        if *bytes > max_bytes {
+            self.overflow(share);
         }
         true
+    }
+
+    /// Empties the backlog: `Some(frame)` with its consolidated changes (a progress frame when they
+    /// cancelled out), `None` when it was a resync (or empty).
+    pub(crate) fn take(&mut self, view: &str, share: &BacklogShare) -> Option<Frame> {
+        let taken = std::mem::replace(self, Backlog::Empty);
+        share.release(&taken);
+        let Backlog::Pending { ts, rows, .. } = taken else { return None };
+        share.metrics.consolidated.fetch_add(1, Ordering::Relaxed);
+        let rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, d)| *d != 0).collect();
+        Some(if rows.is_empty() { wire::progress(view, ts) } else { wire::update(view, ts, Arc::new(rows)) })
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod auth;
 mod error;
+mod fanout;
 mod feed;
 mod sql_api;
 mod stream;
@@ -74,6 +75,7 @@ pub(crate) struct AppState {
     pub auth: Arc<auth::Auth>,
     pub limits: Arc<auth::ConnectionLimits>,
     pub metrics: Arc<feed::StreamMetrics>,
+    pub fanout: Arc<fanout::Fanout>,
 }
 
 /// The router, for serving or for tests.
@@ -82,7 +84,9 @@ pub fn router(coord: Arc<Coordinator>, config: GatewayConfig) -> Router {
     let auth = Arc::new(auth::Auth::new(config.grants.clone()));
     let limits = auth::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
     let metrics = Arc::new(feed::StreamMetrics::default());
-    let state = AppState { coord, config: Arc::new(config), auth, limits, metrics };
+    let config = Arc::new(config);
+    let fanout = Arc::new(fanout::Fanout::new(coord.hub().clone(), config.clone(), metrics.clone()));
+    let state = AppState { coord, config, auth, limits, metrics, fanout };
     Router::new()
         .route("/api/sql", post(sql_api::sql))
         .route("/api/v1/views", get(sql_api::views))

@@ -17,12 +17,13 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde::Deserialize;
 use viewcast_hub::Hub;
 use viewcast_repr::Timestamp;
 
 use crate::auth::ConnectionSlot;
+use crate::fanout::COALESCE_BYTES;
 use crate::feed::{Encoding, Outbox, OutboxReceiver, Pump};
 use crate::{ApiError, AppState};
 
@@ -154,30 +155,12 @@ async fn open_stream(
         let ws = WebSocketUpgrade::from_request_parts(&mut parts, &st)
             .await
             .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
-        let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
-        let pump = Pump {
-            hub,
-            view: Arc::from(views[0].as_str()),
-            encoding: Encoding { id: None, key },
-            outbox,
-            max_backlog_bytes: st.config.client_buffer_bytes,
-        };
-        let config = st.config.clone();
-        let metrics = st.metrics.clone();
-        // One task per connection: the pump, the socket writer and the reader of client frames
-        // run in the upgrade's task, so a frame costs one wake-up, not three task hops.
-        return Ok(configure(ws, &config).on_upgrade(move |socket| async move {
-            let (sink, incoming) = socket.split();
-            let pump = pump.run(params.since);
-            let writer = write_ws(sink, rx, Some(incoming), &config, &metrics, slot);
-            tokio::pin!(pump, writer);
-            tokio::select! {
-                // The view ended (its error is queued; the pump dropped its outbox): flush, close.
-                _ = &mut pump => writer.await,
-                // The client went away or stalled: the pump ends with this task.
-                _ = &mut writer => {}
-            }
-        }));
+        let fanout = st.fanout.clone();
+        let view: Arc<str> = Arc::from(views[0].as_str());
+        let encoding = Encoding { id: None, key };
+        // The socket joins a writer shard (`fanout`): no task of its own per frame.
+        return Ok(configure(ws, &st.config)
+            .on_upgrade(move |socket| async move { fanout.serve(socket, view, encoding, params.since, slot).await }));
     }
     if wants_sse(&headers) {
         let last_event_id =
@@ -236,17 +219,12 @@ fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
-/// Most bytes written with one flush when a client is behind (several frames per syscall).
-const COALESCE_BYTES: usize = 64 << 10;
-
 /// Writes queued messages to the socket, several per flush when more than one is waiting. A
 /// client that cannot take a write within the stall timeout is closed with the reason and where
-/// to resume. With `incoming`, client frames are read (and discarded) here too, ending on close;
-/// pings are answered by the library.
+/// to resume.
 pub(crate) async fn write_ws(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: OutboxReceiver,
-    mut incoming: Option<futures::stream::SplitStream<WebSocket>>,
     config: &crate::GatewayConfig,
     metrics: &crate::feed::StreamMetrics,
     _slot: ConnectionSlot,
@@ -302,11 +280,6 @@ pub(crate) async fn write_ws(
                 // Written: the budget guards give the bytes back.
                 batch.clear();
             }
-            msg = next_incoming(&mut incoming) => {
-                if matches!(msg, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
-                    return;
-                }
-            }
             _ = ping.tick() => {
                 if tokio::time::timeout(config.stall_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
                     return;
@@ -315,14 +288,4 @@ pub(crate) async fn write_ws(
         }
     }
     let _ = sink.send(Message::Close(None)).await;
-}
-
-/// The client's next frame, or never when this writer does not read.
-async fn next_incoming(
-    incoming: &mut Option<futures::stream::SplitStream<WebSocket>>,
-) -> Option<Result<Message, axum::Error>> {
-    match incoming {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
 }

@@ -91,7 +91,7 @@ async fn run(socket: WebSocket, st: AppState, access: Access, slot: ConnectionSl
     let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
     let config = st.config.clone();
     let metrics = st.metrics.clone();
-    let writer = write_ws(sink, rx, None, &config, &metrics, slot);
+    let writer = write_ws(sink, rx, &config, &metrics, slot);
     tokio::pin!(writer);
     let mut subs: HashMap<String, Sub> = HashMap::new();
     let writer_done = {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -454,4 +454,137 @@ async fn a_quiet_view_sends_progress_about_once_a_second_and_updates_at_once() {
     let caught_up = ws_next(&mut mux).await;
     assert_eq!(caught_up["type"], "progress", "{caught_up}");
     assert!(caught_up["ts"].as_u64().unwrap() >= sealed, "{caught_up} vs sealed {sealed}");
+}
+
+/// A keyed subscription's replica: key (JSON) to row (JSON).
+#[derive(Default)]
+struct KeyedReplica {
+    rows: BTreeMap<String, String>,
+    ts: Option<u64>,
+}
+
+impl KeyedReplica {
+    fn apply(&mut self, m: &Value) {
+        match m["type"].as_str() {
+            Some("snapshot") => {
+                assert_eq!(m["key"], json!(["k"]), "{m}");
+                self.rows.clear();
+                for r in m["rows"].as_array().unwrap() {
+                    assert_eq!(r["diff"], 1, "{m}");
+                    self.rows.insert(r["row"][0].to_string(), r["row"].to_string());
+                }
+            }
+            Some("update") => {
+                for row in m["upserts"].as_array().unwrap() {
+                    self.rows.insert(row[0].to_string(), row.to_string());
+                }
+                for key in m["deletes"].as_array().unwrap() {
+                    assert!(self.rows.remove(&key[0].to_string()).is_some(), "delete of a missing key: {m}");
+                }
+            }
+            Some("progress") => {}
+            _ => panic!("unexpected message {m}"),
+        }
+        self.ts = m["ts"].as_u64();
+    }
+}
+
+/// Single-view WebSockets are written by the gateway's writer shards, many sockets per task:
+/// plain, keyed and resuming clients of two views each end with exactly their view's contents,
+/// and dropping a view ends its clients' streams with an error and a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_view_websockets_follow_resume_and_key_exactly() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start("CREATE TABLE t (k int, v int); CREATE TABLE u (a int)", CoordConfig::default()).await;
+    let view_of = |i: usize| if i.is_multiple_of(2) { "t" } else { "u" };
+    let mut plain: Vec<(Ws, Replica)> = Vec::new();
+    for i in 0..24 {
+        plain.push((common::ws_connect(server.addr, view_of(i)).await, Replica::default()));
+    }
+    let mut keyed = ws_connect_url(&format!("ws://{}/api/v1/stream/t?key=k", server.addr)).await;
+    let mut keyed_replica = KeyedReplica::default();
+    let write = |step: i64| {
+        let server = &server;
+        async move {
+            let mut sql = vec![format!("INSERT INTO t VALUES ({step}, 0)"), format!("INSERT INTO u VALUES ({step})")];
+            if step % 3 == 2 {
+                sql.push(format!("UPDATE t SET v = v + 1 WHERE k = {}", step / 2));
+            }
+            if step % 5 == 4 {
+                sql.push(format!("DELETE FROM t WHERE k = {}", step - 3));
+            }
+            for q in sql {
+                let r = server.sql(&q).await;
+                assert!(r["ok"].is_string(), "{q}: {r}");
+            }
+        }
+    };
+    for step in 0..12 {
+        write(step).await;
+    }
+    // A client that follows t to some timestamp, then leaves; it resumes later from there.
+    let mut first = common::ws_connect(server.addr, "t").await;
+    let mut resumed = Replica::default();
+    common::ws_follow_until(&mut first, &mut resumed, server.coord.sealed_ts()).await;
+    drop(first);
+    let since = resumed.ts.unwrap();
+    for step in 12..30 {
+        write(step).await;
+    }
+    let mut second = ws_connect_url(&format!("ws://{}/api/v1/stream/t?since={since}", server.addr)).await;
+    let sealed = server.coord.sealed_ts();
+    common::ws_follow_until(&mut second, &mut resumed, sealed).await;
+    assert_eq!(resumed.snapshots, 1, "the resumed stream replays, without a snapshot");
+    let expected_t = server.select_multiset("SELECT * FROM t").await;
+    let expected_u = server.select_multiset("SELECT * FROM u").await;
+    assert_eq!(resumed.rows, expected_t, "resumed after {since}");
+    for (i, (ws, replica)) in plain.iter_mut().enumerate() {
+        common::ws_follow_until(ws, replica, sealed).await;
+        let expected = if view_of(i) == "t" { &expected_t } else { &expected_u };
+        assert_eq!(&replica.rows, expected, "client {i} of {}", view_of(i));
+        assert_eq!(replica.snapshots, 1);
+    }
+    while keyed_replica.ts.is_none_or(|t| t < sealed) {
+        keyed_replica.apply(&ws_next(&mut keyed).await);
+    }
+    let by_key: BTreeMap<String, String> = expected_t
+        .keys()
+        .map(|row| (serde_json::from_str::<Value>(row).unwrap()[0].to_string(), row.clone()))
+        .collect();
+    assert_eq!(keyed_replica.rows, by_key, "the keyed replica");
+
+    let r = server.sql("DROP TABLE u").await;
+    assert!(r["ok"].is_string(), "{r}");
+    for (i, (ws, _)) in plain.iter_mut().enumerate().filter(|(i, _)| view_of(*i) == "u") {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("the stream ends in time") {
+                Some(Ok(Message::Text(t))) => {
+                    let m: Value = serde_json::from_str(&t).unwrap();
+                    if m["type"] == "error" {
+                        assert!(m["message"].as_str().unwrap().contains("dropped"), "{m}");
+                        break;
+                    }
+                    assert_ne!(m["type"], "update", "client {i}: no update after the drop");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("client {i}: the stream ended without an error: {other:?}"),
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {}
+            other => panic!("client {i}: not closed after the error: {other:?}"),
+        }
+    }
+    // Clients that go away give their connection slots back.
+    drop((plain, keyed, second));
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let s: Value = client.get(server.url("/api/v1/stats")).send().await.unwrap().json().await.unwrap();
+        if s["connections"] == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "connections still open: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
