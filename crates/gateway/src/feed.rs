@@ -10,8 +10,10 @@
 //! frames it receives into one pending, consolidated update (an insert and a delete of the same row
 //! cancel); when the client catches up it gets that single update at the latest timestamp. If the
 //! pending changes themselves outgrow the budget, or the hub's queue overflows, they are dropped
-//! and the client is sent `resync` and a fresh snapshot. The engine, the hub and other clients
-//! never wait for a slow client.
+//! and the client is sent `resync` and a fresh snapshot, but only once it has taken everything
+//! queued for it (its outbox is empty): a snapshot can be as large as the view, and a client that
+//! has stopped reading would otherwise hold one (and have it encoded) for nothing until the stall
+//! timeout closes it. The engine, the hub and other clients never wait for a slow client.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -453,7 +455,8 @@ impl Pump {
             if !backlog.is_empty() {
                 let need = match &backlog {
                     Backlog::Pending { bytes, .. } => *bytes,
-                    _ => 1,
+                    // A resync waits for an empty outbox (see the module's doc).
+                    _ => usize::MAX,
                 };
                 tokio::select! {
                     _ = self.outbox.wait_for_room(need) => {
