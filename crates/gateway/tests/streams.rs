@@ -385,6 +385,49 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
     }
 }
 
+/// A client that stops reading is never resynced while it has not taken what is queued for it: a
+/// resync's snapshot is as large as the view, and building one for a client that reads nothing
+/// cost a snapshot's memory and encoding per stalled client until the stall timeout (seen as
+/// seconds of p99 for every other client in the slow-consumer benchmark). Its changes are held
+/// as a bounded backlog instead, and it is closed at the stall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_closed_not_resynced() {
+    let _heavy = common::HEAVY.lock().await;
+    let bound = 256 << 10;
+    let gateway =
+        GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };
+    let total = 60_000;
+    let server = Server::start_with(&demo_sql(20_000, total), CoordConfig::default(), gateway).await;
+    let stalled_socket = || {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+    };
+    let tcp = stalled_socket().connect(server.addr).await.unwrap();
+    let (mut mux, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
+    let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
+    mux.send(Message::Text(sub.to_string().into())).await.unwrap();
+    let tcp = stalled_socket().connect(server.addr).await.unwrap();
+    let single_url = format!("ws://{}/api/v1/stream/recentchanges", server.addr);
+    let (single, _) = tokio_tungstenite::client_async(single_url, tcp).await.unwrap();
+    let stats_url = server.url("/api/v1/stats");
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let s = loop {
+        let s: Value = client.get(&stats_url).send().await.unwrap().json().await.unwrap();
+        if s["stalled_closes"].as_u64().unwrap() >= 2 {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "the stalled clients were not both closed: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(s["max_backlog_bytes"].as_u64().unwrap() > 0, "the stalled clients' changes were held as a backlog: {s}");
+    assert_eq!(s["resyncs"].as_u64().unwrap(), 0, "a client that took nothing was resynced: {s}");
+    for stalled in [mux, single] {
+        expect_stall_close(stalled).await;
+    }
+}
+
 async fn expect_stall_close(mut stalled: tokio_tungstenite::WebSocketStream<TcpStream>) {
     let mut last_ts = None;
     loop {
