@@ -309,27 +309,40 @@ async fn hostile_input_gets_clear_errors_and_others_are_served() {
     assert_eq!(updates, 3, "the good client kept receiving updates");
 }
 
+/// Rows the stall tests' load generator makes (20,000 a second).
+const STALL_TEST_ROWS: u64 = 60_000;
+
+/// A server whose clients have a `bound`-byte budget and a 3 s stall timeout, running the demo's
+/// views over `STALL_TEST_ROWS` events, and two clients that subscribe to its biggest stream,
+/// `recentchanges`, with a 4 KiB receive buffer and never read: one on the multiplexed WebSocket,
+/// one on the single-view WebSocket.
+async fn with_stalled_clients(
+    bound: usize,
+) -> (Server, tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::WebSocketStream<TcpStream>) {
+    let gateway =
+        GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };
+    let server = Server::start_with(&demo_sql(20_000, STALL_TEST_ROWS), CoordConfig::default(), gateway).await;
+    let small_buffer_socket = || {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+    };
+    let tcp = small_buffer_socket().connect(server.addr).await.unwrap();
+    let (mut mux, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
+    let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
+    mux.send(Message::Text(sub.to_string().into())).await.unwrap();
+    let tcp = small_buffer_socket().connect(server.addr).await.unwrap();
+    let single_url = format!("ws://{}/api/v1/stream/recentchanges", server.addr);
+    let (single, _) = tokio_tungstenite::client_async(single_url, tcp).await.unwrap();
+    (server, mux, single)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp() {
     let _heavy = common::HEAVY.lock().await;
     let bound = 1 << 20;
-    let gateway =
-        GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };
-    let total = 60_000;
-    let server = Server::start_with(&demo_sql(20_000, total), CoordConfig::default(), gateway).await;
-    // The stalled client: a small receive buffer, subscribes to the biggest stream, never reads.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let (mut stalled, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
-    let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
-    stalled.send(Message::Text(sub.to_string().into())).await.unwrap();
-    // Another, on the single-view WebSocket (one task runs its pump, writer and reader).
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let tcp = socket.connect(server.addr).await.unwrap();
-    let single_url = format!("ws://{}/api/v1/stream/recentchanges", server.addr);
-    let (stalled_single, _) = tokio_tungstenite::client_async(single_url, tcp).await.unwrap();
+    let (server, stalled, stalled_single) = with_stalled_clients(bound).await;
+    let total = STALL_TEST_ROWS;
     // A reading client of the same view.
     let mut reader = ws_connect_url(&mux_url(&server)).await;
     ws_send(&mut reader, json!({ "type": "subscribe", "id": "r", "view": "recentchanges" })).await;
@@ -393,23 +406,7 @@ async fn a_client_that_never_reads_stays_bounded_and_others_get_every_timestamp(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_closed_not_resynced() {
     let _heavy = common::HEAVY.lock().await;
-    let bound = 256 << 10;
-    let gateway =
-        GatewayConfig { client_buffer_bytes: bound, stall_timeout: Duration::from_secs(3), ..GatewayConfig::default() };
-    let total = 60_000;
-    let server = Server::start_with(&demo_sql(20_000, total), CoordConfig::default(), gateway).await;
-    let stalled_socket = || {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-    };
-    let tcp = stalled_socket().connect(server.addr).await.unwrap();
-    let (mut mux, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
-    let sub = json!({ "type": "subscribe", "id": "s", "view": "recentchanges" });
-    mux.send(Message::Text(sub.to_string().into())).await.unwrap();
-    let tcp = stalled_socket().connect(server.addr).await.unwrap();
-    let single_url = format!("ws://{}/api/v1/stream/recentchanges", server.addr);
-    let (single, _) = tokio_tungstenite::client_async(single_url, tcp).await.unwrap();
+    let (server, mux, single) = with_stalled_clients(256 << 10).await;
     let stats_url = server.url("/api/v1/stats");
     let client = reqwest::Client::new();
     let t0 = Instant::now();
