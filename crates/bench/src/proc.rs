@@ -112,12 +112,7 @@ impl ProcSample {
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let cpu_ticks = ticks(11) + ticks(12);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kib = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let rss_kib = kib_field(&status, "VmRSS:");
         ProcSample { at: Some(Instant::now()), cpu_ticks, rss_kib }
     }
 
@@ -169,12 +164,7 @@ impl KernelSockets {
         };
         let page_kib = 4; // sockstat's `mem` counts pages
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let slab_unreclaim_kib = meminfo
-            .lines()
-            .find(|l| l.starts_with("SUnreclaim:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let slab_unreclaim_kib = kib_field(&meminfo, "SUnreclaim:");
         KernelSockets {
             tcp_inuse: field("inuse").unwrap_or(0),
             tcp_mem_kib: field("mem").unwrap_or(0) * page_kib,
@@ -210,4 +200,13 @@ pub fn thread_sched() -> std::collections::BTreeMap<String, (u64, u64)> {
         e.1 += wait;
     }
     out
+}
+
+/// The number after `name` in a `/proc` listing of `Name:   123 kB` lines (0 when absent).
+fn kib_field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
