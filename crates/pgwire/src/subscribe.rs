@@ -75,7 +75,7 @@ impl SubscribeStream {
             return Ok(stream);
         }
         if sub.snapshot {
-            stream.push_changes(start, snapshot);
+            stream.push_changes(start, &snapshot);
         }
         stream.push_progress(start + 1);
         Ok(stream)
@@ -128,7 +128,7 @@ impl SubscribeStream {
             if self.up_to.is_some_and(|u| b.ts >= u) {
                 break;
             }
-            self.push_changes(b.ts, Arc::unwrap_or_clone(b.updates));
+            self.push_changes(b.ts, &b.updates);
         }
         match self.up_to {
             Some(u) if through + 1 >= u => {
@@ -148,7 +148,9 @@ impl SubscribeStream {
         self.ready.push_back(Row::new(row));
     }
 
-    fn push_changes(&mut self, ts: Timestamp, updates: Vec<(Row, Diff)>) {
+    /// Queues one timestamp's changes as output rows; reads `updates` in place (they are shared with
+    /// the view's log), cloning only the datums each output row holds.
+    fn push_changes(&mut self, ts: Timestamp, updates: &[(Row, Diff)]) {
         let mut prefix = vec![Datum::Int(ts as i64)];
         if self.progress {
             prefix.push(Datum::Bool(false));
@@ -156,19 +158,19 @@ impl SubscribeStream {
         let Some(key) = self.upsert_key.clone() else {
             for (row, diff) in updates {
                 let mut out = prefix.clone();
-                out.push(Datum::Int(diff));
-                out.extend(row.0);
+                out.push(Datum::Int(*diff));
+                out.extend(row.datums().iter().cloned());
                 self.ready.push_back(Row::new(out));
             }
             return;
         };
         // Per changed key: the rows it gained at this timestamp (none: it was deleted).
-        let mut by_key: BTreeMap<Vec<Datum>, Vec<(Row, Diff)>> = BTreeMap::new();
+        let mut by_key: BTreeMap<Vec<Datum>, Vec<(&Row, Diff)>> = BTreeMap::new();
         for (row, diff) in updates {
             let k: Vec<Datum> = key.iter().map(|&i| row.get(i).clone()).collect();
             let gained = by_key.entry(k).or_default();
-            if diff > 0 {
-                gained.push((row, diff));
+            if *diff > 0 {
+                gained.push((row, *diff));
             }
         }
         let values: Vec<usize> = (0..self.desc.arity() - prefix.len() - 1 - key.len())
