@@ -1017,11 +1017,9 @@ impl JsonbWriter {
     pub fn finish(&mut self) -> Jsonb {
         assert!(self.open.is_empty() && self.done == 1, "a jsonb document is exactly one complete value");
         let doc = Jsonb::seal_copy(&mut self.scratch.buf);
-        self.scratch.buf.truncate(HASH_LEN);
         self.scratch.trim();
-        if self.scratch.buf.len() < HASH_LEN {
-            self.scratch.buf.resize(HASH_LEN, 0);
-        }
+        self.scratch.buf.clear();
+        self.scratch.buf.resize(HASH_LEN, 0);
         self.done = 0;
         doc
     }
