@@ -13,6 +13,7 @@
 //! `arrange` + `count_total` (and the second `count_total` each dependent ran over the imported trace).
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry as HashEntry;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -42,6 +43,23 @@ fn row_of(key: &[Datum], count: Diff, shape: &CountShape) -> Option<Row> {
     datums.extend_from_slice(key);
     datums.extend(std::iter::repeat_n(Datum::Int(count), shape.aggs));
     Some(Row::new(datums))
+}
+
+/// The retraction of a group's row at count `old` and the insertion of its row at `new`.
+fn push_change(
+    changes: &mut Vec<(Row, Timestamp, Diff)>,
+    key: &[Datum],
+    old: Diff,
+    new: Diff,
+    time: Timestamp,
+    shape: &CountShape,
+) {
+    if let Some(row) = row_of(key, old, shape) {
+        changes.push((row, time, -1));
+    }
+    if let Some(row) = row_of(key, new, shape) {
+        changes.push((row, time, 1));
+    }
 }
 
 /// The rows of `COUNT(*) .. GROUP BY key_cols` over `input`, in the output shape `shape`. If `output`
@@ -127,18 +145,21 @@ pub(crate) fn render<'s>(
                             if delta == 0 {
                                 continue;
                             }
-                            let old = counts.get(&key).copied().unwrap_or(0);
-                            let new = old + delta;
-                            if let Some(row) = row_of(&key, old, &shape) {
-                                changes.push((row, time, -1));
-                            }
-                            if let Some(row) = row_of(&key, new, &shape) {
-                                changes.push((row, time, 1));
-                            }
-                            if new == 0 {
-                                counts.remove(&key);
-                            } else {
-                                counts.insert(key, new);
+                            // One hash of the key: its entry is read and written in place.
+                            match counts.entry(key) {
+                                HashEntry::Occupied(mut o) => {
+                                    let (old, new) = (*o.get(), *o.get() + delta);
+                                    push_change(&mut changes, o.key(), old, new, time, &shape);
+                                    if new == 0 {
+                                        o.remove();
+                                    } else {
+                                        *o.get_mut() = new;
+                                    }
+                                }
+                                HashEntry::Vacant(v) => {
+                                    push_change(&mut changes, v.key(), 0, delta, time, &shape);
+                                    v.insert(delta);
+                                }
                             }
                         }
                         spare.push(sums);

@@ -11,7 +11,7 @@
 //! times `<= ts` are complete and can be sealed. The handle registers a tick before any worker
 //! receives it, so no report passes a tick the merger does not know.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -33,7 +33,8 @@ pub(crate) struct Merger {
     frontiers: Vec<Timestamp>,
     /// Ticks owed a `Sealed`, oldest first, with their timelines so far.
     ticks: VecDeque<TickTimeline>,
-    pending: HashMap<GlobalId, Vec<Update>>,
+    /// Changes not yet sealed, per view and time.
+    pending: HashMap<GlobalId, BTreeMap<Timestamp, Vec<Update>>>,
     dropped: HashSet<GlobalId>,
 }
 
@@ -88,24 +89,22 @@ impl Merger {
             timeline.merged = completed;
             let upto = timeline.ts + 1;
             let mut changes = Vec::new();
-            for (id, updates) in self.pending.iter_mut() {
-                if updates.is_empty() {
-                    continue;
-                }
-                let mut sealed;
-                if updates.iter().all(|u| u.1 < upto) {
-                    sealed = std::mem::take(updates);
-                } else {
-                    let rest;
-                    (sealed, rest) = updates.drain(..).partition(|u| u.1 < upto);
-                    *updates = rest;
+            for (id, times) in self.pending.iter_mut() {
+                let mut sealed: Vec<Update> = Vec::new();
+                while let Some(entry) = times.first_entry().filter(|e| *e.key() < upto) {
+                    let updates = entry.remove();
+                    if sealed.is_empty() {
+                        sealed = updates;
+                    } else {
+                        sealed.extend(updates);
+                    }
                 }
                 viewcast_repr::consolidate_timed(&mut sealed);
                 if !sealed.is_empty() {
                     changes.push((*id, sealed));
                 }
             }
-            self.pending.retain(|_, u| !u.is_empty());
+            self.pending.retain(|_, times| !times.is_empty());
             changes.sort_by_key(|(id, _)| *id);
             // The timeline is stored before the event is sent, so a consumer that looks it up on
             // receiving the event finds it.
@@ -122,16 +121,27 @@ impl Merger {
         }
     }
 
+    /// Files each view's changes under their times. A report's changes are usually all at one
+    /// time: that vector is filed whole. (Partitioning one buffer per view at every seal copied the
+    /// later ticks' changes again at each seal while several ticks were in flight.)
     fn absorb(&mut self, changes: Vec<(GlobalId, Vec<Update>)>) {
         for (id, updates) in changes {
-            if self.dropped.contains(&id) {
+            if self.dropped.contains(&id) || updates.is_empty() {
                 continue;
             }
-            let slot = self.pending.entry(id).or_default();
-            if slot.is_empty() {
-                *slot = updates;
+            let times = self.pending.entry(id).or_default();
+            let first = updates[0].1;
+            if updates.iter().all(|u| u.1 == first) {
+                let slot = times.entry(first).or_default();
+                if slot.is_empty() {
+                    *slot = updates;
+                } else {
+                    slot.extend(updates);
+                }
             } else {
-                slot.extend(updates);
+                for update in updates {
+                    times.entry(update.1).or_default().push(update);
+                }
             }
         }
     }

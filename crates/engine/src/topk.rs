@@ -59,6 +59,8 @@ struct Group {
     top: BTreeMap<SortKey, Diff>,
     /// The other rows, each sorting after every row of `top`.
     rest: FxHashMap<Row, Diff>,
+    /// Whether the time being applied has touched the group (its old window is already read).
+    touched: bool,
 }
 
 impl Group {
@@ -238,15 +240,18 @@ pub(crate) fn render<'s>(
             "TopK",
             move |_cap, _info| {
                 let mut stash: Stash = BTreeMap::new();
+                // Emptied stash vectors, reused so a tick's updates do not regrow a fresh one.
+                let mut spare: Vec<Vec<(Row, Diff)>> = Vec::new();
                 let mut groups: FxHashMap<Row, Group> = FxHashMap::default();
-                // Per group, the time's changes; consolidated through `merged`, kept for its capacity.
-                let mut touched: FxHashMap<Row, Vec<(Row, Diff)>> = FxHashMap::default();
-                let mut merged: FxHashMap<Row, Diff> = FxHashMap::default();
+                // The groups the time being applied has touched, in the order first touched.
+                let mut touched: Vec<Row> = Vec::new();
                 let mut out: Vec<(Row, Diff)> = Vec::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (row, time, diff) in data.drain(..) {
-                            let entry = stash.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
+                            let entry = stash
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), spare.pop().unwrap_or_default()));
                             entry.1.push((row, diff));
                         }
                     });
@@ -255,23 +260,35 @@ pub(crate) fn render<'s>(
                         if frontier.less_equal(&time) {
                             break;
                         }
-                        let (cap, updates) = entry.remove();
-                        for (row, diff) in updates {
-                            let key = Row::new(group_key.iter().map(|&i| row.get(i).clone()).collect());
-                            touched.entry(key).or_default().push((row, diff));
-                        }
+                        let (cap, mut updates) = entry.remove();
                         out.clear();
-                        for (key, mut changes) in touched.drain() {
-                            for (row, diff) in changes.drain(..) {
-                                *merged.entry(row).or_insert(0) += diff;
-                            }
-                            let group = groups.entry(key.clone()).or_default();
-                            window(group, offset, limit, &mut out, -1);
-                            for (row, diff) in merged.drain() {
-                                if diff != 0 {
-                                    group.update(row, diff, &order, top_cap);
+                        // Each update is applied as it comes: a group is a multiset, so the order
+                        // of a time's updates does not change its state once all are applied (a
+                        // row may go negative in between; windows skip such rows). A group's old
+                        // window is read when the time first touches it.
+                        for (row, diff) in updates.drain(..) {
+                            let key = Row::new(group_key.iter().map(|&i| row.get(i).clone()).collect());
+                            let group = match groups.get_mut(&key) {
+                                Some(group) if group.touched => group,
+                                Some(group) => {
+                                    window(group, offset, limit, &mut out, -1);
+                                    group.touched = true;
+                                    touched.push(key);
+                                    group
                                 }
-                            }
+                                None => {
+                                    touched.push(key.clone());
+                                    let group = groups.entry(key).or_default();
+                                    group.touched = true;
+                                    group
+                                }
+                            };
+                            group.update(row, diff, &order, top_cap);
+                        }
+                        spare.push(updates);
+                        for key in touched.drain(..) {
+                            let group = groups.get_mut(&key).expect("a touched group exists");
+                            group.touched = false;
                             group.refill(need, &order, top_cap);
                             window(group, offset, limit, &mut out, 1);
                             if group.is_empty() {
@@ -305,9 +322,12 @@ mod tests {
     use super::{window, Group, SortKey};
 
     /// The two-tier group gives the same windows as one ordered map of every row, with `top`
-    /// far smaller than the group so eviction and refills happen often.
+    /// far smaller than the group so eviction and refills happen often. Each time's updates reach
+    /// the group unconsolidated and in random order, as the operator applies them: a row may be
+    /// retracted before it is inserted, or inserted and retracted within the time.
     #[test]
     fn group_windows_match_a_full_sort() {
+        use rand::seq::SliceRandom;
         let order: Rc<[ColumnOrder]> = vec![ColumnOrder::desc(1)].into();
         let mut rng = StdRng::seed_from_u64(7);
         for (offset, limit, cap) in [(0, 2, 3), (1, 3, 5), (0, 1, 1), (2, 2, 9)] {
@@ -316,12 +336,23 @@ mod tests {
             let mut full: BTreeMap<SortKey, i64> = BTreeMap::new();
             for _ in 0..400 {
                 let mut changes: BTreeMap<Row, i64> = BTreeMap::new();
+                let mut raw: Vec<(Row, i64)> = Vec::new();
                 for _ in 0..rng.gen_range(1..6) {
                     let row = Row::new(vec![Datum::Int(rng.gen_range(0..30)), Datum::Int(rng.gen_range(0..8))]);
                     let present = full.get(&SortKey { row: row.clone(), order: order.clone() }).copied().unwrap_or(0)
                         + changes.get(&row).copied().unwrap_or(0);
                     let diff = if present > 0 && rng.gen_bool(0.5) { -1 } else { rng.gen_range(1..3) };
-                    *changes.entry(row).or_insert(0) += diff;
+                    *changes.entry(row.clone()).or_insert(0) += diff;
+                    raw.push((row.clone(), diff));
+                    if rng.gen_bool(0.2) {
+                        // A row that comes and goes within the time.
+                        raw.push((row.clone(), 1));
+                        raw.push((row, -1));
+                    }
+                }
+                raw.shuffle(&mut rng);
+                for (row, diff) in raw {
+                    group.update(row, diff, &order, cap);
                 }
                 for (row, diff) in changes {
                     if diff == 0 {
@@ -332,12 +363,11 @@ mod tests {
                     if *n == 0 {
                         full.remove(&SortKey { row: row.clone(), order: order.clone() });
                     }
-                    group.update(row, diff, &order, cap);
                 }
                 group.refill(need, &order, cap);
                 let mut got = Vec::new();
                 window(&group, offset, Some(limit), &mut got, 1);
-                let all = Group { top: std::mem::take(&mut full), rest: Default::default() };
+                let all = Group { top: std::mem::take(&mut full), rest: Default::default(), touched: false };
                 let mut want = Vec::new();
                 window(&all, offset, Some(limit), &mut want, 1);
                 full = all.top;

@@ -343,7 +343,10 @@ impl WorkerState {
             let mut cap = view.capture.borrow_mut();
             frontier = cap.frontiers.iter().fold(frontier, |f, g| f.min(*g));
             if !cap.updates.is_empty() {
-                changes.push((*id, std::mem::take(&mut cap.updates)));
+                // The next tick's changes likely number about as many: sized once, not regrown (up to
+                // 64k updates: a one-off snapshot must not size every later vector).
+                let hint = cap.updates.len().min(1 << 16);
+                changes.push((*id, std::mem::replace(&mut cap.updates, Vec::with_capacity(hint))));
             }
         }
         if frontier != self.reported_frontier || !changes.is_empty() || !self.taken.is_empty() {

@@ -24,22 +24,29 @@ pub type Update = (Row, Timestamp, Diff);
 /// Sorts `updates` and merges equal rows, dropping those whose diffs cancel.
 pub fn consolidate_updates(updates: &mut Vec<(Row, Diff)>) {
     updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut out: usize = 0;
-    for i in 0..updates.len() {
-        if out > 0 && updates[out - 1].0 == updates[i].0 {
-            updates[out - 1].1 += updates[i].1;
-        } else {
-            if out > 0 && updates[out - 1].1 == 0 {
-                out -= 1;
-            }
-            updates.swap(out, i);
-            out += 1;
+    merge_runs(updates, |a, b| a.0 == b.0, |u| &mut u.1);
+}
+
+/// Merges each run of adjacent `same` items into its first, summing their diffs, and drops the
+/// items whose diffs sum to zero, in place.
+fn merge_runs<T>(items: &mut Vec<T>, same: impl Fn(&T, &T) -> bool, diff: impl Fn(&mut T) -> &mut Diff) {
+    let mut kept = 0;
+    for i in 0..items.len() {
+        if kept > 0 && same(&items[kept - 1], &items[i]) {
+            let d = *diff(&mut items[i]);
+            *diff(&mut items[kept - 1]) += d;
+            continue;
         }
+        if kept > 0 && *diff(&mut items[kept - 1]) == 0 {
+            kept -= 1;
+        }
+        items.swap(kept, i);
+        kept += 1;
     }
-    if out > 0 && updates[out - 1].1 == 0 {
-        out -= 1;
+    if kept > 0 && *diff(&mut items[kept - 1]) == 0 {
+        kept -= 1;
     }
-    updates.truncate(out);
+    items.truncate(kept);
 }
 
 /// Merges updates of equal `(time, row)`, dropping those that cancel; sorted by time, then by a hash
@@ -48,28 +55,37 @@ pub fn consolidate_updates(updates: &mut Vec<(Row, Diff)>) {
 /// deterministic but otherwise unspecified.
 pub fn consolidate_timed(updates: &mut Vec<Update>) {
     use std::hash::{Hash, Hasher};
-    let mut keyed: Vec<(Timestamp, u64, Update)> = updates
-        .drain(..)
-        .map(|u| {
+    // Sorts small keys that point into `updates`, then moves the updates into that order in place:
+    // neither the sort nor a copy moves whole updates into a second buffer.
+    let mut order: Vec<(Timestamp, u64, u32)> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
             let mut h = rustc_hash::FxHasher::default();
             u.0.hash(&mut h);
-            (u.1, h.finish(), u)
+            (u.1, h.finish(), u32::try_from(i).expect("fewer than 2^32 updates"))
         })
         .collect();
-    keyed.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2 .0.cmp(&b.2 .0)));
-    for (time, _, (row, _, diff)) in keyed {
-        match updates.last_mut() {
-            Some(last) if last.1 == time && last.0 == row => last.2 += diff,
-            _ => {
-                if updates.last().is_some_and(|l| l.2 == 0) {
-                    updates.pop();
-                }
-                updates.push((row, time, diff));
-            }
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| updates[a.2 as usize].0.cmp(&updates[b.2 as usize].0))
+    });
+    permute(updates, order.into_iter().map(|(_, _, i)| i as usize).collect());
+    merge_runs(updates, |a, b| a.1 == b.1 && a.0 == b.0, |u| &mut u.2);
+}
+
+/// Reorders `items` so that position `i` holds what was at `from[i]` (`from` a permutation), by
+/// following its cycles with swaps.
+fn permute<T>(items: &mut [T], mut from: Vec<usize>) {
+    for start in 0..items.len() {
+        let mut cur = start;
+        while from[cur] != start && from[cur] != cur {
+            // Position `cur` holds what was at `start`; it wants what was at `from[cur]`.
+            let src = from[cur];
+            items.swap(cur, src);
+            from[cur] = cur;
+            cur = src;
         }
-    }
-    if updates.last().is_some_and(|l| l.2 == 0) {
-        updates.pop();
+        from[cur] = cur;
     }
 }
 
