@@ -105,6 +105,16 @@ impl Forward {
             let from = l.from;
             let wanted = batch.iter().filter(|u| u.1 >= from);
             match &l.columns {
+                // No columns (a global `COUNT(*)`): every row is the empty row, so one update per
+                // time carries the sum of the time's diffs instead of one per row.
+                Some(cols) if cols.is_empty() => {
+                    for (_, t, d) in wanted {
+                        match l.updates.last_mut() {
+                            Some(last) if last.1 == *t && last.0.is_empty() => last.2 += d,
+                            _ => l.updates.push((Row::default(), *t, *d)),
+                        }
+                    }
+                }
                 Some(cols) => l.updates.extend(wanted.map(|(row, t, d)| (columns_of(row, cols), *t, *d))),
                 None => l.updates.extend(wanted.cloned()),
             }

@@ -320,6 +320,9 @@ impl Engine {
         st.items.insert(id, ItemInfo { arity: plan.arity(), input: false, depends_on, published: publish });
         let wanted = plan.shared_arrangements().into_iter().map(|(on, _, key)| (on, key));
         arrange::record_users(&mut st.arrangements, wanted, id);
+        if render::consolidated_after_as_of(&plan) {
+            self.shared.merger.lock().map_err(|_| EngineError::Stopped)?.consolidated(id, as_of);
+        }
         st.broadcast(Command::CreateView { id, plan, publish, as_of })
     }
 

@@ -51,6 +51,15 @@ pub(crate) fn count_view(plan: &RelExpr) -> Option<(&RelExpr, &[usize], CountSha
     }
 }
 
+/// Whether the view's changes at each time after its `as_of` leave its operator consolidated, on
+/// every worker together: a `COUNT(*)`-only reduction ([`crate::count`]: per key whose count
+/// changed, the old row out and the new one in) or a top-k ([`crate::topk`]: each group's window
+/// diffed and consolidated), both of which send each key or group to one worker. At `as_of` a
+/// global count's default row may come and go in the same time, so that time is not.
+pub(crate) fn consolidated_after_as_of(plan: &RelExpr) -> bool {
+    count_view(plan).is_some() || matches!(plan, RelExpr::TopK { .. })
+}
+
 /// Whether `plan` keeps no state: dependents can render it inline instead of importing it.
 ///
 /// A plan with a temporal filter is not linear: the filter emits retractions at future times, and
@@ -338,10 +347,21 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             }
         }
         ops.reverse();
+        // The widest the row gets, so it is allocated once at that width.
+        let mut width = node.arity();
+        let mut widest = width;
+        for op in &ops {
+            match op {
+                MfpOp::Map(scalars) => width += scalars.len(),
+                MfpOp::Project(outputs) => width = outputs.len(),
+                MfpOp::Filter { .. } => {}
+            }
+            widest = widest.max(width);
+        }
         let input = self.render_part(node, part);
         let (errors, id) = (self.errors.clone(), self.id);
         if !ops.iter().any(|op| matches!(op, MfpOp::Filter { temporal, .. } if !temporal.is_empty())) {
-            return input.flat_map(move |row: Row| apply_mfp(&ops, row, &errors, id).map(|(row, _)| row));
+            return input.flat_map(move |row: Row| apply_mfp(&ops, widest, row, &errors, id).map(|(row, _)| row));
         }
         // A temporal filter: each update `(row, t, d)` becomes `(row, max(t, lower), d)` and
         // `(row, upper, -d)` for the row's validity `[lower, upper)`. Times only move forward, so
@@ -350,7 +370,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         input
             .inner
             .flat_map::<Vec<(Row, Timestamp, Diff)>, _, _>(move |(row, time, diff): (Row, Timestamp, Diff)| {
-                let valid = apply_mfp(&ops, row, &errors, id);
+                let valid = apply_mfp(&ops, widest, row, &errors, id);
                 valid.into_iter().flat_map(move |(row, validity)| {
                     let validity = validity.unwrap_or(Validity { lower: 0, upper: None });
                     validity.updates(time).map(move |(t, sign)| (row.clone(), t, sign * diff))
@@ -735,10 +755,17 @@ enum MfpOp {
     Project(Vec<usize>),
 }
 
-/// The row after `ops`, with its validity interval if a temporal filter bounded it; `None` when a
+/// The row after `ops` (held at `widest` columns throughout), with its validity interval if a temporal filter bounded it; `None` when a
 /// predicate drops it, its interval is empty, or evaluation fails (reported to `errors`).
-fn apply_mfp(ops: &[MfpOp], row: Row, errors: &ErrorSink, id: GlobalId) -> Option<(Row, Option<Validity>)> {
+fn apply_mfp(
+    ops: &[MfpOp],
+    widest: usize,
+    row: Row,
+    errors: &ErrorSink,
+    id: GlobalId,
+) -> Option<(Row, Option<Validity>)> {
     let mut datums = row.0;
+    datums.reserve_exact(widest.saturating_sub(datums.len()));
     let mut validity: Option<Validity> = None;
     for op in ops {
         match op {

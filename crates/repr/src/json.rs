@@ -678,10 +678,13 @@ fn encode_value(v: &Value, buf: &mut Vec<u8>) {
 /// differs (it nearly always does between neighbouring keys).
 #[inline]
 fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
-    match (a.first(), b.first()) {
-        (Some(x), Some(y)) if x != y => x.cmp(y),
-        _ => a.cmp(b),
+    // Object keys are short: a byte loop beats a call to `memcmp`.
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
     }
+    a.len().cmp(&b.len())
 }
 
 /// The buffers of one thread's parses, reused from document to document: the encoding being

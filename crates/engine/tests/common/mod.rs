@@ -20,7 +20,7 @@ pub struct Harness {
     pub acc: HashMap<GlobalId, HashMap<Row, Diff>>,
     pub last_upto: Option<Timestamp>,
     pub errors: Vec<(GlobalId, String)>,
-    /// Every sealed batch's changes, in order (for comparing runs).
+    /// Every sealed batch's changes, in order, each time's sorted by row (for comparing runs).
     pub log: SealedLog,
 }
 
@@ -41,13 +41,16 @@ impl Harness {
                 EngineEvent::Sealed { upto, changes } => {
                     assert_eq!(upto, ts + 1, "one Sealed per tick, in order");
                     let lower = self.last_upto.unwrap_or(0);
-                    for (id, updates) in &changes {
+                    let mut changes = changes;
+                    for (id, updates) in &mut changes {
                         let acc = self.acc.entry(*id).or_default();
                         let mut prev_time = 0;
-                        for (row, time, diff) in updates {
+                        let mut seen = std::collections::HashSet::new();
+                        for (row, time, diff) in updates.iter() {
                             assert!(*time >= lower && *time < upto, "change at {time} outside [{lower}, {upto})");
                             assert!(*time >= prev_time, "changes sorted by time");
                             assert_ne!(*diff, 0, "consolidated");
+                            assert!(seen.insert((row.clone(), *time)), "consolidated: {row:?} twice at {time}");
                             prev_time = *time;
                             let e = acc.entry(row.clone()).or_insert(0);
                             *e += diff;
@@ -63,6 +66,11 @@ impl Harness {
                         std::thread::yield_now();
                     }
                     self.last_upto = Some(upto);
+                    // The order within a time is unspecified (with several workers, views whose
+                    // operators consolidate their own output keep the order the reports came in).
+                    for (_, updates) in &mut changes {
+                        updates.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+                    }
                     self.log.push((upto, changes));
                     return;
                 }
