@@ -99,13 +99,18 @@ impl ViewEntry {
     /// Seals the log through `upto` and broadcasts the frames (only if someone listens): one
     /// update per changed timestamp, and a progress frame at `upto - 1` if that time had no change
     /// and at least `progress_interval_ms` passed since the last frame.
+    ///
+    /// `consolidated`: `updates` are sorted by time and consolidated within each time (the
+    /// engine's output), so the log does not consolidate them again.
     fn seal(
         &mut self,
         upto: Timestamp,
         updates: Vec<Update>,
+        consolidated: bool,
         progress_interval_ms: Timestamp,
     ) -> Result<(), viewcast_changelog::SealError> {
-        let batches = self.log.seal(upto, updates)?;
+        let batches =
+            if consolidated { self.log.seal_consolidated(upto, updates)? } else { self.log.seal(upto, updates)? };
         *self.snapshot_cache.lock().expect("cache lock") = None;
         let last_ts = batches.last().map(|b| b.ts);
         if self.tx.receiver_count() == 0 {
@@ -229,7 +234,8 @@ impl Hub {
         self.sealed_epoch.send_modify(|e| *e += 1);
     }
 
-    /// Applies one sealed step of the engine: all changes at times below `upto`, per view.
+    /// Applies one sealed step of the engine: all changes at times below `upto`, per view, each
+    /// view's sorted by time and consolidated within each time (as `EngineEvent::Sealed` carries them).
     /// Views without changes get a progress frame when [`HubConfig::progress_interval_ms`] has
     /// passed since their last frame. Frames are built only for views with subscribers.
     pub fn apply(&self, upto: Timestamp, changes: Vec<(GlobalId, Vec<Update>)>) {
@@ -241,7 +247,7 @@ impl Hub {
                 continue; // Its own clock, or not yet live: registered after this step was sealed.
             }
             let updates = changed.remove(id).unwrap_or_default();
-            if let Err(e) = view.seal(upto, updates, self.config.progress_interval_ms) {
+            if let Err(e) = view.seal(upto, updates, true, self.config.progress_interval_ms) {
                 tracing::error!(view = %view.name, error = %e, "engine output out of order; dropping it");
             }
         }
@@ -273,7 +279,7 @@ impl Hub {
             return Ok(());
         }
         let started = self.step_started(upto);
-        view.seal(upto, updates, self.config.progress_interval_ms)
+        view.seal(upto, updates, false, self.config.progress_interval_ms)
             .map_err(|source| ApplyViewError::Seal { view: view.name.clone(), source })?;
         drop(st);
         self.sealed_epoch.send_modify(|e| *e += 1);
