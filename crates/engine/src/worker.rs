@@ -307,7 +307,12 @@ impl WorkerState {
                 // them count, not the last.
                 let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = HashMap::new();
                 for (id, rows) in updates {
-                    by_input.entry(id).or_default().extend(rows);
+                    match by_input.entry(id) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(rows);
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().extend(rows),
+                    }
                 }
                 let views = self.items.views.values_mut().map(|v| &mut v.sessions);
                 let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
