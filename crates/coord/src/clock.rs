@@ -1,5 +1,14 @@
 //! The tick loop: every `tick_ms`, the rows ingested since the last tick (and pending table
-//! writes) become one timestamp, the wall-clock time in ms (strictly increasing).
+//! writes) become one timestamp, the wall-clock time in ms at which the tick is due to close
+//! (strictly increasing).
+//!
+//! A tick is fed while it is open: [`FEEDS_PER_TICK`] times per tick the rows the sources have
+//! queued so far go to the engine ([`viewcast_engine::Engine::feed`]), which starts on them at the
+//! tick's time; the close sends the rest and the table writes, and advances time. So when a tick
+//! closes, most of its rows are already through the views' scalar work, and what is left before
+//! its changes are sealed is the rest of the tick and the per-time work (counts, top-k, sealing).
+//! Nothing at the tick's time is sealed before it closes. Items created while a tick is open
+//! start after it.
 //!
 //! Admission control: while `max_lag_ticks` sent ticks are not yet sealed by the engine, no new
 //! tick is sent; sources then fill their bounded queues and block, so backpressure reaches the
@@ -21,9 +30,14 @@ pub(crate) struct PendingWrite {
     pub done: Option<oneshot::Sender<Timestamp>>,
 }
 
+/// How many times a tick is fed while it is open (the last of them is its close).
+const FEEDS_PER_TICK: u32 = 5;
+
 pub(crate) struct Clock {
     /// The timestamp of the last tick sent to the engine.
     pub last: Option<Timestamp>,
+    /// The open tick (fed, not yet closed): its time and the rows fed so far.
+    open: Option<(Timestamp, usize)>,
     /// Sent ticks not yet known to be sealed, oldest first.
     in_flight: VecDeque<Timestamp>,
     /// Table writes for the next tick; each statement's writes land in one tick.
@@ -32,14 +46,18 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { last: None, in_flight: VecDeque::new(), pending: Vec::new() }
+        Clock { last: None, open: None, in_flight: VecDeque::new(), pending: Vec::new() }
     }
 
     /// The time at which an item created now has its initial contents: the engine's `as_of`,
-    /// right after the last tick (0 before the first; [`crate::Coordinator::start`] sends a
-    /// first, empty tick before anything can be created, so no item is ever as of 0).
+    /// right after the open tick if one is open, else right after the last tick (0 before the
+    /// first; [`crate::Coordinator::start`] sends a first, empty tick before anything can be
+    /// created, so no item is ever as of 0).
     pub fn as_of(&self) -> Timestamp {
-        self.last.map_or(0, |l| l + 1)
+        match self.open {
+            Some((ts, _)) => ts + 1,
+            None => self.last.map_or(0, |l| l + 1),
+        }
     }
 
     /// The timestamp the next tick carries: wall-clock ms, strictly after the last tick.
@@ -66,25 +84,42 @@ pub(crate) fn first_tick(shared: &Shared) -> Result<(), viewcast_engine::EngineE
 
 pub(crate) fn tick_loop(shared: &Shared) {
     let tick = Duration::from_millis(shared.config.tick_ms.max(1));
+    let feed_every = tick / FEEDS_PER_TICK;
     let mut next = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         next += tick;
         let now = Instant::now();
+        if next <= now {
+            next = now; // Behind schedule: don't try to catch up with a burst of ticks.
+        }
+        // Feed the tick while it is open.
+        loop {
+            let now = Instant::now();
+            if now + feed_every >= next {
+                break;
+            }
+            std::thread::sleep(feed_every);
+            if let Err(e) = feed(shared, next) {
+                tracing::error!(error = %e, "engine refused rows; stopping the clock");
+                return;
+            }
+        }
+        let now = Instant::now();
         if next > now {
             std::thread::sleep(next - now);
-        } else {
-            next = now; // Behind schedule: don't try to catch up with a burst of ticks.
         }
         let mut clock = shared.clock.lock().expect("clock lock");
         let sealed = shared.engine.sealed_frontier();
         while clock.in_flight.front().is_some_and(|t| *t < sealed) {
             clock.in_flight.pop_front();
         }
-        if clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
+        // An open tick is closed whatever the lag (it was admitted when it opened).
+        if clock.open.is_none() && clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
             continue;
         }
-        let ts = clock.next_ts();
-        let mut updates = shared.catalog.lock().expect("catalog lock").drain_sources(shared.config.max_rows_per_tick);
+        let (ts, fed) = clock.open.take().unwrap_or_else(|| (clock.next_ts(), 0));
+        let budget = shared.config.max_rows_per_tick.saturating_sub(fed);
+        let mut updates = shared.catalog.lock().expect("catalog lock").drain_sources(budget);
         updates.extend(shared.upstream_mailbox.take());
         let mut done = Vec::new();
         for w in clock.pending.drain(..) {
@@ -101,4 +136,37 @@ pub(crate) fn tick_loop(shared: &Shared) {
             let _ = d.send(ts);
         }
     }
+}
+
+/// Feeds the engine the rows the sources have queued, at the open tick's time, opening a tick
+/// (due to close at `close`) if none is open and the engine is not too far behind.
+fn feed(shared: &Shared, close: Instant) -> Result<(), viewcast_engine::EngineError> {
+    let mut clock = shared.clock.lock().expect("clock lock");
+    if clock.open.is_none() {
+        let sealed = shared.engine.sealed_frontier();
+        while clock.in_flight.front().is_some_and(|t| *t < sealed) {
+            clock.in_flight.pop_front();
+        }
+        if clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
+            return Ok(());
+        }
+    }
+    let fed = clock.open.map_or(0, |(_, n)| n);
+    let budget = shared.config.max_rows_per_tick.saturating_sub(fed);
+    let updates = shared.catalog.lock().expect("catalog lock").drain_sources(budget);
+    let rows: usize = updates.iter().map(|(_, r)| r.len()).sum();
+    if rows == 0 {
+        return Ok(());
+    }
+    // The tick's time: when it is due to close, in wall-clock ms (after the last tick's).
+    let ts = match clock.open {
+        Some((ts, _)) => ts,
+        None => {
+            let due = now_ms() + close.saturating_duration_since(Instant::now()).as_millis() as Timestamp;
+            clock.last.map_or(due, |l| due.max(l + 1))
+        }
+    };
+    shared.engine.feed(ts, updates)?;
+    clock.open = Some((ts, fed + rows));
+    Ok(())
 }

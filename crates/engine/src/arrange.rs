@@ -14,7 +14,6 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
@@ -39,7 +38,7 @@ pub(crate) struct SharedArrangement {
     pub(crate) trace: KeyedTrace,
     dataflow: usize,
     /// The input sessions its dataflow reads, fed by every tick.
-    pub(crate) sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
+    pub(crate) sessions: Vec<crate::worker::Session>,
     /// The views and indexes reading it, the first being the one it was built for.
     pub(crate) users: Vec<GlobalId>,
 }
@@ -70,6 +69,7 @@ pub(crate) fn acquire(
     (on, arity, key): (GlobalId, usize, Vec<usize>),
     user: GlobalId,
     as_of: Timestamp,
+    open: Option<Timestamp>,
     compacted_to: Timestamp,
     errors: Rc<ErrorSink>,
     live: &AtomicUsize,
@@ -89,7 +89,7 @@ pub(crate) fn acquire(
         let trace = keyed(coll, cols).arrange_by_key_named("SharedArrangement").trace;
         (ctx.sessions, trace)
     });
-    let sessions = crate::worker::start_sessions(sessions, as_of, &items.inputs);
+    let sessions = crate::worker::start_sessions(sessions, as_of, open, &items.inputs);
     let mut trace = trace;
     compact(&mut trace, compacted_to);
     items.arrangements.insert((on, key), SharedArrangement { trace, dataflow, sessions, users: vec![user] });

@@ -115,6 +115,8 @@ pub enum EngineError {
     HasDependents { id: GlobalId, dependents: Vec<GlobalId> },
     #[error("tick time {ts} is not after the previous tick {previous}")]
     TimeNotIncreasing { ts: Timestamp, previous: Timestamp },
+    #[error("tick time {ts} is not the open tick's {open}")]
+    NotTheOpenTick { ts: Timestamp, open: Timestamp },
     #[error("row of arity {got} for input {id} of arity {expected}")]
     ArityMismatch { id: GlobalId, expected: usize, got: usize },
     #[error("plan arity {got} does not match item {id} of arity {expected}")]
@@ -145,7 +147,12 @@ pub(crate) enum Command {
     /// Drops `id`'s dataflow, trace and (for inputs) history, and its use of shared arrangements
     /// (dropping those it was the last user of). Invariant: nothing reads `id`.
     Drop { id: GlobalId },
-    /// This worker's share of the updates at `ts`; afterwards every input is at `ts + 1`.
+    /// Part of this worker's share of the updates at `ts`, before the tick closes: fed to the
+    /// dataflows now, so they work on the tick while it is open; inputs stay at `ts`. A dataflow
+    /// created while the tick is open starts at `ts + 1` and takes the tick's rows at that time.
+    /// Invariant: as for `Tick`, and every `Feed` until the next `Tick` has that tick's `ts`.
+    Feed { ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)> },
+    /// This worker's share of the (rest of the) updates at `ts`; afterwards every input is at `ts + 1`.
     /// Invariant: `ts` is greater than every earlier tick's, every id is an input, arities match.
     Tick { ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)> },
     /// Stop the worker; it drops its dataflows and exits.
@@ -154,6 +161,17 @@ pub(crate) enum Command {
 
 /// Rows per input id, as one tick carries them.
 type TickUpdates = Vec<(GlobalId, Vec<(Row, Diff)>)>;
+
+/// A tick being fed: its time, and what the merger gets when it closes.
+struct OpenTick {
+    ts: Timestamp,
+    rows: usize,
+    /// The fed rows of published inputs, captured when fed.
+    published: Vec<(GlobalId, Vec<Update>)>,
+    /// Inputs whose publishing was switched while the tick was open: switched when it closes,
+    /// so a tick's rows are captured all or none.
+    switch_publish: Vec<(GlobalId, bool)>,
+}
 
 /// What the handle remembers of each item, to validate commands.
 struct ItemInfo {
@@ -167,6 +185,8 @@ struct HandleState {
     items: HashMap<GlobalId, ItemInfo>,
     /// The last tick's time, if any.
     last_tick: Option<Timestamp>,
+    /// The tick fed but not yet closed (see [`Engine::feed`]), if any.
+    open: Option<OpenTick>,
     /// The shared arrangements, as every worker holds them.
     arrangements: Vec<ArrangementInfo>,
     commands: Vec<crossbeam_channel::Sender<Command>>,
@@ -262,6 +282,7 @@ impl Engine {
             state: Mutex::new(HandleState {
                 items: HashMap::new(),
                 last_tick: None,
+                open: None,
                 arrangements: Vec::new(),
                 commands: command_txs,
                 threads,
@@ -363,15 +384,23 @@ impl Engine {
 
     /// Starts or stops publishing `id`'s changes, from the time after the last tick. Turning it on
     /// sends changes only: the consumer must already hold (or separately obtain) the contents.
+    ///
+    /// While a tick is open (see [`Engine::feed`]) the switch takes effect when it closes: changes
+    /// start or stop with the next tick, so no timestamp is captured in part.
     pub fn set_publish(&self, id: GlobalId, publish: bool) -> Result<(), EngineError> {
         let mut st = self.lock()?;
         let from = st.next_time();
+        let st = &mut *st;
         let info = st.items.get_mut(&id).ok_or(EngineError::UnknownId(id))?;
-        info.published = publish;
         if info.input {
-            // Inputs are captured by the handle itself, at tick time.
+            // Inputs are captured by the handle itself, when fed and at tick time.
+            match st.open.as_mut() {
+                Some(open) => open.switch_publish.push((id, publish)),
+                None => info.published = publish,
+            }
             return Ok(());
         }
+        info.published = publish;
         st.broadcast(Command::SetPublish { id, publish, from })
     }
 
@@ -393,57 +422,44 @@ impl Engine {
         st.broadcast(Command::Drop { id })
     }
 
-    /// Inserts `updates` (per input id) at time `ts`, then advances every input to `ts + 1`. `ts`
-    /// must increase from call to call; call it once per tick even with nothing to insert.
+    /// Inserts `updates` (per input id) at time `ts`, then advances every input to `ts + 1`: the
+    /// tick closes. `ts` must increase from call to call (and be the open tick's, after
+    /// [`Engine::feed`]); call it once per tick even with nothing to insert.
     pub fn tick(&self, ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)>) -> Result<(), EngineError> {
         let sent = Instant::now();
-        let st = self.lock()?;
-        if let Some(previous) = st.last_tick {
-            if ts <= previous {
-                return Err(EngineError::TimeNotIncreasing { ts, previous });
-            }
-        }
-        for (id, rows) in &updates {
-            let info = st.items.get(id).ok_or(EngineError::UnknownId(*id))?;
-            if !info.input {
-                return Err(EngineError::NotAnInput(*id));
-            }
-            if let Some((row, _)) = rows.iter().find(|(r, _)| r.len() != info.arity) {
-                return Err(EngineError::ArityMismatch { id: *id, expected: info.arity, got: row.len() });
-            }
-        }
-        let mut st = st;
+        let mut st = self.lock()?;
+        st.check_updates(ts, &updates)?;
+        let open = st.open.take();
         st.last_tick = Some(ts);
-        // Published inputs are captured here; the merger sees them before any worker's progress past `ts`.
-        let published: Vec<(GlobalId, Vec<Update>)> = updates
-            .iter()
-            .filter(|(id, rows)| !rows.is_empty() && st.items.get(id).is_some_and(|i| i.published))
-            .map(|(id, rows)| (*id, rows.iter().map(|(r, d)| (r.clone(), ts, *d)).collect()))
-            .collect();
-        let rows = updates.iter().map(|(_, r)| r.len()).sum();
+        // Published inputs are captured here (and when fed); the merger sees them before any
+        // worker's progress past `ts`.
+        let (mut rows, mut published, switches) =
+            open.map_or((0, Vec::new(), Vec::new()), |o| (o.rows, o.published, o.switch_publish));
+        rows += updates.iter().map(|(_, r)| r.len()).sum::<usize>();
+        published.extend(st.capture_published(ts, &updates));
+        for (id, publish) in switches {
+            if let Some(info) = st.items.get_mut(&id) {
+                info.published = publish;
+            }
+        }
         self.shared.merger.lock().map_err(|_| EngineError::Stopped)?.tick(ts, rows, sent, published);
+        st.send_shares(updates, |updates| Command::Tick { ts, updates })
+    }
 
-        let n = st.commands.len();
-        let mut shares: Vec<TickUpdates> = (0..n).map(|_| Vec::new()).collect();
-        for (id, rows) in updates {
-            if n == 1 {
-                shares[0].push((id, rows));
-                continue;
-            }
-            let mut parts: Vec<Vec<(Row, Diff)>> = (0..n).map(|_| Vec::with_capacity(rows.len() / n + 1)).collect();
-            for (row, diff) in rows {
-                let w = (worker::row_hash(&row) % n as u64) as usize;
-                parts[w].push((row, diff));
-            }
-            for (w, part) in parts.into_iter().enumerate() {
-                shares[w].push((id, part));
-            }
-        }
-        for (w, share) in shares.into_iter().enumerate() {
-            st.commands[w].send(Command::Tick { ts, updates: share }).map_err(|_| EngineError::Stopped)?;
-            st.threads[w].unpark();
-        }
-        Ok(())
+    /// Inserts `updates` at time `ts` without closing the tick: the workers start on them while
+    /// more rows of the same tick arrive, so less is left to do when [`Engine::tick`] closes it.
+    /// Every `feed` until that `tick` must carry the same `ts`, greater than the last tick's.
+    /// Nothing at `ts` is sealed before the tick closes. Items created while a tick is open start
+    /// after it (their `as_of` is `ts + 1`).
+    pub fn feed(&self, ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)>) -> Result<(), EngineError> {
+        let mut st = self.lock()?;
+        st.check_updates(ts, &updates)?;
+        let published = st.capture_published(ts, &updates);
+        let open =
+            st.open.get_or_insert_with(|| OpenTick { ts, rows: 0, published: Vec::new(), switch_publish: Vec::new() });
+        open.rows += updates.iter().map(|(_, r)| r.len()).sum::<usize>();
+        open.published.extend(published);
+        st.send_shares(updates, |updates| Command::Feed { ts, updates })
     }
 
     /// All times below this are sealed and their [`EngineEvent::Sealed`] has been sent.
@@ -475,8 +491,81 @@ impl Engine {
 }
 
 impl HandleState {
+    /// The time an item created now starts at: after the open tick if one is open, else after
+    /// the last tick.
     fn next_time(&self) -> Timestamp {
-        self.last_tick.map(|t| t + 1).unwrap_or(0)
+        match &self.open {
+            Some(open) => open.ts + 1,
+            None => self.last_tick.map(|t| t + 1).unwrap_or(0),
+        }
+    }
+
+    /// Checks that updates at `ts` may be inserted now: `ts` after the last tick (and the open
+    /// tick's, if one is open), every id an input, every row of its arity.
+    fn check_updates(&self, ts: Timestamp, updates: &[(GlobalId, Vec<(Row, Diff)>)]) -> Result<(), EngineError> {
+        if let Some(open) = &self.open {
+            if ts != open.ts {
+                return Err(EngineError::NotTheOpenTick { ts, open: open.ts });
+            }
+        }
+        if let Some(previous) = self.last_tick {
+            if ts <= previous {
+                return Err(EngineError::TimeNotIncreasing { ts, previous });
+            }
+        }
+        for (id, rows) in updates {
+            let info = self.items.get(id).ok_or(EngineError::UnknownId(*id))?;
+            if !info.input {
+                return Err(EngineError::NotAnInput(*id));
+            }
+            if let Some((row, _)) = rows.iter().find(|(r, _)| r.len() != info.arity) {
+                return Err(EngineError::ArityMismatch { id: *id, expected: info.arity, got: row.len() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of published inputs among `updates`, as changes at `ts`.
+    fn capture_published(
+        &self,
+        ts: Timestamp,
+        updates: &[(GlobalId, Vec<(Row, Diff)>)],
+    ) -> Vec<(GlobalId, Vec<Update>)> {
+        updates
+            .iter()
+            .filter(|(id, rows)| !rows.is_empty() && self.items.get(id).is_some_and(|i| i.published))
+            .map(|(id, rows)| (*id, rows.iter().map(|(r, d)| (r.clone(), ts, *d)).collect()))
+            .collect()
+    }
+
+    /// Partitions `updates` by a hash of each row across the workers (equal rows to one worker)
+    /// and sends each worker its share as `command(share)`.
+    fn send_shares(
+        &self,
+        updates: Vec<(GlobalId, Vec<(Row, Diff)>)>,
+        command: impl Fn(TickUpdates) -> Command,
+    ) -> Result<(), EngineError> {
+        let n = self.commands.len();
+        let mut shares: Vec<TickUpdates> = (0..n).map(|_| Vec::new()).collect();
+        for (id, rows) in updates {
+            if n == 1 {
+                shares[0].push((id, rows));
+                continue;
+            }
+            let mut parts: Vec<Vec<(Row, Diff)>> = (0..n).map(|_| Vec::with_capacity(rows.len() / n + 1)).collect();
+            for (row, diff) in rows {
+                let w = (worker::row_hash(&row) % n as u64) as usize;
+                parts[w].push((row, diff));
+            }
+            for (w, part) in parts.into_iter().enumerate() {
+                shares[w].push((id, part));
+            }
+        }
+        for (w, share) in shares.into_iter().enumerate() {
+            self.commands[w].send(command(share)).map_err(|_| EngineError::Stopped)?;
+            self.threads[w].unpark();
+        }
+        Ok(())
     }
 
     fn broadcast(&self, cmd: Command) -> Result<(), EngineError> {

@@ -38,10 +38,11 @@ pub(crate) fn row_hash(row: &Row) -> u64 {
 /// An input's retained history on this worker.
 pub(crate) struct InputState {
     arity: usize,
-    /// Every row this worker received, with multiplicities, as the ticks' own vectors (appending a
-    /// tick moves its vector in: no copy of the history as it grows, no doubling reallocation on a
-    /// tick's path). Consolidated into one chunk when it has doubled in length since the last
-    /// consolidation and has seen a retraction (append-only inputs never pay).
+    /// Every row this worker received, with multiplicities, as the ticks' own vectors (appending
+    /// a tick moves its vector in: no copy of the history as it grows, no doubling reallocation on
+    /// a tick's path). Consolidated into one chunk when it has doubled in length since the last
+    /// consolidation and has seen a retraction (append-only inputs never pay). Includes the rows
+    /// fed so far of an open tick (see `Command::Feed`).
     history: Vec<Vec<(Row, Diff)>>,
     len: usize,
     consolidated_len: usize,
@@ -53,7 +54,7 @@ impl InputState {
         InputState { arity, history: Vec::new(), len: 0, consolidated_len: 0, saw_retraction: false }
     }
 
-    /// Appends one tick's rows.
+    /// Appends rows fed or ticked.
     fn append(&mut self, rows: Vec<(Row, Diff)>) {
         debug_assert!(rows.iter().all(|(r, _)| r.len() == self.arity), "the handle checks arities");
         if rows.is_empty() {
@@ -80,6 +81,9 @@ impl InputState {
     }
 }
 
+/// A dataflow's input session, and how it is fed (see [`start_sessions`]).
+pub(crate) type Session = (GlobalId, Feed, InputSession<Timestamp, Row, Diff>);
+
 /// A view's dataflow on this worker.
 pub(crate) struct ViewState {
     pub(crate) plan: RelExpr,
@@ -92,7 +96,7 @@ pub(crate) struct ViewState {
     pub(crate) output: Option<Rc<RefCell<Forward>>>,
     dataflow: usize,
     /// The sessions fed by every tick.
-    sessions: Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)>,
+    sessions: Vec<Session>,
     capture: Rc<RefCell<Capture>>,
 }
 
@@ -140,6 +144,8 @@ struct WorkerState {
     items: Items,
     /// The time every input of this worker is at: the last tick's time plus one.
     next_time: Timestamp,
+    /// The open tick's time, while one is fed (see `Command::Feed`).
+    open: Option<Timestamp>,
     errors: Rc<ErrorSink>,
     /// The global sealed frontier last applied to trace compaction.
     compacted_to: Timestamp,
@@ -153,6 +159,7 @@ pub(crate) fn run(worker: &mut Worker, commands: crossbeam_channel::Receiver<Com
     let mut st = WorkerState {
         items: Items::default(),
         next_time: 0,
+        open: None,
         errors: Rc::new(ErrorSink { events: shared.events.clone(), state: RefCell::new(HashMap::new()) }),
         compacted_to: 0,
         reported_frontier: 0,
@@ -205,8 +212,9 @@ impl WorkerState {
             Command::CreateView { id, plan, publish, as_of } => {
                 for wanted in plan.shared_arrangements() {
                     let errors = self.errors.clone();
-                    let (items, compacted_to, live) = (&mut self.items, self.compacted_to, &shared.live_arrangements);
-                    crate::arrange::acquire(worker, items, wanted, id, as_of, compacted_to, errors, live);
+                    let (items, compacted_to, live, open) =
+                        (&mut self.items, self.compacted_to, &shared.live_arrangements, self.open);
+                    crate::arrange::acquire(worker, items, wanted, id, as_of, open, compacted_to, errors, live);
                 }
                 let linear = is_linear(&plan, &self.items);
                 let capture = Rc::new(RefCell::new(Capture {
@@ -265,7 +273,7 @@ impl WorkerState {
                     }
                     (ctx.sessions, trace)
                 });
-                let live_sessions = start_sessions(sessions, as_of, &self.items.inputs);
+                let live_sessions = start_sessions(sessions, as_of, self.open, &self.items.inputs);
                 let mut trace = trace;
                 if let Some(t) = trace.as_mut() {
                     let f = Antichain::from_elem(self.compacted_to);
@@ -291,8 +299,9 @@ impl WorkerState {
             }
             Command::CreateIndex { id, on, arity, key, as_of } => {
                 let errors = self.errors.clone();
-                let (items, compacted_to, live) = (&mut self.items, self.compacted_to, &shared.live_arrangements);
-                crate::arrange::acquire(worker, items, (on, arity, key), id, as_of, compacted_to, errors, live);
+                let (items, compacted_to, live, open) =
+                    (&mut self.items, self.compacted_to, &shared.live_arrangements, self.open);
+                crate::arrange::acquire(worker, items, (on, arity, key), id, as_of, open, compacted_to, errors, live);
             }
             Command::Drop { id } => {
                 if let Some(view) = self.items.views.remove(&id) {
@@ -301,43 +310,68 @@ impl WorkerState {
                 crate::arrange::release(worker, &mut self.items, id, &shared.live_arrangements);
                 self.items.inputs.remove(&id);
             }
+            Command::Feed { ts, updates } => {
+                self.open = Some(ts);
+                self.insert(ts, updates, false);
+            }
             Command::Tick { ts, updates } => {
                 self.taken.push((ts, Instant::now()));
-                // One input may come several times (writes that landed in the same tick): all of
-                // them count, not the last.
-                let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = HashMap::new();
-                for (id, rows) in updates {
-                    match by_input.entry(id) {
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(rows);
-                        }
-                        std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().extend(rows),
-                    }
-                }
-                let views = self.items.views.values_mut().map(|v| &mut v.sessions);
-                let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
-                for sessions in views.chain(arrangements) {
-                    for (input, session) in sessions.iter_mut() {
-                        session.advance_to(ts);
-                        if let Some(rows) = by_input.get(input) {
-                            for (row, diff) in rows {
-                                session.update(row.clone(), *diff);
-                            }
-                        }
-                        session.advance_to(ts + 1);
-                        session.flush();
-                    }
-                }
-                for (id, input) in self.items.inputs.iter_mut() {
-                    if let Some(rows) = by_input.remove(id) {
-                        input.append(rows);
-                    }
-                }
+                self.open = None;
+                self.insert(ts, updates, true);
                 self.next_time = ts + 1;
             }
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// Gives every dataflow session its input's rows among `updates` at `ts` (a session that
+    /// started after `ts`, created while the tick was open, takes them at its start, or skips them
+    /// if it reads only later ticks), appends them to the inputs' history and, if `close`,
+    /// advances the sessions past `ts` and closes the history sessions kept for the open tick.
+    fn insert(&mut self, ts: Timestamp, updates: Vec<(GlobalId, Vec<(Row, Diff)>)>, close: bool) {
+        // One input may come several times (writes that landed in the same tick): all of them
+        // count, not the last.
+        let mut by_input: HashMap<GlobalId, Vec<(Row, Diff)>> = HashMap::new();
+        for (id, rows) in updates {
+            match by_input.entry(id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rows);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().extend(rows),
+            }
+        }
+        let views = self.items.views.values_mut().map(|v| &mut v.sessions);
+        let arrangements = self.items.arrangements.values_mut().map(|a| &mut a.sessions);
+        for sessions in views.chain(arrangements) {
+            for (input, feed, session) in sessions.iter_mut() {
+                let late = ts < *session.time();
+                if !(late && *feed == Feed::Live) {
+                    if !late {
+                        session.advance_to(ts);
+                    }
+                    if let Some(rows) = by_input.get(input) {
+                        for (row, diff) in rows {
+                            session.update(row.clone(), *diff);
+                        }
+                    }
+                }
+                if close && *feed != Feed::History {
+                    session.advance_to((ts + 1).max(*session.time()));
+                }
+                session.flush();
+            }
+            if close {
+                // History sessions kept for the open tick have all of it now: closing them (by
+                // dropping) lets their part of the dataflow finish.
+                sessions.retain(|(_, feed, _)| *feed != Feed::History);
+            }
+        }
+        for (id, rows) in by_input {
+            if let Some(input) = self.items.inputs.get_mut(&id) {
+                input.append(rows);
+            }
+        }
     }
 
     /// Hands captured changes and the local frontier to the merger when either has moved.
@@ -366,13 +400,16 @@ impl WorkerState {
 }
 
 /// Starts the input sessions of a dataflow just built to show its inputs from `as_of`: each gets
-/// its input's history at `as_of` unless it is live-only; history-only ones close here. Returns
-/// the sessions later ticks feed.
+/// its input's history at `as_of` unless it is live-only; history-only ones close here, unless a
+/// tick is open (`open`, then `as_of` is after it): those take the rest of that tick at `as_of`
+/// too and close when it does. Returns the sessions later ticks feed.
 pub(crate) fn start_sessions(
     sessions: Vec<(GlobalId, Feed, InputSession<Timestamp, Row, Diff>)>,
     as_of: Timestamp,
+    open: Option<Timestamp>,
     inputs: &HashMap<GlobalId, InputState>,
-) -> Vec<(GlobalId, InputSession<Timestamp, Row, Diff>)> {
+) -> Vec<Session> {
+    debug_assert!(open.is_none_or(|ts| ts < as_of), "items created while a tick is open start after it");
     let mut live_sessions = Vec::new();
     for (input, feed, mut session) in sessions {
         session.advance_to(as_of);
@@ -382,8 +419,8 @@ pub(crate) fn start_sessions(
             }
         }
         session.flush();
-        if feed != Feed::History {
-            live_sessions.push((input, session));
+        if feed != Feed::History || open.is_some() {
+            live_sessions.push((input, feed, session));
         }
     }
     live_sessions
