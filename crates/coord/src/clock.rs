@@ -60,6 +60,16 @@ impl Clock {
         }
     }
 
+    /// Whether `max_lag_ticks` sent ticks are not yet sealed (forgetting those that are): no
+    /// tick opens then.
+    fn lagging(&mut self, shared: &Shared) -> bool {
+        let sealed = shared.engine.sealed_frontier();
+        while self.in_flight.front().is_some_and(|t| *t < sealed) {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.len() as u64 >= shared.config.max_lag_ticks
+    }
+
     /// The timestamp the next tick carries: wall-clock ms, strictly after the last tick.
     pub fn next_ts(&self) -> Timestamp {
         self.last.map(|l| l + 1).unwrap_or_else(now_ms).max(now_ms())
@@ -109,12 +119,8 @@ pub(crate) fn tick_loop(shared: &Shared) {
             std::thread::sleep(next - now);
         }
         let mut clock = shared.clock.lock().expect("clock lock");
-        let sealed = shared.engine.sealed_frontier();
-        while clock.in_flight.front().is_some_and(|t| *t < sealed) {
-            clock.in_flight.pop_front();
-        }
         // An open tick is closed whatever the lag (it was admitted when it opened).
-        if clock.open.is_none() && clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
+        if clock.open.is_none() && clock.lagging(shared) {
             continue;
         }
         let (ts, fed) = clock.open.take().unwrap_or_else(|| (clock.next_ts(), 0));
@@ -142,14 +148,8 @@ pub(crate) fn tick_loop(shared: &Shared) {
 /// (due to close at `close`) if none is open and the engine is not too far behind.
 fn feed(shared: &Shared, close: Instant) -> Result<(), viewcast_engine::EngineError> {
     let mut clock = shared.clock.lock().expect("clock lock");
-    if clock.open.is_none() {
-        let sealed = shared.engine.sealed_frontier();
-        while clock.in_flight.front().is_some_and(|t| *t < sealed) {
-            clock.in_flight.pop_front();
-        }
-        if clock.in_flight.len() as u64 >= shared.config.max_lag_ticks {
-            return Ok(());
-        }
+    if clock.open.is_none() && clock.lagging(shared) {
+        return Ok(());
     }
     let fed = clock.open.map_or(0, |(_, n)| n);
     let budget = shared.config.max_rows_per_tick.saturating_sub(fed);

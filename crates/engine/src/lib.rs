@@ -7,9 +7,10 @@
 //!
 //! # How a tick flows
 //!
-//! [`Engine::tick`] partitions the tick's rows by hash across the workers and broadcasts one
-//! [`Command::Tick`] to every worker. Each worker appends its share to the input's history, feeds it
-//! to every dataflow that reads the input, and advances its inputs to `ts + 1`. Capture sinks at the
+//! [`Engine::feed`] (any number of times while the tick is open) and [`Engine::tick`] (its close)
+//! partition the tick's rows by hash across the workers and send each worker its share in a
+//! [`Command::Feed`] or [`Command::Tick`]. Each worker appends its share to the input's history and
+//! feeds it to every dataflow that reads the input; the close advances its inputs to `ts + 1`. Capture sinks at the
 //! end of published dataflows buffer `(row, time, diff)`; after each step a worker hands its buffered
 //! changes and its local frontier to the [`merger`] (on the worker's own thread, under a lock), and
 //! the report that completes a tick (every worker's frontier has passed it) consolidates its changes
