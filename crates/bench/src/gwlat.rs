@@ -1,0 +1,568 @@
+//! `gateway-latency`: the time a `viewcast gateway` adds between an upstream's progress row and a
+//! gateway WebSocket client's receipt of that complete timestamp (issue #7's target).
+//!
+//! Processes, all on this machine: an upstream `viewcast serve` (a table and the grouped view
+//! `totals`, 20 ms ticks), a `viewcast gateway --view totals` in front of it, and `--client-procs`
+//! child processes of this tool (`gateway-latency-clients`) holding the WebSocket clients. This
+//! process does the least work of all: a direct `COPY (SUBSCRIBE totals WITH (PROGRESS))` reader
+//! of the upstream, on a thread of its own, stamps each progress row `p` when its chunk arrives; a
+//! writer changes the upstream's table every `--write-ms`. Each client stamps each frame when its
+//! last byte is read, and takes its `ts` without parsing the rest of the message. The gateway
+//! seals the upstream's progress row `p` as its frame for `p - 1`, so a client's frame for `t` is
+//! matched with the direct reader's progress row `t + 1`. Every stamp is `CLOCK_REALTIME`
+//! (`SystemTime`) in nanoseconds, one clock for every process of the machine.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::proc::{ProcSample, Server};
+
+/// The upstream's schema: `totals` changes in every timestamp the writer writes in.
+const UPSTREAM_SQL: &str = "CREATE TABLE t (k text, n bigint);
+INSERT INTO t VALUES ('k0', 1), ('k1', 2);
+CREATE VIEW totals AS SELECT k, sum(n) AS total, count(*) AS c FROM t GROUP BY k;";
+
+/// Both processes' tick, as in `crates/viewcast/tests/gateway.rs`.
+const TICK_MS: &str = "20";
+
+/// Caps, whatever the flags say.
+const MAX_CLIENTS: usize = 20_000;
+const MAX_SECONDS: f64 = 120.0;
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub clients: usize,
+    /// Child processes the clients are split over (at least one).
+    pub client_procs: usize,
+    /// The writer's interval: 7 changes nearly every 20 ms upstream tick (~50 changing
+    /// timestamps/s), 100 gives ~10.
+    pub write_ms: u64,
+    pub seconds: f64,
+    /// Seconds with the writer running before the window opens.
+    pub warmup: f64,
+    /// The `viewcast` binary for the gateway.
+    pub gateway_bin: PathBuf,
+    /// The `viewcast` binary for the upstream (kept fixed when comparing gateway builds).
+    pub upstream_bin: PathBuf,
+}
+
+/// Wall-clock nanoseconds since the epoch: comparable across the processes of one machine.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// The top-level `"ts"` member of a JSON object message, when it is an unsigned integer, found
+/// without parsing the rest (viewcast writes `ts` before `columns` and `rows`, so this stops
+/// early). Keys inside nested values and strings that merely contain `"ts":` are not it.
+pub fn frame_ts(msg: &[u8]) -> Option<u64> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < msg.len() {
+        match msg[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while *msg.get(i)? != b'"' {
+                    i += if msg[i] == b'\\' { 2 } else { 1 };
+                }
+                let is_ts = depth == 1 && &msg[start..i] == b"ts";
+                i += 1;
+                if is_ts {
+                    let rest = msg[i..].trim_ascii_start();
+                    if let Some(value) = rest.strip_prefix(b":") {
+                        let value = value.trim_ascii_start();
+                        let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+                        let after = value[digits..].trim_ascii_start().first();
+                        if digits == 0 || !matches!(after, Some(b',' | b'}')) {
+                            return None;
+                        }
+                        return std::str::from_utf8(&value[..digits]).ok()?.parse().ok();
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The direct reader's progress rows matched with the clients' frames.
+#[derive(Debug, Default, PartialEq)]
+pub struct Matched {
+    /// Added latency of every matched frame, µs, sorted (a frame that arrived before the direct
+    /// reader's row counts as 0).
+    pub added_us: Vec<u64>,
+    /// Frames that arrived before the direct reader's row (clock or scheduling noise).
+    pub early: u64,
+    /// Timestamps of the window at least one client got a frame for.
+    pub timestamps: usize,
+    /// (timestamp, client) pairs among those with no frame: lost, merged or late past the run.
+    pub missing: u64,
+}
+
+/// Matches each client frame `(ts, received_ns)` with the direct reader's progress row `ts + 1`
+/// (`(p, arrived_ns)`), for progress rows that arrived inside `window` (ns, inclusive). `arrivals`
+/// holds one list per client.
+pub fn match_frames(direct: &[(u64, u64)], window: (u64, u64), arrivals: &[Vec<(u64, u64)>]) -> Matched {
+    let progress: std::collections::HashMap<u64, u64> =
+        direct.iter().filter(|(_, at)| (window.0..=window.1).contains(at)).map(|&(p, at)| (p, at)).collect();
+    let mut m = Matched::default();
+    let mut seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for client in arrivals {
+        for &(ts, at) in client {
+            let Some(&row_at) = ts.checked_add(1).and_then(|p| progress.get(&p)) else { continue };
+            *seen.entry(ts).or_default() += 1;
+            if at < row_at {
+                m.early += 1;
+            }
+            m.added_us.push(at.saturating_sub(row_at) / 1000);
+        }
+    }
+    m.added_us.sort_unstable();
+    m.timestamps = seen.len();
+    m.missing = seen.values().map(|n| (arrivals.len() as u64).saturating_sub(*n)).sum();
+    m
+}
+
+/// A viewcast command line: `subcommand` with HTTP and pgwire on `pg`, the bench's tick.
+fn viewcast(bin: &PathBuf, subcommand: &str, pg: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([subcommand, "--listen", "127.0.0.1:0", "--pgwire-listen", pg, "--tick-ms", TICK_MS])
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+async fn pg_connect(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let conninfo = format!("host={} port={} user=materialize", addr.ip(), addr.port());
+        match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                return Ok(client);
+            }
+            Err(e) if Instant::now() > deadline => return Err(e).context("connecting to the upstream's pgwire"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The direct reader: a thread and runtime of its own, stamping each progress row `(p, ns)` on
+/// its chunk's arrival (before the chunk is split into lines).
+fn start_direct_reader(upstream: SocketAddr) -> anyhow::Result<Arc<Mutex<Vec<(u64, u64)>>>> {
+    let rows: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let out = rows.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new().name("direct-reader".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+        };
+        rt.block_on(async move {
+            let stream = async {
+                let client = pg_connect(upstream).await?;
+                let stream = client.copy_out("COPY (SUBSCRIBE totals WITH (PROGRESS)) TO STDOUT").await?;
+                anyhow::Ok((client, stream))
+            };
+            let (_client, stream) = match stream.await {
+                Ok(s) => s,
+                Err(e) => return drop(ready_tx.send(Err(format!("{e:#}")))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            futures::pin_mut!(stream);
+            let mut partial: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                let at = now_ns();
+                partial.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(nl) = partial[start..].iter().position(|b| *b == b'\n') {
+                    let mut fields = partial[start..start + nl].split(|b| *b == b'\t');
+                    let ts = fields.next().and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
+                    if let (Some(p), Some(b"t")) = (ts, fields.next()) {
+                        out.lock().expect("direct reader's rows").push((p, at));
+                    }
+                    start += nl + 1;
+                }
+                partial.drain(..start);
+            }
+        });
+    })?;
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => Ok(rows),
+        Ok(Err(e)) => bail!("the direct reader: {e}"),
+        Err(_) => bail!("the direct reader did not start within 30 s"),
+    }
+}
+
+/// Changes `t` every `every` (an INSERT, or a DELETE of an earlier insert once 24 are live) until
+/// `stop`; returns how many writes failed.
+async fn write_until(upstream: SocketAddr, every: Duration, stop: Arc<AtomicU64>) -> anyhow::Result<u64> {
+    let client = pg_connect(upstream).await?;
+    let mut live = std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut n, mut failed) = (0u64, 0u64);
+    while stop.load(Ordering::Relaxed) == 0 {
+        tick.tick().await;
+        n += 1;
+        let sql = if live.len() >= 24 {
+            let (k, v): (u64, u64) = live.pop_front().expect("non-empty");
+            format!("DELETE FROM t WHERE k = 'k{k}' AND n = {v}")
+        } else {
+            let (k, v) = (n % 6, n % 9 + 1);
+            live.push_back((k, v));
+            format!("INSERT INTO t VALUES ('k{k}', {v})")
+        };
+        if client.simple_query(&sql).await.is_err() {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// A child process of this tool holding a share of the clients; killed when dropped.
+struct ClientProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    connected: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    results: std::sync::mpsc::Receiver<Value>,
+}
+
+impl ClientProc {
+    fn start(gateway: SocketAddr, clients: usize, seconds: f64) -> anyhow::Result<ClientProc> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("gateway-latency-clients")
+            .args(["--server", &gateway.to_string(), "--view", "totals"])
+            .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("starting a client process: {cmd:?}"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped");
+        let (connected, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (tx, results) = std::sync::mpsc::channel();
+        let (c, f) = (connected.clone(), failed.clone());
+        std::thread::Builder::new().name("gw-client-proc".into()).spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    eprintln!("[gateway-latency-clients] {line}");
+                    continue;
+                };
+                if v.get("arrivals").is_some() {
+                    let _ = tx.send(v);
+                    break;
+                }
+                c.store(v["connected"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                f.store(v["failed"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+        })?;
+        Ok(ClientProc { child, stdin, connected, failed, results })
+    }
+
+    /// Tells the clients to stop and returns their report (`arrivals`: one `[[ts, ns]..]` per
+    /// client; `errors`).
+    async fn finish(mut self) -> anyhow::Result<Value> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "done").and_then(|()| stdin.flush());
+        }
+        let rx = std::mem::replace(&mut self.results, std::sync::mpsc::channel().1);
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await?
+            .context("the client process reported no results")
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run; returns its JSON report.
+pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
+    anyhow::ensure!((1..=MAX_CLIENTS).contains(&spec.clients), "1 to {MAX_CLIENTS} clients");
+    anyhow::ensure!(spec.client_procs >= 1, "at least one client process");
+    anyhow::ensure!(spec.seconds <= MAX_SECONDS && spec.warmup <= MAX_SECONDS, "at most {MAX_SECONDS} s a phase");
+    anyhow::ensure!(spec.write_ms >= 1, "--write-ms at least 1");
+    for bin in [&spec.gateway_bin, &spec.upstream_bin] {
+        anyhow::ensure!(bin.exists(), "{} not found: cargo build --release -p viewcast", bin.display());
+    }
+    let sql = std::env::temp_dir().join(format!("viewcast-bench-gwlat-{}.sql", std::process::id()));
+    std::fs::write(&sql, UPSTREAM_SQL)?;
+    let pg = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut up = viewcast(&spec.upstream_bin, "serve", &pg.to_string());
+    up.arg("--sql").arg(&sql);
+    let upstream = Server::spawn("viewcast-upstream", up, "open ")?;
+    let direct = start_direct_reader(pg)?;
+    let mut gw = viewcast(&spec.gateway_bin, "gateway", "127.0.0.1:0");
+    gw.args(["--upstream", &format!("postgres://materialize@{pg}/materialize"), "--view", "totals"]);
+    let gateway = Server::spawn("viewcast-gateway", gw, "open ")?;
+
+    // Clients: split as evenly as the count allows, all connected before the writer starts.
+    let cap = 60.0 + spec.warmup + spec.seconds + 60.0;
+    let procs: Vec<ClientProc> = (0..spec.client_procs)
+        .map(|i| spec.clients / spec.client_procs + usize::from(i < spec.clients % spec.client_procs))
+        .filter(|n| *n > 0)
+        .map(|n| ClientProc::start(gateway.addr, n, cap))
+        .collect::<anyhow::Result<_>>()?;
+    let connect_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sum = |f: fn(&ClientProc) -> &AtomicU64| procs.iter().map(|p| f(p).load(Ordering::Relaxed)).sum::<u64>();
+        let (connected, failed) = (sum(|p| &p.connected), sum(|p| &p.failed));
+        if connected + failed >= spec.clients as u64 {
+            anyhow::ensure!(failed == 0, "{failed} of {} clients failed to connect", spec.clients);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < connect_deadline, "only {connected} of {} clients connected", spec.clients);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stop = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_until(pg, Duration::from_millis(spec.write_ms), stop.clone()));
+    tokio::time::sleep(Duration::from_secs_f64(spec.warmup)).await;
+    let timeline0 = crate::fanout::stats_timeline(gateway.addr).await;
+    let pids: Vec<(&str, u32)> =
+        [("upstream", upstream.pid()), ("gateway", gateway.pid()), ("bench", std::process::id())]
+            .into_iter()
+            .chain(procs.iter().map(|p| ("clients", p.child.id())))
+            .collect();
+    let cpu0: Vec<ProcSample> = pids.iter().map(|(_, pid)| ProcSample::of(*pid)).collect();
+    let load_start = crate::fanout::loadavg_1m();
+    let window_start = now_ns();
+    tokio::time::sleep(Duration::from_secs_f64(spec.seconds)).await;
+    let window_end = now_ns();
+    let load_end = crate::fanout::loadavg_1m();
+    let cpu1: Vec<ProcSample> = pids.iter().map(|(_, pid)| ProcSample::of(*pid)).collect();
+    // The frames of the window's last timestamps are still on their way: let them arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let timeline1 = crate::fanout::stats_timeline(gateway.addr).await;
+    stop.store(1, Ordering::Relaxed);
+    let failed_writes = writer.await?.context("the writer")?;
+
+    let mut arrivals: Vec<Vec<(u64, u64)>> = Vec::with_capacity(spec.clients);
+    let mut errors: Vec<Value> = Vec::new();
+    for p in procs {
+        let report = p.finish().await?;
+        let clients: Vec<Vec<(u64, u64)>> = serde_json::from_value(report["arrivals"].clone())?;
+        arrivals.extend(clients);
+        errors.extend(report["errors"].as_array().cloned().unwrap_or_default());
+    }
+    let direct = direct.lock().expect("direct reader's rows").clone();
+    let progress_rows = direct.iter().filter(|(_, at)| (window_start..=window_end).contains(at)).count();
+    let m = match_frames(&direct, (window_start, window_end), &arrivals);
+    drop(gateway);
+    drop(upstream);
+    let _ = std::fs::remove_file(&sql);
+
+    let pct = |p: f64| crate::percentile(&m.added_us, p);
+    let mut cpu = serde_json::Map::new();
+    for (((name, _), a), b) in pids.iter().zip(&cpu0).zip(&cpu1) {
+        let e = cpu.entry(name.to_string()).or_insert(json!(0.0));
+        *e = json!(((e.as_f64().unwrap_or(0.0) + b.cpu_percent_since(a)) * 10.0).round() / 10.0);
+    }
+    Ok(json!({
+        "bench": "gateway-latency",
+        "clients": spec.clients,
+        "client_procs": spec.client_procs,
+        "write_ms": spec.write_ms,
+        "seconds": spec.seconds,
+        "gateway_bin": spec.gateway_bin,
+        "progress_rows": progress_rows,
+        "timestamps_with_frames": m.timestamps,
+        "changing_ts_per_s": (m.timestamps as f64 / spec.seconds * 10.0).round() / 10.0,
+        "frames": m.added_us.len(),
+        "missing": m.missing,
+        "early": m.early,
+        "added_ms": {
+            "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0),
+        },
+        "gateway_timeline": crate::fanout::window_timeline(timeline0.as_ref(), timeline1.as_ref()),
+        "cpu_pct": cpu,
+        "failed_writes": failed_writes,
+        "client_errors": errors.len(),
+        "loadavg_1m_start": load_start,
+        "loadavg_1m_end": load_end,
+    }))
+}
+
+/// The flags of `viewcast-bench gateway-latency-clients`, set by [`ClientProc::start`].
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    #[arg(long)]
+    server: SocketAddr,
+    #[arg(long)]
+    view: String,
+    #[arg(long)]
+    clients: usize,
+    /// Longest the clients run.
+    #[arg(long)]
+    seconds: f64,
+}
+
+/// One client: every frame's `(ts, received ns)` until `done`, and the error that ended it early,
+/// if any.
+async fn client(
+    url: String,
+    server: SocketAddr,
+    connected: Arc<AtomicU64>,
+    done: tokio::sync::watch::Receiver<bool>,
+    handshake_slot: tokio::sync::OwnedSemaphorePermit,
+) -> (Vec<(u64, u64)>, Option<String>) {
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(server).await.map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        Ok::<_, String>(ws)
+    };
+    let mut done = done;
+    let ws = tokio::select! {
+        ws = handshake => match ws {
+            Ok(ws) => ws,
+            Err(e) => return (Vec::new(), Some(e)),
+        },
+        _ = done.wait_for(|d| *d) => return (Vec::new(), Some("stopped before connecting".to_string())),
+    };
+    drop(handshake_slot);
+    connected.fetch_add(1, Ordering::Relaxed);
+    let (_sink, mut stream) = ws.split();
+    let mut got = Vec::with_capacity(1024);
+    let stopping = done.clone();
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                Some(Ok(Message::Text(t))) => {
+                    let at = now_ns();
+                    got.extend(frame_ts(t.as_bytes()).map(|ts| (ts, at)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let error = (!*stopping.borrow()).then(|| format!("read: {e}"));
+                    return (got, error);
+                }
+                None => return (got, (!*stopping.borrow()).then(|| "closed by the gateway".to_string())),
+            },
+            _ = done.wait_for(|d| *d) => return (got, None),
+        }
+    }
+}
+
+/// The child's side: connects its clients (200 handshakes in flight at most), reports
+/// `{"connected", "failed"}` every 100 ms until told `done` (or its stdin closes), then
+/// `{"arrivals": [[[ts, ns]..] per client], "errors": [..]}` as one line.
+pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.clients <= MAX_CLIENTS, "too many clients");
+    let url = format!("ws://{}/api/v1/stream/{}", args.server, args.view);
+    let connected = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let permits = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        let (url, connected, done) = (url.clone(), connected.clone(), done_rx.clone());
+        let permit = permits.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(client(url, args.server, connected, done, permit)));
+    }
+    let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    })?;
+    let deadline =
+        tokio::time::sleep(Duration::from_secs_f64(args.seconds.clamp(0.0, crate::MAX_INVOCATION.as_secs_f64())));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let failed = tasks.iter().filter(|t| t.is_finished()).count();
+                let c = connected.load(Ordering::Relaxed);
+                writeln!(stdout, "{}", json!({"connected": c, "failed": failed}))?;
+            }
+            command = commands.recv() => if matches!(command.as_deref(), Some("done") | None) { break },
+            _ = &mut deadline => break,
+        }
+    }
+    done_tx.send_replace(true);
+    let mut arrivals = Vec::with_capacity(tasks.len());
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok((got, error)) => {
+                arrivals.push(got);
+                errors.extend(error);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    writeln!(stdout, "{}", json!({ "arrivals": arrivals, "errors": errors }))?;
+    stdout.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_ts_reads_the_top_level_member_only() {
+        let update = br#"{"type":"update","view":"totals","ts":1764230000123,"rows":[{"row":["k0",1,1],"diff":1}]}"#;
+        assert_eq!(frame_ts(update), Some(1_764_230_000_123));
+        assert_eq!(frame_ts(br#"{"type":"progress","view":"v","ts":7}"#), Some(7));
+        // A keyed client's frames start with its id.
+        assert_eq!(frame_ts(br#"{"id":"a\"ts\":9","type":"progress","view":"v","ts": 8 }"#), Some(8));
+        // A view called "ts", a row holding `"ts":`, a nested object with a ts member.
+        assert_eq!(frame_ts(br#"{"type":"progress","view":"ts","ts":5}"#), Some(5));
+        assert_eq!(frame_ts(br#"{"type":"update","view":"v","rows":[{"ts":3}],"ts":4}"#), Some(4));
+        assert_eq!(frame_ts(br#"{"type":"update","view":"v","rows":[["\"ts\":3"]]}"#), None);
+        // No ts (resync), not an unsigned integer, or cut short.
+        assert_eq!(frame_ts(br#"{"type":"resync","view":"v"}"#), None);
+        assert_eq!(frame_ts(br#"{"ts":-1}"#), None);
+        assert_eq!(frame_ts(br#"{"ts":1.5}"#), None);
+        assert_eq!(frame_ts(br#"{"ts":"#), None);
+        assert_eq!(frame_ts(br#"{"view":"unterminated"#), None);
+        assert_eq!(frame_ts(b"]]{}"), None);
+    }
+
+    #[test]
+    fn frames_match_the_next_progress_row_inside_the_window() {
+        // Progress rows p at arrival ns: 10 and 11 are inside the window [1_000, 2_000], 12 is not.
+        let direct = [(10, 1_000), (11, 1_500_000), (12, 2_500_000)];
+        let window = (1_000, 2_000_000);
+        let arrivals = vec![
+            // Client 0: ts 9 (row 10) 2 ms after; ts 10 (row 11) 0.5 ms early; ts 11 is outside.
+            vec![(9, 2_001_000), (10, 1_000_000), (11, 2_600_000)],
+            // Client 1: only ts 9, 7.5 ms after.
+            vec![(9, 7_501_000)],
+        ];
+        let m = match_frames(&direct, window, &arrivals);
+        assert_eq!(m.added_us, vec![0, 2_000, 7_500]);
+        assert_eq!((m.early, m.timestamps, m.missing), (1, 2, 1));
+        assert_eq!(crate::percentile(&m.added_us, 1.0), 7.5);
+        assert_eq!(crate::percentile(&m.added_us, 0.5), 2.0);
+    }
+}
