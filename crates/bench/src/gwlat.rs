@@ -5,12 +5,16 @@
 //! `totals`, 20 ms ticks), a `viewcast gateway --view totals` in front of it, and `--client-procs`
 //! child processes of this tool (`gateway-latency-clients`) holding the WebSocket clients. This
 //! process does the least work of all: a direct `COPY (SUBSCRIBE totals WITH (PROGRESS))` reader
-//! of the upstream, on a thread of its own, stamps each progress row `p` when its chunk arrives; a
-//! writer changes the upstream's table every `--write-ms`. Each client stamps each frame when its
-//! last byte is read, and takes its `ts` without parsing the rest of the message. The gateway
-//! seals the upstream's progress row `p` as its frame for `p - 1`, so a client's frame for `t` is
+//! of the upstream, on a thread of its own (in the real-time class when allowed, so its stamps are
+//! not late), stamps each progress row `p` when its chunk arrives; a writer changes the upstream's
+//! table every `--write-ms`. Each client takes each frame's `ts` without parsing the rest of the
+//! message, and stamps the frame twice: when its read returned it (`added_ms`, the client's
+//! receipt), and when its last bytes reached the client's socket (`added_ms_socket`, the kernel's
+//! receive timestamp: the same without the client processes' own scheduling). The gateway seals
+//! the upstream's progress row `p` as its frame for `p - 1`, so a client's frame for `t` is
 //! matched with the direct reader's progress row `t + 1`. Every stamp is `CLOCK_REALTIME`
-//! (`SystemTime`) in nanoseconds, one clock for every process of the machine.
+//! (`SystemTime`, and the kernel's timestamps) in nanoseconds, one clock for every process of the
+//! machine.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -21,10 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
+use futures::StreamExt as _;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::proc::{ProcSample, Server};
 
@@ -56,6 +58,10 @@ pub struct Spec {
     pub gateway_bin: PathBuf,
     /// The `viewcast` binary for the upstream (kept fixed when comparing gateway builds).
     pub upstream_bin: PathBuf,
+    /// The gateway's runtime worker threads (`TOKIO_WORKER_THREADS`; `None`: one per core).
+    pub gateway_workers: Option<usize>,
+    /// Niceness of the client processes (0: as this process).
+    pub clients_nice: i32,
 }
 
 /// Wall-clock nanoseconds since the epoch: comparable across the processes of one machine.
@@ -163,9 +169,29 @@ async fn pg_connect(addr: SocketAddr) -> anyhow::Result<tokio_postgres::Client> 
     }
 }
 
+/// Puts this process's thread called `name` in the `SCHED_FIFO` class (through `chrt`), so it
+/// runs as soon as its socket is readable instead of waiting behind the busy processes of the
+/// run; whether that worked (it needs the privilege).
+fn realtime(name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return false };
+    let tid = tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        (comm.trim() == name).then(|| t.file_name().to_string_lossy().into_owned())
+    });
+    let Some(tid) = tid else { return false };
+    Command::new("chrt")
+        .args(["-f", "-p", "10", &tid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The direct reader: a thread and runtime of its own, stamping each progress row `(p, ns)` on
-/// its chunk's arrival (before the chunk is split into lines).
-fn start_direct_reader(upstream: SocketAddr) -> anyhow::Result<Arc<Mutex<Vec<(u64, u64)>>>> {
+/// its chunk's arrival (before the chunk is split into lines); and whether it runs in the
+/// real-time class.
+#[allow(clippy::type_complexity)]
+fn start_direct_reader(upstream: SocketAddr) -> anyhow::Result<(Arc<Mutex<Vec<(u64, u64)>>>, bool)> {
     let rows: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let out = rows.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -204,7 +230,7 @@ fn start_direct_reader(upstream: SocketAddr) -> anyhow::Result<Arc<Mutex<Vec<(u6
         });
     })?;
     match ready_rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok(())) => Ok(rows),
+        Ok(Ok(())) => Ok((rows, realtime("direct-reader"))),
         Ok(Err(e)) => bail!("the direct reader: {e}"),
         Err(_) => bail!("the direct reader did not start within 30 s"),
     }
@@ -246,9 +272,11 @@ struct ClientProc {
 }
 
 impl ClientProc {
-    fn start(gateway: SocketAddr, clients: usize, seconds: f64) -> anyhow::Result<ClientProc> {
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("gateway-latency-clients")
+    fn start(gateway: SocketAddr, clients: usize, seconds: f64, nice: i32) -> anyhow::Result<ClientProc> {
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", &nice.to_string()])
+            .arg(std::env::current_exe()?)
+            .arg("gateway-latency-clients")
             .args(["--server", &gateway.to_string(), "--view", "totals"])
             .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")])
             .stdin(Stdio::piped())
@@ -277,8 +305,8 @@ impl ClientProc {
         Ok(ClientProc { child, stdin, connected, failed, results })
     }
 
-    /// Tells the clients to stop and returns their report (`arrivals`: one `[[ts, ns]..]` per
-    /// client; `errors`).
+    /// Tells the clients to stop and returns their report (`arrivals`: one list of [`Arrival`]s
+    /// per client; `errors`).
     async fn finish(mut self) -> anyhow::Result<Value> {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = writeln!(stdin, "done").and_then(|()| stdin.flush());
@@ -312,8 +340,11 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     let mut up = viewcast(&spec.upstream_bin, "serve", &pg.to_string());
     up.arg("--sql").arg(&sql);
     let upstream = Server::spawn("viewcast-upstream", up, "open ")?;
-    let direct = start_direct_reader(pg)?;
+    let (direct, direct_realtime) = start_direct_reader(pg)?;
     let mut gw = viewcast(&spec.gateway_bin, "gateway", "127.0.0.1:0");
+    if let Some(n) = spec.gateway_workers {
+        gw.env("TOKIO_WORKER_THREADS", n.to_string());
+    }
     gw.args(["--upstream", &format!("postgres://materialize@{pg}/materialize"), "--view", "totals"]);
     let gateway = Server::spawn("viewcast-gateway", gw, "open ")?;
 
@@ -322,7 +353,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     let procs: Vec<ClientProc> = (0..spec.client_procs)
         .map(|i| spec.clients / spec.client_procs + usize::from(i < spec.clients % spec.client_procs))
         .filter(|n| *n > 0)
-        .map(|n| ClientProc::start(gateway.addr, n, cap))
+        .map(|n| ClientProc::start(gateway.addr, n, cap, spec.clients_nice))
         .collect::<anyhow::Result<_>>()?;
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -358,22 +389,35 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     stop.store(1, Ordering::Relaxed);
     let failed_writes = writer.await?.context("the writer")?;
 
-    let mut arrivals: Vec<Vec<(u64, u64)>> = Vec::with_capacity(spec.clients);
+    let mut arrivals: Vec<Vec<Arrival>> = Vec::with_capacity(spec.clients);
     let mut errors: Vec<Value> = Vec::new();
     for p in procs {
         let report = p.finish().await?;
-        let clients: Vec<Vec<(u64, u64)>> = serde_json::from_value(report["arrivals"].clone())?;
+        let clients: Vec<Vec<Arrival>> = serde_json::from_value(report["arrivals"].clone())?;
         arrivals.extend(clients);
         errors.extend(report["errors"].as_array().cloned().unwrap_or_default());
     }
     let direct = direct.lock().expect("direct reader's rows").clone();
     let progress_rows = direct.iter().filter(|(_, at)| (window_start..=window_end).contains(at)).count();
-    let m = match_frames(&direct, (window_start, window_end), &arrivals);
+    let window = (window_start, window_end);
+    let project = |stamp: fn(&Arrival) -> u64| -> Vec<Vec<(u64, u64)>> {
+        arrivals.iter().map(|c| c.iter().map(|a| (a.0, stamp(a))).filter(|(_, at)| *at > 0).collect()).collect()
+    };
+    let m = match_frames(&direct, window, &project(|a| a.1));
+    let kernel = match_frames(&direct, window, &project(|a| a.2));
+    // The clients' own share: from the bytes reaching a client's socket to its read returning.
+    let mut client_us: Vec<u64> =
+        arrivals.iter().flatten().filter(|a| a.2 > 0).map(|a| a.1.saturating_sub(a.2) / 1000).collect();
+    client_us.sort_unstable();
+    let no_kernel_stamp = arrivals.iter().flatten().filter(|a| a.2 == 0).count();
     drop(gateway);
     drop(upstream);
     let _ = std::fs::remove_file(&sql);
 
-    let pct = |p: f64| crate::percentile(&m.added_us, p);
+    let dist = |v: &[u64]| {
+        let pct = |p: f64| crate::percentile(v, p);
+        json!({ "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0) })
+    };
     let mut cpu = serde_json::Map::new();
     for (((name, _), a), b) in pids.iter().zip(&cpu0).zip(&cpu1) {
         let e = cpu.entry(name.to_string()).or_insert(json!(0.0));
@@ -386,15 +430,20 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "write_ms": spec.write_ms,
         "seconds": spec.seconds,
         "gateway_bin": spec.gateway_bin,
+        "gateway_workers": spec.gateway_workers,
+        "clients_nice": spec.clients_nice,
+        "direct_reader_realtime": direct_realtime,
         "progress_rows": progress_rows,
         "timestamps_with_frames": m.timestamps,
         "changing_ts_per_s": (m.timestamps as f64 / spec.seconds * 10.0).round() / 10.0,
         "frames": m.added_us.len(),
         "missing": m.missing,
         "early": m.early,
-        "added_ms": {
-            "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0),
-        },
+        "added_ms": dist(&m.added_us),
+        "added_ms_socket": dist(&kernel.added_us),
+        "early_socket": kernel.early,
+        "client_read_ms": dist(&client_us),
+        "no_kernel_stamp": no_kernel_stamp,
         "gateway_timeline": crate::fanout::window_timeline(timeline0.as_ref(), timeline1.as_ref()),
         "cpu_pct": cpu,
         "failed_writes": failed_writes,
@@ -418,70 +467,162 @@ pub struct ClientArgs {
     seconds: f64,
 }
 
-/// One client: every frame's `(ts, received ns)` until `done`, and the error that ended it early,
-/// if any.
+/// One frame as a client got it: `(ts, user_ns, kernel_ns)`: its timestamp, when the client's
+/// read returned it, and when its last bytes reached the client's socket (the kernel's receive
+/// timestamp of that read, `SO_TIMESTAMPNS`; 0 if the kernel gave none).
+pub type Arrival = (u64, u64, u64);
+
+/// A server-to-client WebSocket frame header at the start of `buf`: `(fin, opcode, payload
+/// range)`, once the whole frame is in `buf`. Server frames are never masked (RFC 6455 5.1).
+pub fn ws_frame(buf: &[u8]) -> Option<(bool, u8, std::ops::Range<usize>)> {
+    let (b0, b1) = (*buf.first()?, *buf.get(1)?);
+    let (len, header) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?, 10),
+        n => (n as usize, 2),
+    };
+    let mask: usize = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let start = header + mask;
+    let end = start.checked_add(len)?;
+    (buf.len() >= end).then_some((b0 & 0x80 != 0, b0 & 0x0f, start..end))
+}
+
+/// `recvmsg` into `into`, with the kernel's receive timestamp of the data read (ns since the
+/// epoch), if it gave one.
+fn recv_stamped(fd: std::os::fd::RawFd, into: &mut [u8], cmsg: &mut Vec<u8>) -> std::io::Result<(usize, Option<u64>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(into)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::MSG_DONTWAIT)?;
+    let stamp = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64),
+        _ => None,
+    });
+    Ok((msg.bytes, stamp))
+}
+
+/// Connects and upgrades to a WebSocket at `path`, with kernel receive timestamps on; returns the
+/// socket and what arrived after the handshake's response.
+async fn ws_connect(server: SocketAddr, path: &str) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server).await.map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dmlld2Nhc3QtYmVuY2gtMQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.map_err(|e| format!("handshake: {e}"))?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(format!("handshake: {}", String::from_utf8_lossy(&buf[..end])));
+            }
+            return Ok((tcp, buf.split_off(end + 4)));
+        }
+        if buf.len() > 16 << 10 || tcp.read_buf(&mut buf).await.map_err(|e| format!("handshake: {e}"))? == 0 {
+            return Err("handshake: no response".to_string());
+        }
+    }
+}
+
+/// One client: every frame's [`Arrival`] until `done`, and the error that ended it early, if any.
+/// A WebSocket client of its own (not a library's) so that it can read the kernel's receive
+/// timestamps; it answers pings and reads text frames' `ts` only.
 async fn client(
-    url: String,
     server: SocketAddr,
+    path: String,
     connected: Arc<AtomicU64>,
     done: tokio::sync::watch::Receiver<bool>,
     handshake_slot: tokio::sync::OwnedSemaphorePermit,
-) -> (Vec<(u64, u64)>, Option<String>) {
-    let handshake = async {
-        let tcp = tokio::net::TcpStream::connect(server).await.map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        Ok::<_, String>(ws)
-    };
+) -> (Vec<Arrival>, Option<String>) {
+    use std::os::fd::AsRawFd;
     let mut done = done;
-    let ws = tokio::select! {
-        ws = handshake => match ws {
-            Ok(ws) => ws,
+    let (tcp, mut buf) = tokio::select! {
+        c = ws_connect(server, &path) => match c {
+            Ok(c) => c,
             Err(e) => return (Vec::new(), Some(e)),
         },
         _ = done.wait_for(|d| *d) => return (Vec::new(), Some("stopped before connecting".to_string())),
     };
     drop(handshake_slot);
     connected.fetch_add(1, Ordering::Relaxed);
-    let (_sink, mut stream) = ws.split();
     let mut got = Vec::with_capacity(1024);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    // A fragmented message's parts so far.
+    let mut message: Vec<u8> = Vec::new();
     let stopping = done.clone();
+    let ended = |why: &str| (!*stopping.borrow()).then(|| why.to_string());
     loop {
         tokio::select! {
-            m = stream.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let at = now_ns();
-                    got.extend(frame_ts(t.as_bytes()).map(|ts| (ts, at)));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    let error = (!*stopping.borrow()).then(|| format!("read: {e}"));
-                    return (got, error);
-                }
-                None => return (got, (!*stopping.borrow()).then(|| "closed by the gateway".to_string())),
+            r = tcp.readable() => if let Err(e) = r {
+                return (got, ended(&format!("read: {e}")));
             },
             _ = done.wait_for(|d| *d) => return (got, None),
         }
+        let fd = tcp.as_raw_fd();
+        let read = tcp.try_io(tokio::io::Interest::READABLE, || recv_stamped(fd, &mut chunk, &mut cmsg));
+        let (n, kernel_ns) = match read {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return (got, ended(&format!("read: {e}"))),
+            Ok((0, _)) => return (got, ended("closed by the gateway")),
+            Ok(r) => r,
+        };
+        let user_ns = now_ns();
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while let Some((fin, opcode, payload)) = ws_frame(&buf[at..]) {
+            let (payload, next) = (at + payload.start..at + payload.end, at + payload.end);
+            match opcode {
+                0x9 => {
+                    // Pong with the ping's payload, masked with a zero key as a client must.
+                    let body = &buf[payload];
+                    if body.len() < 126 {
+                        let mut pong = vec![0x8a, 0x80 | body.len() as u8, 0, 0, 0, 0];
+                        pong.extend_from_slice(body);
+                        let _ = tcp.try_write(&pong);
+                    }
+                }
+                0x8 => return (got, ended("closed by the gateway")),
+                0x0..=0x2 => {
+                    let whole = if fin && message.is_empty() {
+                        frame_ts(&buf[payload])
+                    } else {
+                        message.extend_from_slice(&buf[payload]);
+                        if fin {
+                            let ts = frame_ts(&message);
+                            message.clear();
+                            ts
+                        } else {
+                            None
+                        }
+                    };
+                    got.extend(whole.map(|ts| (ts, user_ns, kernel_ns.unwrap_or(0))));
+                }
+                _ => {}
+            }
+            at = next;
+        }
+        buf.drain(..at);
     }
 }
 
 /// The child's side: connects its clients (200 handshakes in flight at most), reports
 /// `{"connected", "failed"}` every 100 ms until told `done` (or its stdin closes), then
-/// `{"arrivals": [[[ts, ns]..] per client], "errors": [..]}` as one line.
+/// `{"arrivals": [[Arrival..] per client], "errors": [..]}` as one line.
 pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients <= MAX_CLIENTS, "too many clients");
-    let url = format!("ws://{}/api/v1/stream/{}", args.server, args.view);
+    let path = format!("/api/v1/stream/{}", args.view);
     let connected = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let permits = Arc::new(tokio::sync::Semaphore::new(200));
     let mut tasks = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        let (url, connected, done) = (url.clone(), connected.clone(), done_rx.clone());
+        let (path, connected, done) = (path.clone(), connected.clone(), done_rx.clone());
         let permit = permits.clone().acquire_owned().await?;
-        tasks.push(tokio::spawn(client(url, args.server, connected, done, permit)));
+        tasks.push(tokio::spawn(client(args.server, path, connected, done, permit)));
     }
     let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
     std::thread::Builder::new().name("stdin".into()).spawn(move || {
@@ -551,7 +692,7 @@ mod tests {
     #[test]
     fn frames_match_the_next_progress_row_inside_the_window() {
         // Progress rows p at arrival ns: 10 and 11 are inside the window [1_000, 2_000], 12 is not.
-        let direct = [(10, 1_000), (11, 1_500_000), (12, 2_500_000)];
+        let direct: [(u64, u64); 3] = [(10, 1_000), (11, 1_500_000), (12, 2_500_000)];
         let window = (1_000, 2_000_000);
         let arrivals = vec![
             // Client 0: ts 9 (row 10) 2 ms after; ts 10 (row 11) 0.5 ms early; ts 11 is outside.

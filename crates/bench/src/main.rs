@@ -223,6 +223,14 @@ enum Command {
         /// The upstream's `viewcast` binary (default: `viewcast` beside this tool).
         #[arg(long)]
         upstream_bin: Option<std::path::PathBuf>,
+        /// The gateway's runtime worker threads (default: one per core); several alternate, run
+        /// by run (after `--gateway-bin`'s binaries).
+        #[arg(long, value_delimiter = ',')]
+        gateway_workers: Vec<usize>,
+        /// Niceness of the client processes (e.g. 10: the clients run when the gateway and the
+        /// upstream leave a core free, as if they were on other machines).
+        #[arg(long, default_value_t = 0)]
+        clients_nice: i32,
     },
     /// A share of a gateway-latency run's clients, in a process of its own.
     #[command(hide = true)]
@@ -321,10 +329,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             runs,
             gateway_bin,
             upstream_bin,
+            gateway_workers,
+            clients_nice,
         } => {
             let beside = std::env::current_exe()?.parent().context("exe dir")?.join("viewcast");
             let gateway_bins = if gateway_bin.is_empty() { vec![beside.clone()] } else { gateway_bin };
             let upstream_bin = upstream_bin.unwrap_or(beside);
+            let workers: Vec<Option<usize>> =
+                if gateway_workers.is_empty() { vec![None] } else { gateway_workers.into_iter().map(Some).collect() };
             for i in 0..runs {
                 let spec = gwlat::Spec {
                     clients,
@@ -334,6 +346,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     warmup,
                     gateway_bin: gateway_bins[i % gateway_bins.len()].clone(),
                     upstream_bin: upstream_bin.clone(),
+                    gateway_workers: workers[(i / gateway_bins.len()) % workers.len()],
+                    clients_nice,
                 };
                 let mut line = gwlat::run(&spec).await?;
                 line["run"] = json!(i + 1);
