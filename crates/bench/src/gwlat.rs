@@ -62,6 +62,8 @@ pub struct Spec {
     pub gateway_workers: Option<usize>,
     /// Niceness of the client processes (0: as this process).
     pub clients_nice: i32,
+    /// Runtime worker threads of each client process.
+    pub client_threads: usize,
 }
 
 /// Wall-clock nanoseconds since the epoch: comparable across the processes of one machine.
@@ -272,11 +274,12 @@ struct ClientProc {
 }
 
 impl ClientProc {
-    fn start(gateway: SocketAddr, clients: usize, seconds: f64, nice: i32) -> anyhow::Result<ClientProc> {
+    fn start(gateway: SocketAddr, clients: usize, seconds: f64, spec: &Spec) -> anyhow::Result<ClientProc> {
         let mut cmd = Command::new("nice");
-        cmd.args(["-n", &nice.to_string()])
+        cmd.args(["-n", &spec.clients_nice.to_string()])
             .arg(std::env::current_exe()?)
             .arg("gateway-latency-clients")
+            .env("TOKIO_WORKER_THREADS", spec.client_threads.max(1).to_string())
             .args(["--server", &gateway.to_string(), "--view", "totals"])
             .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")])
             .stdin(Stdio::piped())
@@ -353,7 +356,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     let procs: Vec<ClientProc> = (0..spec.client_procs)
         .map(|i| spec.clients / spec.client_procs + usize::from(i < spec.clients % spec.client_procs))
         .filter(|n| *n > 0)
-        .map(|n| ClientProc::start(gateway.addr, n, cap, spec.clients_nice))
+        .map(|n| ClientProc::start(gateway.addr, n, cap, spec))
         .collect::<anyhow::Result<_>>()?;
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -432,6 +435,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "gateway_bin": spec.gateway_bin,
         "gateway_workers": spec.gateway_workers,
         "clients_nice": spec.clients_nice,
+        "client_threads": spec.client_threads,
         "direct_reader_realtime": direct_realtime,
         "progress_rows": progress_rows,
         "timestamps_with_frames": m.timestamps,
@@ -687,6 +691,26 @@ mod tests {
         assert_eq!(frame_ts(br#"{"ts":"#), None);
         assert_eq!(frame_ts(br#"{"view":"unterminated"#), None);
         assert_eq!(frame_ts(b"]]{}"), None);
+    }
+
+    #[test]
+    fn ws_frames_are_read_once_complete_at_every_length_encoding() {
+        // A final text frame of 5 bytes, then the start of the next one.
+        let small = [&[0x81, 5][..], b"hello", &[0x81]].concat();
+        assert_eq!(ws_frame(&small), Some((true, 1, 2..7)));
+        assert_eq!(ws_frame(&small[..6]), None, "payload incomplete");
+        assert_eq!(ws_frame(&small[7..]), None, "header incomplete");
+        // 16-bit and 64-bit lengths; a non-final continuation.
+        let mid = [&[0x01, 126, 0x01, 0x00][..], &[b'x'; 256]].concat();
+        assert_eq!(ws_frame(&mid), Some((false, 1, 4..260)));
+        let big = [&[0x80, 127, 0, 0, 0, 0, 0, 1, 0, 0][..], &vec![b'y'; 65_536]].concat();
+        assert_eq!(ws_frame(&big), Some((true, 0, 10..65_546)));
+        assert_eq!(ws_frame(&big[..65_545]), None);
+        // A masked frame's payload starts after its 4-byte key; a ping with no payload.
+        assert_eq!(ws_frame(&[0x81, 0x82, 1, 2, 3, 4, 9, 9]), Some((true, 1, 6..8)));
+        assert_eq!(ws_frame(&[0x89, 0]), Some((true, 9, 2..2)));
+        // A length past what memory could hold never overflows.
+        assert_eq!(ws_frame(&[0x82, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
     }
 
     #[test]

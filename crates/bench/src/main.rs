@@ -231,6 +231,9 @@ enum Command {
         /// upstream leave a core free, as if they were on other machines).
         #[arg(long, default_value_t = 0)]
         clients_nice: i32,
+        /// Runtime worker threads of each client process.
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
     },
     /// A share of a gateway-latency run's clients, in a process of its own.
     #[command(hide = true)]
@@ -331,6 +334,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             upstream_bin,
             gateway_workers,
             clients_nice,
+            client_threads,
         } => {
             let beside = std::env::current_exe()?.parent().context("exe dir")?.join("viewcast");
             let gateway_bins = if gateway_bin.is_empty() { vec![beside.clone()] } else { gateway_bin };
@@ -348,6 +352,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     upstream_bin: upstream_bin.clone(),
                     gateway_workers: workers[(i / gateway_bins.len()) % workers.len()],
                     clients_nice,
+                    client_threads,
                 };
                 let mut line = gwlat::run(&spec).await?;
                 line["run"] = json!(i + 1);
