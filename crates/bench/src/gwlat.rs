@@ -64,6 +64,9 @@ pub struct Spec {
     pub clients_nice: i32,
     /// Runtime worker threads of each client process.
     pub client_threads: usize,
+    /// Niceness of the upstream process (negative: it writes each progress row to the direct
+    /// reader and to the gateway back to back, not a preemption apart).
+    pub upstream_nice: i32,
 }
 
 /// Wall-clock nanoseconds since the epoch: comparable across the processes of one machine.
@@ -116,8 +119,11 @@ pub struct Matched {
     /// Added latency of every matched frame, µs, sorted (a frame that arrived before the direct
     /// reader's row counts as 0).
     pub added_us: Vec<u64>,
-    /// Frames that arrived before the direct reader's row (clock or scheduling noise).
+    /// Frames that arrived before the direct reader's row (the upstream wrote the row to the
+    /// gateway's connection first, or the reader ran late).
     pub early: u64,
+    /// How much earlier each of those arrived, µs, sorted.
+    pub early_us: Vec<u64>,
     /// Timestamps of the window at least one client got a frame for.
     pub timestamps: usize,
     /// (timestamp, client) pairs among those with no frame: lost, merged or late past the run.
@@ -138,11 +144,13 @@ pub fn match_frames(direct: &[(u64, u64)], window: (u64, u64), arrivals: &[Vec<(
             *seen.entry(ts).or_default() += 1;
             if at < row_at {
                 m.early += 1;
+                m.early_us.push((row_at - at) / 1000);
             }
             m.added_us.push(at.saturating_sub(row_at) / 1000);
         }
     }
     m.added_us.sort_unstable();
+    m.early_us.sort_unstable();
     m.timestamps = seen.len();
     m.missing = seen.values().map(|n| (arrivals.len() as u64).saturating_sub(*n)).sum();
     m
@@ -340,7 +348,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     let sql = std::env::temp_dir().join(format!("viewcast-bench-gwlat-{}.sql", std::process::id()));
     std::fs::write(&sql, UPSTREAM_SQL)?;
     let pg = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut up = viewcast(&spec.upstream_bin, "serve", &pg.to_string());
+    let mut up = Command::new("nice");
+    up.args(["-n", &spec.upstream_nice.to_string()]).arg(&spec.upstream_bin);
+    up.args(viewcast(&spec.upstream_bin, "serve", &pg.to_string()).get_args()).env("RUST_LOG", "warn");
     up.arg("--sql").arg(&sql);
     let upstream = Server::spawn("viewcast-upstream", up, "open ")?;
     let (direct, direct_realtime) = start_direct_reader(pg)?;
@@ -412,7 +422,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
     let mut client_us: Vec<u64> =
         arrivals.iter().flatten().filter(|a| a.2 > 0).map(|a| a.1.saturating_sub(a.2) / 1000).collect();
     client_us.sort_unstable();
-    let no_kernel_stamp = arrivals.iter().flatten().filter(|a| a.2 == 0).count();
+    // Window frames without the kernel's timestamp (the kernel turns timestamping on for the
+    // machine asynchronously, so the first packets after the first request may have none).
+    let no_kernel_stamp = m.added_us.len().saturating_sub(kernel.added_us.len());
     drop(gateway);
     drop(upstream);
     let _ = std::fs::remove_file(&sql);
@@ -436,6 +448,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "gateway_workers": spec.gateway_workers,
         "clients_nice": spec.clients_nice,
         "client_threads": spec.client_threads,
+        "upstream_nice": spec.upstream_nice,
         "direct_reader_realtime": direct_realtime,
         "progress_rows": progress_rows,
         "timestamps_with_frames": m.timestamps,
@@ -446,6 +459,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "added_ms": dist(&m.added_us),
         "added_ms_socket": dist(&kernel.added_us),
         "early_socket": kernel.early,
+        "early_by_ms": dist(&m.early_us),
         "client_read_ms": dist(&client_us),
         "no_kernel_stamp": no_kernel_stamp,
         "gateway_timeline": crate::fanout::window_timeline(timeline0.as_ref(), timeline1.as_ref()),
@@ -726,6 +740,7 @@ mod tests {
         ];
         let m = match_frames(&direct, window, &arrivals);
         assert_eq!(m.added_us, vec![0, 2_000, 7_500]);
+        assert_eq!(m.early_us, vec![500]);
         assert_eq!((m.early, m.timestamps, m.missing), (1, 2, 1));
         assert_eq!(crate::percentile(&m.added_us, 1.0), 7.5);
         assert_eq!(crate::percentile(&m.added_us, 0.5), 2.0);

@@ -235,6 +235,11 @@ enum Command {
         /// fall behind at 50 frames/s).
         #[arg(long, default_value_t = 2)]
         client_threads: usize,
+        /// Niceness of the upstream process. Negative (the default) so that it writes each
+        /// progress row to the direct reader and to the gateway back to back: at 0 a busy machine
+        /// preempts it between the two, and the direct reader's row comes up to 20 ms late.
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+        upstream_nice: i32,
     },
     /// A share of a gateway-latency run's clients, in a process of its own.
     #[command(hide = true)]
@@ -336,6 +341,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gateway_workers,
             clients_nice,
             client_threads,
+            upstream_nice,
         } => {
             let beside = std::env::current_exe()?.parent().context("exe dir")?.join("viewcast");
             let gateway_bins = if gateway_bin.is_empty() { vec![beside.clone()] } else { gateway_bin };
@@ -354,6 +360,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     gateway_workers: workers[(i / gateway_bins.len()) % workers.len()],
                     clients_nice,
                     client_threads,
+                    upstream_nice,
                 };
                 let mut line = gwlat::run(&spec).await?;
                 line["run"] = json!(i + 1);
