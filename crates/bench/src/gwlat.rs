@@ -289,13 +289,8 @@ impl ClientProc {
             .arg("gateway-latency-clients")
             .env("TOKIO_WORKER_THREADS", spec.client_threads.max(1).to_string())
             .args(["--server", &gateway.to_string(), "--view", "totals"])
-            .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().with_context(|| format!("starting a client process: {cmd:?}"))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped");
+            .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")]);
+        let (child, stdin, stdout) = crate::group::spawn_piped(&mut cmd)?;
         let (connected, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (tx, results) = std::sync::mpsc::channel();
         let (c, f) = (connected.clone(), failed.clone());
@@ -642,14 +637,7 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
         let permit = permits.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(client(args.server, path, connected, done, permit)));
     }
-    let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    })?;
+    let mut commands = crate::group::stdin_lines()?;
     let deadline =
         tokio::time::sleep(Duration::from_secs_f64(args.seconds.clamp(0.0, crate::MAX_INVOCATION.as_secs_f64())));
     tokio::pin!(deadline);

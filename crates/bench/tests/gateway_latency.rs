@@ -1,6 +1,8 @@
 //! `viewcast-bench gateway-latency` end to end, at a size that runs in seconds: real upstream and
-//! gateway processes (the `viewcast` binary beside this package's, which `cargo test --workspace`
-//! builds), a few clients in two client processes, one JSON report.
+//! gateway processes, a few clients in two client processes, one JSON report. It needs the
+//! `viewcast` binary beside this package's, which `cargo test --workspace` (CI) and
+//! `cargo test -p viewcast -p viewcast-bench` build, but `cargo test -p viewcast-bench` alone does
+//! not: then it fails and says so.
 
 use std::process::Command;
 
