@@ -618,6 +618,11 @@ async fn server_timeline(spec: &RunSpec, addr: std::net::SocketAddr) -> Option<V
     {
         return None;
     }
+    stats_timeline(addr).await
+}
+
+/// The `timeline` of a viewcast process's `/api/v1/stats`.
+pub(crate) async fn stats_timeline(addr: std::net::SocketAddr) -> Option<Value> {
     let body = reqwest::get(format!("http://{addr}/api/v1/stats")).await.ok()?.bytes().await.ok()?;
     let stats: Value = serde_json::from_slice(&body).ok()?;
     stats.get("timeline").cloned()
@@ -628,7 +633,7 @@ async fn server_timeline(spec: &RunSpec, addr: std::net::SocketAddr) -> Option<V
 /// wide). Stages: `close_to_apply` (timestamp's wall-clock ms to the hub applying it: engine or
 /// upstream), `apply` (the hub's seal, serialization and broadcast), `frame_to_pump` (serialized
 /// to a connection's task taking it), `frame_to_written` (serialized to written to the socket).
-fn window_timeline(start: Option<&Value>, end: Option<&Value>) -> Value {
+pub(crate) fn window_timeline(start: Option<&Value>, end: Option<&Value>) -> Value {
     let (Some(start), Some(end)) = (start, end) else { return Value::Null };
     let stages = [
         ("close_to_apply", "/hub/close_to_apply"),

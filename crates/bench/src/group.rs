@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +170,15 @@ impl LocalGroup {
     }
 }
 
+/// Starts a client process with its stdin and stdout piped to this process (its stderr inherited).
+pub fn spawn_piped(cmd: &mut Command) -> anyhow::Result<(Child, Option<ChildStdin>, ChildStdout)> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().with_context(|| format!("starting a client process: {cmd:?}"))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().context("the client process's stdout")?;
+    Ok((child, stdin, stdout))
+}
+
 /// Clients running in a child process (`viewcast-bench clients`); killed when dropped.
 pub struct RemoteGroup {
     child: Child,
@@ -189,13 +198,8 @@ impl RemoteGroup {
             .args(["--clients", &spec.clients.to_string(), "--stalled", &spec.stalled.to_string()])
             .args(["--first-address", &spec.first_address.to_string(), "--addresses", &spec.addresses.to_string()])
             .args(["--concurrency", &spec.concurrency.to_string(), "--seconds", &format!("{seconds:.1}")])
-            .args((spec.transport == Transport::Sse).then_some("--sse"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().with_context(|| format!("starting a client process: {cmd:?}"))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped");
+            .args((spec.transport == Transport::Sse).then_some("--sse"));
+        let (child, stdin, stdout) = spawn_piped(&mut cmd)?;
         let counts: Arc<[AtomicU64; 3]> = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let c = counts.clone();
@@ -293,6 +297,20 @@ pub struct ChildArgs {
     seconds: f64,
 }
 
+/// This process's stdin, a line at a time (how a client process is told `measure` and `done`);
+/// the channel closes with stdin.
+pub fn stdin_lines() -> std::io::Result<tokio::sync::mpsc::Receiver<String>> {
+    let (tx, lines) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    })?;
+    Ok(lines)
+}
+
 /// The child's side: runs its clients, reports counts until told `done` (or its stdin closes),
 /// then the results.
 pub async fn child(args: ChildArgs) -> anyhow::Result<()> {
@@ -312,14 +330,7 @@ pub async fn child(args: ChildArgs) -> anyhow::Result<()> {
     };
     let shared = Shared::new(16);
     let group = LocalGroup::start(spec, shared.clone());
-    let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.blocking_send(line).is_err() {
-                break;
-            }
-        }
-    })?;
+    let mut commands = stdin_lines()?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut stdout = std::io::stdout();
     loop {

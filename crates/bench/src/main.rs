@@ -6,6 +6,7 @@
 mod client;
 mod fanout;
 mod group;
+mod gwlat;
 mod ingest;
 mod minimal;
 mod proc;
@@ -192,6 +193,57 @@ enum Command {
         #[arg(long)]
         viewcast_bin: Option<std::path::PathBuf>,
     },
+    /// The time `viewcast gateway` adds between an upstream's progress row (as a direct SUBSCRIBE
+    /// of the upstream sees it) and its WebSocket clients' receipt of that complete timestamp.
+    /// The upstream, the gateway and the clients (`--client-procs` processes) are processes of
+    /// their own; this one only reads the upstream directly and writes to it.
+    GatewayLatency {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Processes the clients are split over.
+        #[arg(long, default_value_t = 2)]
+        client_procs: usize,
+        /// The writer changes the upstream every this many ms: 7 gives a change in nearly every
+        /// 20 ms tick (~50 changing timestamps/s), 100 about 10.
+        #[arg(long, default_value_t = 7)]
+        write_ms: u64,
+        /// Length of the measurement window.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds of writing before the window.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Runs, one after another (with each of `--gateway-bin`'s binaries in turn).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// The gateway's `viewcast` binaries (default: `viewcast` beside this tool); several
+        /// alternate, run by run, to compare builds.
+        #[arg(long, value_delimiter = ',')]
+        gateway_bin: Vec<std::path::PathBuf>,
+        /// The upstream's `viewcast` binary (default: `viewcast` beside this tool).
+        #[arg(long)]
+        upstream_bin: Option<std::path::PathBuf>,
+        /// The gateway's runtime worker threads (default: one per core); several alternate, run
+        /// by run (after `--gateway-bin`'s binaries).
+        #[arg(long, value_delimiter = ',')]
+        gateway_workers: Vec<usize>,
+        /// Niceness of the client processes (e.g. 10: the clients run when the gateway and the
+        /// upstream leave a core free, as if they were on other machines).
+        #[arg(long, default_value_t = 0)]
+        clients_nice: i32,
+        /// Runtime worker threads of each client process (with one, 500 clients of a process
+        /// fall behind at 50 frames/s).
+        #[arg(long, default_value_t = 2)]
+        client_threads: usize,
+        /// Niceness of the upstream process. Negative (the default) so that it writes each
+        /// progress row to the direct reader and to the gateway back to back: at 0 a busy machine
+        /// preempts it between the two, and the direct reader's row comes up to 20 ms late.
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+        upstream_nice: i32,
+    },
+    /// A share of a gateway-latency run's clients, in a process of its own.
+    #[command(hide = true)]
+    GatewayLatencyClients(gwlat::ClientArgs),
     /// A share of a run's clients in a process of its own (started by the other subcommands).
     #[command(hide = true)]
     Clients(group::ChildArgs),
@@ -277,6 +329,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::GatewayLatency {
+            clients,
+            client_procs,
+            write_ms,
+            seconds,
+            warmup,
+            runs,
+            gateway_bin,
+            upstream_bin,
+            gateway_workers,
+            clients_nice,
+            client_threads,
+            upstream_nice,
+        } => {
+            let beside = std::env::current_exe()?.parent().context("exe dir")?.join("viewcast");
+            let gateway_bins = if gateway_bin.is_empty() { vec![beside.clone()] } else { gateway_bin };
+            let upstream_bin = upstream_bin.unwrap_or(beside);
+            let workers: Vec<Option<usize>> =
+                if gateway_workers.is_empty() { vec![None] } else { gateway_workers.into_iter().map(Some).collect() };
+            for i in 0..runs {
+                let spec = gwlat::Spec {
+                    clients,
+                    client_procs,
+                    write_ms,
+                    seconds,
+                    warmup,
+                    gateway_bin: gateway_bins[i % gateway_bins.len()].clone(),
+                    upstream_bin: upstream_bin.clone(),
+                    gateway_workers: workers[(i / gateway_bins.len()) % workers.len()],
+                    clients_nice,
+                    client_threads,
+                    upstream_nice,
+                };
+                let mut line = gwlat::run(&spec).await?;
+                line["run"] = json!(i + 1);
+                line["machine"] = json!(machine());
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::GatewayLatencyClients(args) => gwlat::clients(args).await,
         Command::Clients(args) => group::child(args).await,
         Command::MinimalBroadcaster { .. } => unreachable!("handled in main"),
     }

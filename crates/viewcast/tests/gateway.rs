@@ -238,7 +238,10 @@ async fn clients_need_no_resync_when_the_upstream_restarts() {
 /// gateway clients (default 1) timestamps its frame for `p - 1` (the same complete timestamp).
 /// Runs `GW_SECONDS` (default 10) with the writer changing the upstream every `GW_WRITE_MS`
 /// (default 7: a change in nearly every 20 ms upstream tick, 50 timestamps a second; 100 gives
-/// about 10 changing timestamps a second, the fan-out benchmark's rate).
+/// about 10 changing timestamps a second, the fan-out benchmark's rate). Its clients run in this
+/// process and parse every frame as JSON on the gateway's cores, so at 1,000 clients it charges
+/// their work to the gateway: `viewcast-bench gateway-latency` is the measurement of record (its
+/// clients in processes of their own, stamped on arrival; BENCHMARKS.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture, preferably --release"]
 async fn gateway_added_latency() {
