@@ -150,7 +150,8 @@ fn parse_read_token(s: &str) -> Result<Grant, String> {
 }
 
 // glibc's allocator serializes on the frees that rows make when they cross from a source's
-// thread to the engine's; mimalloc's per-thread heaps make ingestion about 3x faster.
+// thread to the engine's; mimalloc's per-thread heaps make ingestion about 3x faster. It is built
+// without transparent huge pages (`no_thp` in Cargo.toml): they made the tick latency's tail worse.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
