@@ -6,7 +6,6 @@
 //! Never touches: threads, channels, sockets, serialization formats, dataflow.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -63,13 +62,6 @@ pub enum Resume<'a> {
     Replay(Vec<&'a Batch>),
     /// History after `since` is no longer retained: a fresh snapshot is needed.
     TooOld,
-}
-
-/// The hash a row is kept under in a log's contents.
-fn row_hash(row: &Row) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
-    row.hash(&mut h);
-    h.finish()
 }
 
 /// The change log of one view.
@@ -166,7 +158,7 @@ impl ViewLog {
             }
             for (row, diff) in &group {
                 self.rows += diff;
-                let hash = row_hash(row);
+                let hash = row.fx_hash();
                 match self.state.entry(hash, |e| e.1 == *row, |e| e.0) {
                     Entry::Occupied(mut o) => {
                         o.get_mut().2 += diff;

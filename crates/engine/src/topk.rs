@@ -15,7 +15,6 @@
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
@@ -28,7 +27,7 @@ use viewcast_plan::relation::compare_rows;
 use viewcast_plan::ColumnOrder;
 use viewcast_repr::{consolidate_updates, Diff, Row, Timestamp};
 
-use crate::render::{Coll, FxHashMap, FxHasher};
+use crate::render::{Coll, FxHashMap};
 
 /// A row ordered by an `ORDER BY`, ties broken by the whole row.
 struct SortKey {
@@ -68,13 +67,6 @@ struct Group {
     touched: bool,
 }
 
-/// The hash a row of `rest` is kept under.
-fn rest_hash(row: &Row) -> u64 {
-    let mut h = FxHasher::default();
-    row.hash(&mut h);
-    h.finish()
-}
-
 impl Group {
     fn is_empty(&self) -> bool {
         self.top.is_empty() && self.rest.is_empty()
@@ -84,7 +76,7 @@ impl Group {
     fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize) {
         // One hash of the row for the common case, a row of `rest`.
         let rest_was_empty = self.rest.is_empty();
-        let hash = rest_hash(&row);
+        let hash = row.fx_hash();
         match self.rest.entry(hash, |e| e.1 == row, |e| e.0) {
             TableEntry::Occupied(mut o) => {
                 o.get_mut().2 += diff;
@@ -119,7 +111,7 @@ impl Group {
         }
         while self.top.len() > cap {
             let (key, n) = self.top.pop_last().expect("top is not empty");
-            let hash = rest_hash(&key.row);
+            let hash = key.row.fx_hash();
             self.rest.insert_unique(hash, (hash, key.row, n), |e| e.0);
         }
     }

@@ -104,6 +104,31 @@ fn publishing_toggles_at_tick_boundaries() {
     assert_eq!(h.engine.sealed_frontier(), 301);
 }
 
+/// Publishing an input switched while a tick is open takes effect when it closes: the open
+/// tick's rows (fed before and after the switch, and those of the close) are captured all or none.
+#[test]
+fn publishing_an_input_switched_mid_tick_starts_with_the_next_tick() {
+    let mut h = Harness::new(2);
+    h.engine.create_input(1, 1).unwrap();
+    h.engine.feed(100, vec![(1, vec![(row(1), 1)])]).unwrap();
+    h.engine.set_publish(1, true).unwrap();
+    h.engine.feed(100, vec![(1, vec![(row(2), 1)])]).unwrap();
+    h.tick(100, vec![(1, vec![(row(3), 1)])]);
+    assert!(h.acc.get(&1).is_none_or(|rows| rows.is_empty()), "nothing of the tick open at the switch");
+    h.engine.feed(200, vec![(1, vec![(row(4), 1)])]).unwrap();
+    h.engine.set_publish(1, false).unwrap();
+    h.tick(200, vec![(1, vec![(row(5), 1)])]);
+    assert_eq!(h.contents(1), vec![(row(4), 1), (row(5), 1)], "all of the next tick, fed and closing rows");
+    h.tick(300, vec![(1, vec![(row(6), 1)])]);
+    assert_eq!(h.contents(1), vec![(row(4), 1), (row(5), 1)], "nothing after the switch off");
+    assert!(matches!(h.engine.feed(250, vec![]), Err(viewcast_engine::EngineError::TimeNotIncreasing { .. })));
+    h.engine.feed(400, vec![]).unwrap();
+    assert!(
+        matches!(h.engine.tick(401, vec![]), Err(viewcast_engine::EngineError::NotTheOpenTick { ts: 401, open: 400 })),
+        "a tick closes the open tick's time only"
+    );
+}
+
 #[test]
 fn evaluation_errors_drop_rows_and_are_rate_limited() {
     let mut h = Harness::new(1);

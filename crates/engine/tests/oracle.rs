@@ -259,32 +259,33 @@ fn run(workers: usize, seed: u64, ticks: usize, feed: bool) -> SealedLog {
         let mut ub = churn(&mut rng, &mut tb, random_b);
         let mut starting: Vec<GlobalId> = Vec::new();
         let feeds = if feed { rng.gen_range(1..4) } else { 0 };
-        for part in 0..feeds {
-            let (a, b) = (ua.split_off(rng.gen_range(0..=ua.len())), ub.split_off(rng.gen_range(0..=ub.len())));
-            h.engine.feed(ts, vec![(A, std::mem::replace(&mut ua, a)), (B, std::mem::replace(&mut ub, b))]).unwrap();
-            if part == 0 && tick == ticks / 3 {
+        // The late views are created, and a view dropped, after the tick's first part is fed
+        // (while it is open) or, without feeding, before the tick.
+        let mut items_change = |h: &mut Harness, live: &mut Vec<(GlobalId, RelExpr)>, open: bool| {
+            if tick == ticks / 3 {
                 for (id, plan) in late_views() {
                     h.engine.create_view(id, plan.clone(), true).unwrap();
                     live.push((id, plan));
-                    starting.push(id);
+                    if open {
+                        starting.push(id);
+                    }
                 }
             }
-            if part == 0 && tick == ticks / 2 {
+            if tick == ticks / 2 {
                 h.engine.drop_item(DROPPED).unwrap();
                 live.retain(|(id, _)| *id != DROPPED);
                 h.acc.remove(&DROPPED);
             }
-        }
-        if !feed && tick == ticks / 3 {
-            for (id, plan) in late_views() {
-                h.engine.create_view(id, plan.clone(), true).unwrap();
-                live.push((id, plan));
+        };
+        for part in 0..feeds {
+            let (a, b) = (ua.split_off(rng.gen_range(0..=ua.len())), ub.split_off(rng.gen_range(0..=ub.len())));
+            h.engine.feed(ts, vec![(A, std::mem::replace(&mut ua, a)), (B, std::mem::replace(&mut ub, b))]).unwrap();
+            if part == 0 {
+                items_change(&mut h, &mut live, true);
             }
         }
-        if !feed && tick == ticks / 2 {
-            h.engine.drop_item(DROPPED).unwrap();
-            live.retain(|(id, _)| *id != DROPPED);
-            h.acc.remove(&DROPPED);
+        if !feed {
+            items_change(&mut h, &mut live, false);
         }
         h.tick(ts, vec![(A, ua), (B, ub)]);
 

@@ -179,6 +179,15 @@ impl Row {
         Row(datums)
     }
 
+    /// A fast hash of the whole row (FxHash), the same in every process: what consolidation sorts
+    /// by and what tables that keep a row's hash beside it store.
+    pub fn fx_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        self.hash(&mut h);
+        h.finish()
+    }
+
     pub fn datums(&self) -> &[Datum] {
         &self.0
     }

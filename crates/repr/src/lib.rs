@@ -54,17 +54,12 @@ fn merge_runs<T>(items: &mut Vec<T>, same: impl Fn(&T, &T) -> bool, diff: impl F
 /// share their first columns is not sorted by comparing strings). The order within a time is
 /// deterministic but otherwise unspecified.
 pub fn consolidate_timed(updates: &mut Vec<Update>) {
-    use std::hash::{Hash, Hasher};
     // Sorts small keys that point into `updates`, then moves the updates into that order in place:
     // neither the sort nor a copy moves whole updates into a second buffer.
     let mut order: Vec<(Timestamp, u64, u32)> = updates
         .iter()
         .enumerate()
-        .map(|(i, u)| {
-            let mut h = rustc_hash::FxHasher::default();
-            u.0.hash(&mut h);
-            (u.1, h.finish(), u32::try_from(i).expect("fewer than 2^32 updates"))
-        })
+        .map(|(i, u)| (u.1, u.0.fx_hash(), u32::try_from(i).expect("fewer than 2^32 updates")))
         .collect();
     order.sort_unstable_by(|a, b| {
         (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| updates[a.2 as usize].0.cmp(&updates[b.2 as usize].0))
