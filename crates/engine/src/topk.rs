@@ -1,7 +1,9 @@
 //! Top-k per group as a timely operator: O(changes + k) work per timestamp and group touched.
 //!
-//! Updates are exchanged by a hash of the group key (all to one worker for a global top-k) and
-//! stashed under their own time. Once the input frontier passes a time, its diffs are consolidated
+//! Updates are exchanged by a hash of the group key and stashed under their own time. A global
+//! top-k with a limit on several workers runs in two stages: a local top `offset + limit` per
+//! worker over rows spread by their hash, then the global one on worker 0 over the local windows'
+//! changes. Once the input frontier passes a time, its diffs are consolidated
 //! and applied to the group's state and the group's window (ranks `offset .. offset + limit`) is
 //! diffed against the window before: the old window's rows are retracted and the new window's
 //! inserted.
@@ -225,26 +227,62 @@ pub(crate) fn render<'s>(
     offset: usize,
 ) -> Coll<'s> {
     let order: Rc<[ColumnOrder]> = order_key.into();
+    let peers = input.inner.scope().peers();
+    match limit {
+        // A global top-k with a limit, on several workers: each worker first keeps the top
+        // `offset + limit` of its share of the rows (rows spread by a hash of the whole row, so all
+        // of one row's updates meet on one worker), and only the changes to those local windows
+        // reach the worker that ranks them all. The global window is within the union of the
+        // local ones: a row among the first `n` overall has fewer than `n` rows before it on its
+        // own worker too. Without this every update went to worker 0, which did all the ranking
+        // while the others idled (BENCHMARKS.md, "Two-stage top-k").
+        Some(limit) if group_key.is_empty() && peers > 1 => {
+            let spread = Exchange::new(|(row, _t, _d): &(Row, Timestamp, Diff)| row.fx_hash());
+            let local = operator(input, spread, "TopKLocal", Vec::new(), order.clone(), Some(offset + limit), 0);
+            let global = Exchange::new(|_: &(Row, Timestamp, Diff)| 0);
+            operator(local, global, "TopK", group_key, order, Some(limit), offset)
+        }
+        _ => {
+            let key_for_exchange = group_key.clone();
+            let exchange =
+                Exchange::new(
+                    move |(row, _t, _d): &(Row, Timestamp, Diff)| {
+                        if key_for_exchange.is_empty() {
+                            0
+                        } else {
+                            hash_key(row, &key_for_exchange)
+                        }
+                    },
+                );
+            operator(input, exchange, "TopK", group_key, order, limit, offset)
+        }
+    }
+}
+
+/// The top-k operator over rows routed by `pact`: the rows at ranks `offset .. offset + limit` of
+/// each group, per worker.
+fn operator<'s, P>(
+    input: Coll<'s>,
+    pact: P,
+    name: &str,
+    group_key: Vec<usize>,
+    order: Rc<[ColumnOrder]>,
+    limit: Option<usize>,
+    offset: usize,
+) -> Coll<'s>
+where
+    P: timely::dataflow::channels::pact::ParallelizationContract<Timestamp, Vec<(Row, Timestamp, Diff)>>,
+{
     // Without a limit every row is in the window, so every row is kept ordered.
     // Room beyond the window, so that the rows leaving `top` (a retracted row whose replacement
     // sorts into `rest`) call for a refill rarely.
     let top_cap = limit.map_or(usize::MAX, |l| 8 * (offset + l) + 64);
     let need = limit.map_or(usize::MAX, |l| offset + l);
-    let key_for_exchange = group_key.clone();
-    let exchange = Exchange::new(
-        move |(row, _t, _d): &(Row, Timestamp, Diff)| {
-            if key_for_exchange.is_empty() {
-                0
-            } else {
-                hash_key(row, &key_for_exchange)
-            }
-        },
-    );
     input
         .inner
         .unary_frontier::<CapacityContainerBuilder<Vec<(Row, Timestamp, Diff)>>, _, _, _>(
-            exchange,
-            "TopK",
+            pact,
+            name,
             move |_cap, _info| {
                 let mut stash: Stash = BTreeMap::new();
                 // Emptied stash vectors, reused so a tick's updates do not regrow a fresh one.
