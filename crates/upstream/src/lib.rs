@@ -35,9 +35,14 @@ pub enum UpstreamError {
     /// The connection string or its TLS settings (never shows the string: it may hold a password).
     #[error("upstream connection settings: {0}")]
     Config(String),
-    /// Refused, timed out, TLS failed (a certificate not trusted, TLS refused), authentication.
+    /// TLS failed (a certificate not trusted, TLS refused), authentication, or the server refused
+    /// the session.
     #[error("connecting to the upstream: {0}")]
     Connect(String),
+    /// Nothing answered: the connection was refused, reset or timed out (the upstream is down or
+    /// not started yet).
+    #[error("connecting to the upstream: {0}")]
+    Unreachable(String),
     #[error("upstream: {}", error_chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The upstream no longer has the history to resume from (Materialize and viewcast:
@@ -129,6 +134,41 @@ async fn describe_with(client: &tokio_postgres::Client, view: &str) -> Result<Re
     ))
 }
 
+/// Waits until the upstream accepts a connection, retrying with the reconnection backoff while
+/// it is [`UpstreamError::Unreachable`] (refused, reset, timed out), for at most `limit` (`None`:
+/// for as long as it takes). Each failure is logged with the next delay. Any other error (bad
+/// settings, an untrusted certificate, failed authentication) and the last failure once `limit`
+/// has passed are returned.
+pub async fn wait_until_reachable(config: &UpstreamConfig, limit: Option<Duration>) -> Result<(), UpstreamError> {
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    let mut attempt: u32 = 0;
+    loop {
+        let error = match connect(config).await {
+            Ok(_client) => return Ok(()),
+            Err(e @ UpstreamError::Unreachable(_)) => e,
+            Err(other) => return Err(other),
+        };
+        attempt = attempt.saturating_add(1);
+        let mut delay = backoff(config, attempt);
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(error);
+            }
+            delay = delay.min(left);
+        }
+        tracing::warn!(%error, attempt, ?delay, "upstream not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The wait before reconnect attempt `attempt` (from 1): full jitter under a cap that starts at
+/// `backoff_min` and doubles per attempt up to `backoff_max`.
+fn backoff(config: &UpstreamConfig, attempt: u32) -> Duration {
+    let cap = config.backoff_min.saturating_mul(1 << attempt.min(16)).min(config.backoff_max);
+    rand::thread_rng().gen_range(Duration::ZERO..=cap)
+}
+
 /// Opens one connection to the upstream, with TLS as the connection string's `sslmode` says.
 /// The connection runs on its own task until the client is dropped.
 pub async fn connect(config: &UpstreamConfig) -> Result<tokio_postgres::Client, UpstreamError> {
@@ -140,8 +180,31 @@ pub async fn connect(config: &UpstreamConfig) -> Result<tokio_postgres::Client, 
     let tls = MakeRustlsConnect::new(mode, split.sslrootcert.as_deref().map(std::path::Path::new))?;
     let (client, connection) = tokio::time::timeout(config.connect_timeout, pg.connect(tls))
         .await
-        .map_err(|_| UpstreamError::Connect(format!("timed out after {:?}", config.connect_timeout)))?
-        .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        .map_err(|_| UpstreamError::Unreachable(format!("timed out after {:?}", config.connect_timeout)))?
+        .map_err(|e| {
+            // Nobody listening (yet), or the path to it down; a TLS failure is an I/O error of
+            // another kind (invalid data).
+            use std::io::ErrorKind::*;
+            let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            let unreachable = io.is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | TimedOut
+                        | HostUnreachable
+                        | NetworkUnreachable
+                        | AddrNotAvailable
+                        | NotConnected
+                )
+            });
+            if unreachable {
+                UpstreamError::Unreachable(error_chain(&e))
+            } else {
+                UpstreamError::Connect(error_chain(&e))
+            }
+        })?;
     // The connection task ends when the client is dropped (or the socket fails).
     let view = config.view.clone();
     tokio::spawn(async move {
@@ -177,8 +240,7 @@ pub async fn run(config: UpstreamConfig, desc: RelationDesc, sink: Arc<dyn Upstr
         }
         force_snapshot = false;
         attempt = attempt.saturating_add(1);
-        let cap = config.backoff_min.saturating_mul(1 << attempt.min(16)).min(config.backoff_max);
-        let delay = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+        let delay = backoff(&config, attempt);
         tracing::warn!(view = %config.view, %error, attempt, ?delay, "upstream lost; reconnecting");
         tokio::time::sleep(delay).await;
     }

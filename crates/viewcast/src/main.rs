@@ -55,6 +55,11 @@ enum Command {
         /// SQL run after the upstream views exist (e.g. local views over them).
         #[arg(long)]
         sql: Option<PathBuf>,
+        /// How long to wait at start for the upstream to accept connections, retrying with
+        /// backoff, before giving up (seconds). Without it the gateway waits as long as it takes:
+        /// it may start before its upstream.
+        #[arg(long, value_name = "SECONDS")]
+        upstream_wait: Option<u64>,
     },
     /// Reads a file once through a source named `wikirecent` and the demo's views (or the views of
     /// --sql), printing progress to stderr and the final top10 to stdout.
@@ -172,7 +177,12 @@ async fn main() -> anyhow::Result<()> {
             (server, DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}")))
         }
         Command::Serve { server, sql } => (server, read_sql(sql.as_deref())?),
-        Command::Gateway { server, upstream, views, sql } => {
+        Command::Gateway { server, upstream, views, sql, upstream_wait } => {
+            let first = views.first().map(|v| v.split_once('=').map_or(v.as_str(), |(_, r)| r).trim());
+            let config = viewcast_upstream::UpstreamConfig::new(&upstream, first.unwrap_or_default());
+            viewcast_upstream::wait_until_reachable(&config, upstream_wait.map(std::time::Duration::from_secs))
+                .await
+                .context("the upstream is not reachable")?;
             let mut text = gateway_sql(&upstream, &views)?;
             text.push_str(&read_sql(sql.as_deref())?);
             (server, text)

@@ -232,6 +232,40 @@ async fn clients_need_no_resync_when_the_upstream_restarts() {
     .expect("test timed out");
 }
 
+/// A gateway started before its upstream waits for it, retrying with backoff, instead of exiting;
+/// once the upstream is up it serves the upstream's contents. With `--upstream-wait` it gives up
+/// after that long, with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_upstream_waits_for_it() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let port = free_port();
+        let url = format!("postgres://materialize@127.0.0.1:{port}/materialize");
+        let mut bounded = gateway_args(&url);
+        bounded.extend(["--upstream-wait".to_string(), "1".to_string()]);
+        let (status, out) = run_to_exit(&bounded, "gateway-gives-up").await;
+        assert!(!status.success(), "gave up without an upstream:\n{out}");
+        assert!(out.contains("upstream not reachable yet"), "retried before giving up:\n{out}");
+        assert!(out.contains("the upstream is not reachable"), "said why it stopped:\n{out}");
+
+        let args = gateway_args(&url);
+        let log = dir().join("gateway-early.log");
+        // `Proc::start` returns once the gateway serves, and panics if it exits first.
+        let gateway = tokio::spawn(async move { Proc::start(&args, &log).await });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!gateway.is_finished(), "the gateway served, or exited, without its upstream");
+        let upstream = Proc::upstream(port, "upstream-late").await;
+        let gateway = gateway.await.expect("the gateway starts once its upstream is up");
+        let client = Client::start(gateway.http, "totals");
+        let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        writer.stop().await;
+        let expected = settle(&client, upstream.pg).await;
+        assert!(!expected.is_empty(), "the writer changed the upstream");
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// Speed, not correctness (run by hand, see BENCHMARKS.md): the time the gateway adds between the
 /// upstream's progress row and a WebSocket client's receipt of that timestamp. A direct SUBSCRIBE
 /// client of the upstream timestamps each progress row `p` on arrival; each of `GW_CLIENTS`
