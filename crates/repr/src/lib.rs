@@ -84,6 +84,19 @@ fn permute<T>(items: &mut [T], mut from: Vec<usize>) {
     }
 }
 
+/// An error with its causes, `outer: inner: root`: clients such as reqwest and tokio-postgres
+/// often say only "error sending request" or "error connecting to server" at the top.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
-use viewcast_repr::{consolidate_updates, ColumnType, Diff, RelationDesc, Row, ScalarType, Timestamp, Update};
+use viewcast_repr::{
+    consolidate_updates, error_chain, ColumnType, Diff, RelationDesc, Row, ScalarType, Timestamp, Update,
+};
 
 pub use conninfo::redact_password;
 pub use copy::scalar_type_of;
@@ -301,19 +303,6 @@ async fn follow_once(
         }
         partial.drain(..start);
     }
-}
-
-/// An error and its causes, `outer: inner: ...` (tokio-postgres's own text names only the kind:
-/// "error performing TLS handshake", "db error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// A failed SUBSCRIBE while resuming with a database error about the timestamp means the

@@ -7,7 +7,7 @@ use crossbeam_channel::Sender;
 use futures::StreamExt;
 use reqwest::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 
-use viewcast_repr::{Datum, Jsonb, Row};
+use viewcast_repr::{error_chain, Datum, Jsonb, Row};
 
 use super::parser::{SseEvent, SseParser};
 use crate::loadgen::rng::Rng;
@@ -264,19 +264,6 @@ impl Connection<'_> {
         self.stats.record_events(n, bytes, now_millis());
         Ok(n)
     }
-}
-
-/// An error with its causes, `outer: inner: root`, since reqwest's own message is often just
-/// "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]
