@@ -85,34 +85,53 @@ pub struct ViewLog {
     retention: Retention,
 }
 
-/// A view's rows with their multiplicities and hashes, in [`Contents::SHARDS`] hash tables chosen
-/// by bits of the row's hash. A table grows by moving every entry at once; one table of a million
-/// rows held the apply thread 50-80 ms at each doubling, and on two cores that took a core from the
-/// engine for as long. A shard grows in a sixty-fourth of that.
+/// A view's rows with their multiplicities and hashes, in [`Contents::SHARDS`] hash tables.
+///
+/// A hash table grows by moving every entry at once: one table of a million rows held the apply
+/// thread 50-60 ms at each doubling (and on two cores took a core from the engine for as long).
+/// Shards of equal size would all double at about the same moment, one after another within a few
+/// ticks, which costs the same in all. So the shards take unequal shares of the rows, spread
+/// geometrically over one octave (shard `i` gets a share proportional to `2^(i/64)`): while the
+/// row count doubles, each shard doubles once, each at its own point of the octave. At most a
+/// forty-fifth of the rows move at a time, and growths are spread evenly as the view grows.
 #[derive(Debug)]
 struct Contents {
     shards: Vec<HashTable<(u64, Row, Diff)>>,
+    /// `bounds[i]` is the least 32-bit hash slice (see [`Contents::shard`]) of shard `i + 1`.
+    bounds: Vec<u32>,
 }
 
 impl Default for Contents {
     fn default() -> Self {
-        Contents { shards: (0..Self::SHARDS).map(|_| HashTable::new()).collect() }
+        let weights: Vec<f64> = (0..Self::SHARDS).map(|i| (i as f64 / Self::SHARDS as f64).exp2()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut sum = 0.0;
+        let bounds = weights[..Self::SHARDS - 1]
+            .iter()
+            .map(|w| {
+                sum += w;
+                (sum / total * 4_294_967_296.0) as u32
+            })
+            .collect();
+        Contents { shards: (0..Self::SHARDS).map(|_| HashTable::new()).collect(), bounds }
     }
 }
 
 impl Contents {
     const SHARDS: usize = 64;
 
-    /// The shard of a hash: bits 40-45, which neither a shard's bucket index (the low bits) nor
-    /// hashbrown's control tag (the top seven) uses.
-    fn shard(hash: u64) -> usize {
-        ((hash >> 40) as usize) & (Self::SHARDS - 1)
+    /// The shard of a hash, by its bits 24-55, which neither a shard's bucket index (the low bits,
+    /// up to 16M buckets) nor hashbrown's control tag (the top seven) uses.
+    fn shard(&self, hash: u64) -> usize {
+        let slice = (hash >> 24) as u32;
+        self.bounds.partition_point(|&b| b <= slice)
     }
 
     /// Adds `diff` to `row`'s multiplicity, removing the row at zero.
     fn add(&mut self, row: &Row, diff: Diff) {
         let hash = row.fx_hash();
-        match self.shards[Self::shard(hash)].entry(hash, |e| e.1 == *row, |e| e.0) {
+        let shard = self.shard(hash);
+        match self.shards[shard].entry(hash, |e| e.1 == *row, |e| e.0) {
             Entry::Occupied(mut o) => {
                 o.get_mut().2 += diff;
                 if o.get().2 == 0 {
@@ -345,6 +364,25 @@ mod tests {
             assert_eq!(trusted.len(), trusted.snapshot().iter().map(|(_, d)| d).sum::<Diff>(), "the kept row count");
         }
         assert!(trusted.seal_consolidated(35, vec![(r(1), 29, 1)]).is_err(), "time below frontier is rejected");
+    }
+
+    /// Shards take geometric shares of the rows (so they do not all grow at once): the last
+    /// shard about twice the first, for sequential integers as for text rows.
+    #[test]
+    fn shards_take_geometric_shares() {
+        for text in [false, true] {
+            let mut c = Contents::default();
+            for i in 0..256_000i64 {
+                let row = if text { Row::new(vec![Datum::text(&format!("user{i}"))]) } else { r(i) };
+                c.add(&row, 1);
+            }
+            let sizes: Vec<f64> = c.shards.iter().map(|s| s.len() as f64).collect();
+            let (first, last) = (sizes[..8].iter().sum::<f64>(), sizes[56..].iter().sum::<f64>());
+            let ratio = last / first;
+            // Expected 2^(56/64) = 1.83 between the two groups of eight.
+            assert!((1.6..2.1).contains(&ratio), "text {text}: last/first shards {ratio:.2}: {sizes:?}");
+            assert!(sizes.iter().all(|&n| n > 2_000.0), "text {text}: every shard used: {sizes:?}");
+        }
     }
 
     /// The sharded contents hold exactly the sum of every sealed update, row by row, while rows
