@@ -62,6 +62,17 @@ fn push_change(
     }
 }
 
+/// The hash that routes a row to the worker counting its group: of the datums at `cols`. A
+/// count's output row starts with its key, so routing the output by its first `key.len()`
+/// columns with this hash keeps each row on the worker that counted it.
+pub(crate) fn key_hash(row: &Row, cols: impl Iterator<Item = usize>) -> u64 {
+    let mut h = FxHasher::default();
+    for i in cols {
+        row.get(i).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The rows of `COUNT(*) .. GROUP BY key_cols` over `input`, in the output shape `shape`. If `output`
 /// is given, every change is also delivered to it, and its snapshot listeners are served.
 pub(crate) fn render<'s>(
@@ -75,13 +86,8 @@ pub(crate) fn render<'s>(
     // The global row's default is introduced once, by worker 0, which all global counts go to.
     let owner = key_cols.is_empty() && scope.index() == 0;
     let exchange_key = key_cols.clone();
-    let exchange = Exchange::new(move |(row, _, _): &(Row, Timestamp, Diff)| {
-        let mut h = FxHasher::default();
-        for &i in exchange_key.iter() {
-            row.get(i).hash(&mut h);
-        }
-        h.finish()
-    });
+    let exchange =
+        Exchange::new(move |(row, _, _): &(Row, Timestamp, Diff)| key_hash(row, exchange_key.iter().copied()));
     // A contiguous key is looked up as a slice of the row, without building it.
     let contiguous = key_cols.windows(2).all(|w| w[1] == w[0] + 1);
     let range = key_cols.first().map_or(0..0, |&s| s..s + key_cols.len());

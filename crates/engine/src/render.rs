@@ -257,8 +257,9 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                 }
             },
             RelExpr::TopK { input, group_key, order_key, limit, offset } => {
+                let counted_key = self.counted_key(input);
                 let input = self.render(input);
-                crate::topk::render(input, group_key.clone(), order_key.clone(), *limit, *offset)
+                crate::topk::render(input, group_key.clone(), order_key.clone(), *limit, *offset, counted_key)
             }
             RelExpr::Join { left, right, kind: JoinKind::Inner, equi, predicate }
                 if plan.arranged_inputs().iter().any(|a| a.shared.is_some()) =>
@@ -275,6 +276,15 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                 self.render_join(l, r, la, ra, *kind, equi.clone(), predicate.clone())
             }
         }
+    }
+
+    /// The key length of a counted view `plan` reads directly (a `Get` of a `COUNT(*)`-only view
+    /// whose operator serves it): its rows are on the workers their keys were routed to.
+    fn counted_key(&self, plan: &RelExpr) -> Option<usize> {
+        let RelExpr::Get { id, .. } = plan else { return None };
+        let view = self.items.views.get(id)?;
+        view.output.as_ref()?;
+        count_view(&view.plan).map(|(_, key, _)| key.len())
     }
 
     /// Renders a view whose plan is a `COUNT(*)`-only `Reduce` (see [`count_view`]), delivering its

@@ -219,12 +219,15 @@ fn hash_key(row: &Row, key: &[usize]) -> u64 {
     h.finish()
 }
 
+/// The top-k of `input`; `counted_key` is the key length when `input` is a counted view (its rows
+/// start with the key they were counted by).
 pub(crate) fn render<'s>(
     input: Coll<'s>,
     group_key: Vec<usize>,
     order_key: Vec<ColumnOrder>,
     limit: Option<usize>,
     offset: usize,
+    counted_key: Option<usize>,
 ) -> Coll<'s> {
     let order: Rc<[ColumnOrder]> = order_key.into();
     let peers = input.inner.scope().peers();
@@ -237,7 +240,12 @@ pub(crate) fn render<'s>(
         // own worker too. Without this every update went to worker 0, which did all the ranking
         // while the others idled (BENCHMARKS.md, "Two-stage top-k").
         Some(limit) if group_key.is_empty() && peers > 1 => {
-            let spread = Exchange::new(|(row, _t, _d): &(Row, Timestamp, Diff)| row.fx_hash());
+            // Any function of the row will do. Over a counted view, the hash its count routed the
+            // key by leaves every row on the worker it is already on.
+            let spread = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| match counted_key {
+                Some(k) => crate::count::key_hash(row, 0..k),
+                None => row.fx_hash(),
+            });
             let local = operator(input, spread, "TopKLocal", Vec::new(), order.clone(), Some(offset + limit), 0);
             let global = Exchange::new(|_: &(Row, Timestamp, Diff)| 0);
             operator(local, global, "TopK", group_key, order, Some(limit), offset)
