@@ -13,12 +13,12 @@
 //! `arrange` + `count_total` (and the second `count_total` each dependent ran over the imported trace).
 
 use std::cell::RefCell;
-use std::collections::hash_map::Entry as HashEntry;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
+use hashbrown::hash_table::{Entry as HashEntry, HashTable};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -26,10 +26,12 @@ use timely::dataflow::operators::Capability;
 use viewcast_repr::{Datum, Diff, Row, Timestamp};
 
 use crate::forward::Forward;
-use crate::render::{Coll, CountShape, FxHashMap, FxHasher};
+use crate::render::{Coll, CountShape, FxHasher};
 
-/// Sums per group key.
-type Sums = FxHashMap<Vec<Datum>, Diff>;
+/// Sums per group key, each key with its hash ([`key_hash`] of the key's datums): a key is hashed
+/// once, when its row arrives; applying a time's sums to the counts and growing either table
+/// hashes no key again.
+type Sums = HashTable<(u64, Vec<Datum>, Diff)>;
 
 /// Multiplicity changes per key waiting for the frontier to pass their time.
 type Stash = BTreeMap<Timestamp, (Capability<Timestamp>, Sums)>;
@@ -66,9 +68,14 @@ fn push_change(
 /// count's output row starts with its key, so routing the output by its first `key.len()`
 /// columns with this hash keeps each row on the worker that counted it.
 pub(crate) fn key_hash(row: &Row, cols: impl Iterator<Item = usize>) -> u64 {
+    hash_datums(cols.map(|i| row.get(i)))
+}
+
+/// The hash of a sequence of datums: of a key, as [`Sums`] keeps it and [`key_hash`] routes it.
+fn hash_datums<'a>(datums: impl IntoIterator<Item = &'a Datum>) -> u64 {
     let mut h = FxHasher::default();
-    for i in cols {
-        row.get(i).hash(&mut h);
+    for d in datums {
+        d.hash(&mut h);
     }
     h.finish()
 }
@@ -104,7 +111,7 @@ pub(crate) fn render<'s>(
                 }
                 let mut stash: Stash = BTreeMap::new();
                 let mut spare: Vec<Sums> = Vec::new();
-                let mut counts: Sums = FxHashMap::default();
+                let mut counts: Sums = HashTable::new();
                 let mut changes: Vec<(Row, Timestamp, Diff)> = Vec::new();
                 let mut scratch: Vec<Datum> = Vec::new();
                 move |(input, frontier), out| {
@@ -126,13 +133,14 @@ pub(crate) fn render<'s>(
                                 scratch.extend(key_cols.iter().map(|&i| row.get(i).clone()));
                                 &scratch
                             };
-                            match sums.get_mut(key) {
-                                Some(n) => *n += diff,
-                                None if contiguous && range.len() == row.len() => {
-                                    sums.insert(row.0, diff);
+                            let hash = hash_datums(key);
+                            match sums.entry(hash, |e| e.1 == key, |e| e.0) {
+                                HashEntry::Occupied(mut o) => o.get_mut().2 += diff,
+                                HashEntry::Vacant(v) if contiguous && range.len() == row.len() => {
+                                    v.insert((hash, row.0, diff));
                                 }
-                                None => {
-                                    sums.insert(key.to_vec(), diff);
+                                HashEntry::Vacant(v) => {
+                                    v.insert((hash, key.to_vec(), diff));
                                 }
                             }
                         }
@@ -147,24 +155,25 @@ pub(crate) fn render<'s>(
                             serve_snapshots(out, time, &counts, &shape, owner);
                         }
                         let (cap, mut sums) = entry.remove();
-                        for (key, delta) in sums.drain() {
+                        for (hash, key, delta) in sums.drain() {
                             if delta == 0 {
                                 continue;
                             }
-                            // One hash of the key: its entry is read and written in place.
-                            match counts.entry(key) {
+                            // The key's hash from its arrival: its entry is read and written in place.
+                            match counts.entry(hash, |e| e.1 == key, |e| e.0) {
                                 HashEntry::Occupied(mut o) => {
-                                    let (old, new) = (*o.get(), *o.get() + delta);
-                                    push_change(&mut changes, o.key(), old, new, time, &shape);
+                                    let entry = o.get_mut();
+                                    let (old, new) = (entry.2, entry.2 + delta);
+                                    push_change(&mut changes, &entry.1, old, new, time, &shape);
                                     if new == 0 {
                                         o.remove();
                                     } else {
-                                        *o.get_mut() = new;
+                                        entry.2 = new;
                                     }
                                 }
                                 HashEntry::Vacant(v) => {
-                                    push_change(&mut changes, v.key(), 0, delta, time, &shape);
-                                    v.insert(delta);
+                                    push_change(&mut changes, &key, 0, delta, time, &shape);
+                                    v.insert((hash, key, delta));
                                 }
                             }
                         }
@@ -194,7 +203,7 @@ fn serve_snapshots(out: &Rc<RefCell<Forward>>, upto: Timestamp, counts: &Sums, s
         return;
     }
     let mut rows: Vec<(Row, Diff)> =
-        counts.iter().filter_map(|(key, &n)| row_of(key, n, shape).map(|row| (row, 1))).collect();
+        counts.iter().filter_map(|(_, key, n)| row_of(key, *n, shape).map(|row| (row, 1))).collect();
     if owner && counts.is_empty() {
         rows.extend(shape.default.clone().map(|row| (row, 1)));
     }
