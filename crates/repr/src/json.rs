@@ -455,9 +455,38 @@ impl<'a> JsonObject<'a> {
         })
     }
 
-    /// The member `key`, by binary search (keys are sorted).
+    /// The member `key`. The index where this thread last found the same key (the same `&str`,
+    /// as a plan's literal is) is tried first: the documents of one source share their keys, so
+    /// one comparison usually finds it. Otherwise a binary search (keys are sorted).
     pub fn get(self, key: &str) -> Option<Json<'a>> {
-        let key = key.as_bytes();
+        let slot = (key.as_ptr() as usize >> 3) % LOOKUP_HINTS;
+        let hint = LOOKUP_HINT.with(|h| h[slot].get());
+        if hint.0 == key.as_ptr() as usize && hint.1 < self.len {
+            if let Some(found) = self.member_at(hint.1, key.as_bytes()) {
+                return Some(found);
+            }
+        }
+        let found = self.search(key.as_bytes());
+        if let Some((at, _)) = found {
+            LOOKUP_HINT.with(|h| h[slot].set((key.as_ptr() as usize, at)));
+        }
+        found.map(|(_, value)| value)
+    }
+
+    /// The value of member `i` if its key is `key`.
+    fn member_at(self, i: usize, key: &[u8]) -> Option<Json<'a>> {
+        let members = self.members();
+        let at = read_u32(self.body, 4 * i);
+        let klen = read_u32(members, at);
+        if klen != key.len() || key_cmp(&members[at + 4..at + 4 + klen], key) != Ordering::Equal {
+            return None;
+        }
+        let value = &members[at + 4 + klen..];
+        Some(Json(&value[..value_len(value)]))
+    }
+
+    /// The index and value of member `key`, by binary search.
+    fn search(self, key: &[u8]) -> Option<(usize, Json<'a>)> {
         let members = self.members();
         let (mut lo, mut hi) = (0, self.len);
         while lo < hi {
@@ -467,7 +496,7 @@ impl<'a> JsonObject<'a> {
             match key_cmp(&members[at + 4..at + 4 + klen], key) {
                 Ordering::Equal => {
                     let value = &members[at + 4 + klen..];
-                    return Some(Json(&value[..value_len(value)]));
+                    return Some((mid, Json(&value[..value_len(value)])));
                 }
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
@@ -475,6 +504,15 @@ impl<'a> JsonObject<'a> {
         }
         None
     }
+}
+
+/// Slots of [`LOOKUP_HINT`], chosen by the key's address.
+const LOOKUP_HINTS: usize = 64;
+
+thread_local! {
+    /// Per slot: the address of a key this thread looked up and the member index it was at.
+    static LOOKUP_HINT: [std::cell::Cell<(usize, usize)>; LOOKUP_HINTS] =
+        const { [const { std::cell::Cell::new((0, 0)) }; LOOKUP_HINTS] };
 }
 
 /// Splits `(key, value, rest)` off the member encoded at the start of `b`.
@@ -1298,6 +1336,31 @@ mod tests {
                     })
                     .collect();
                 format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    /// The same key (one `&str`, as a plan's literal) looked up in documents whose members sit at
+    /// other indexes, or that lack it, finds exactly what a search finds: a remembered index is
+    /// only a first guess.
+    #[test]
+    fn lookups_with_a_remembered_index_match_a_search() {
+        let docs = [
+            r#"{"a": 1, "b": 2, "user": "x"}"#,
+            r#"{"user": "y"}"#,
+            r#"{"a": 1, "b": 2, "c": 3, "d": 4, "user": "z", "zz": 0}"#,
+            r#"{"a": 1, "b": 2, "c": 3}"#,
+            r#"{"user": null, "users": 1}"#,
+            r#"{"usee": 1, "userx": 2}"#,
+            r#"[1, 2, 3]"#,
+        ];
+        let key = String::from("user");
+        for _ in 0..3 {
+            for text in docs {
+                let doc = Jsonb::parse(text).unwrap();
+                let want = serde_json::from_str::<serde_json::Value>(text).unwrap().get(key.as_str()).cloned();
+                let got = doc.json().get(&key).map(|j| j.to_value());
+                assert_eq!(got, want, "{text}");
             }
         }
     }
