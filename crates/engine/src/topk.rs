@@ -238,7 +238,7 @@ pub(crate) fn render<'s>(
         // reach the worker that ranks them all. The global window is within the union of the
         // local ones: a row among the first `n` overall has fewer than `n` rows before it on its
         // own worker too. Without this every update went to worker 0, which did all the ranking
-        // while the others idled (BENCHMARKS.md, "Two-stage top-k").
+        // while the others idled (BENCHMARKS.md, "Ingest: two-stage top-k").
         Some(limit) if group_key.is_empty() && peers > 1 => {
             // Any function of the row will do. Over a counted view, the hash its count routed the
             // key by leaves every row on the worker it is already on.
