@@ -210,15 +210,6 @@ fn window(group: &Group, offset: usize, limit: Option<usize>, out: &mut Vec<(Row
     }
 }
 
-fn hash_key(row: &Row, key: &[usize]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for &i in key {
-        row.get(i).hash(&mut h);
-    }
-    h.finish()
-}
-
 /// The top-k of `input`; `counted_key` is the key length when `input` is a counted view (its rows
 /// start with the key they were counted by).
 pub(crate) fn render<'s>(
@@ -251,17 +242,12 @@ pub(crate) fn render<'s>(
             operator(local, global, "TopK", group_key, order, Some(limit), offset)
         }
         _ => {
+            // Each group to one worker (a global one, without a limit, to worker 0), by the hash
+            // counts route keys by.
             let key_for_exchange = group_key.clone();
-            let exchange =
-                Exchange::new(
-                    move |(row, _t, _d): &(Row, Timestamp, Diff)| {
-                        if key_for_exchange.is_empty() {
-                            0
-                        } else {
-                            hash_key(row, &key_for_exchange)
-                        }
-                    },
-                );
+            let exchange = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| {
+                crate::count::key_hash(row, key_for_exchange.iter().copied())
+            });
             operator(input, exchange, "TopK", group_key, order, limit, offset)
         }
     }
