@@ -97,23 +97,26 @@ pub struct ViewLog {
 #[derive(Debug)]
 struct Contents {
     shards: Vec<HashTable<(u64, Row, Diff)>>,
-    /// `bounds[i]` is the least 32-bit hash slice (see [`Contents::shard`]) of shard `i + 1`.
-    bounds: Vec<u32>,
 }
+
+/// `SHARD_BOUNDS[i]` is the least 32-bit hash slice (see [`Contents::shard`]) of shard `i + 1`:
+/// the cumulative shares `2^(j/64)`, normalized, of the shards before it. The same for every view.
+static SHARD_BOUNDS: std::sync::LazyLock<Vec<u32>> = std::sync::LazyLock::new(|| {
+    let weights: Vec<f64> = (0..Contents::SHARDS).map(|i| (i as f64 / Contents::SHARDS as f64).exp2()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sum = 0.0;
+    weights[..Contents::SHARDS - 1]
+        .iter()
+        .map(|w| {
+            sum += w;
+            (sum / total * 4_294_967_296.0) as u32
+        })
+        .collect()
+});
 
 impl Default for Contents {
     fn default() -> Self {
-        let weights: Vec<f64> = (0..Self::SHARDS).map(|i| (i as f64 / Self::SHARDS as f64).exp2()).collect();
-        let total: f64 = weights.iter().sum();
-        let mut sum = 0.0;
-        let bounds = weights[..Self::SHARDS - 1]
-            .iter()
-            .map(|w| {
-                sum += w;
-                (sum / total * 4_294_967_296.0) as u32
-            })
-            .collect();
-        Contents { shards: (0..Self::SHARDS).map(|_| HashTable::new()).collect(), bounds }
+        Contents { shards: (0..Self::SHARDS).map(|_| HashTable::new()).collect() }
     }
 }
 
@@ -122,15 +125,15 @@ impl Contents {
 
     /// The shard of a hash, by its bits 24-55, which neither a shard's bucket index (the low bits,
     /// up to 16M buckets) nor hashbrown's control tag (the top seven) uses.
-    fn shard(&self, hash: u64) -> usize {
+    fn shard(hash: u64) -> usize {
         let slice = (hash >> 24) as u32;
-        self.bounds.partition_point(|&b| b <= slice)
+        SHARD_BOUNDS.partition_point(|&b| b <= slice)
     }
 
     /// Adds `diff` to `row`'s multiplicity, removing the row at zero.
     fn add(&mut self, row: &Row, diff: Diff) {
         let hash = row.fx_hash();
-        let shard = self.shard(hash);
+        let shard = Self::shard(hash);
         match self.shards[shard].entry(hash, |e| e.1 == *row, |e| e.0) {
             Entry::Occupied(mut o) => {
                 o.get_mut().2 += diff;

@@ -780,7 +780,6 @@ fn apply_mfp(
     for op in ops {
         match op {
             MfpOp::Map(scalars) => {
-                datums.reserve(scalars.len());
                 for s in scalars {
                     match scalar::eval(s, &datums) {
                         Ok(d) => datums.push(d),

@@ -320,24 +320,26 @@ fn every_variant_matches_the_oracle_one_worker() {
     }
 }
 
+/// Runs each seed with 1 and 2 workers (each checked against the oracle at every tick) and
+/// requires identical sealed event logs.
+fn one_and_two_workers_agree(seeds: std::ops::Range<u64>, feed: bool) {
+    for seed in seeds {
+        let one = run(1, seed, 30, feed);
+        let two = run(2, seed, 30, feed);
+        assert_eq!(one, two, "identical sealed event logs with 1 and 2 workers (seed {seed}, feed {feed})");
+    }
+}
+
 #[test]
 fn two_workers_match_the_oracle_and_one_worker() {
-    for seed in 10..12 {
-        let one = run(1, seed, 30, false);
-        let two = run(2, seed, 30, false);
-        assert_eq!(one, two, "identical sealed event logs with 1 and 2 workers (seed {seed})");
-    }
+    one_and_two_workers_agree(10..12, false);
 }
 
 /// Ticks fed in parts while open, with views created and dropped mid-tick: the same contents as
 /// the oracle at every tick, and with 2 workers the same sealed log as with 1.
 #[test]
 fn ticks_fed_while_open_match_the_oracle() {
-    for seed in 20..23 {
-        let one = run(1, seed, 30, true);
-        let two = run(2, seed, 30, true);
-        assert_eq!(one, two, "identical sealed event logs with 1 and 2 workers (seed {seed}, fed)");
-    }
+    one_and_two_workers_agree(20..23, true);
 }
 
 /// Views that join, group and deduplicate the same input by the same key read one shared
