@@ -1,10 +1,10 @@
 use std::fmt;
-use std::sync::Arc;
 
 use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
 
 use crate::json::Jsonb;
+use crate::text::Str;
 
 /// One SQL value.
 ///
@@ -18,7 +18,8 @@ pub enum Datum {
     Int(i64),
     /// `real`, `double precision` and (for now) `numeric` values.
     Float(OrderedFloat<f64>),
-    Text(Arc<str>),
+    /// Short text inline, longer shared by reference ([`Str`]).
+    Text(Str),
     Jsonb(Jsonb),
     /// Days since 1970-01-01.
     Date(i32),
@@ -34,7 +35,7 @@ pub enum Datum {
 
 impl Datum {
     pub fn text(s: &str) -> Datum {
-        Datum::Text(Arc::from(s))
+        Datum::Text(Str::from(s))
     }
 
     pub fn float(f: f64) -> Datum {
