@@ -4,93 +4,59 @@
 //! codes. Held as `Arc<str>`, every such value extracted from a `jsonb` row was an allocation, a
 //! copy, a reference count to bump on every clone and to drop, and a pointer to follow on every
 //! hash and comparison (the counts' and top-k's tables of 100,000 users compared keys through it).
-//! Up to [`INLINE`] bytes are now kept in the value itself, which keeps [`crate::Datum`] at 24
-//! bytes; longer text is shared by reference as before.
+//! Up to [`INLINE`] bytes are now kept in the value itself ([`smol_str::SmolStr`]), which keeps
+//! [`crate::Datum`] at 24 bytes; longer text is shared by reference as before.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
-use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smol_str::SmolStr;
 
 /// The longest text held inline, in bytes.
-pub const INLINE: usize = 22;
+pub const INLINE: usize = 23;
 
 /// A `text` value. It behaves as the `str` it holds: equality, order and hash are the string's,
 /// whether it is inline or shared.
-#[derive(Clone)]
-pub struct Str(Repr);
-
-#[derive(Clone)]
-enum Repr {
-    /// `buf[..len]` is the text (UTF-8: it was copied from a `str`).
-    Inline {
-        len: u8,
-        buf: [u8; INLINE],
-    },
-    Heap(Arc<str>),
-}
+#[derive(Clone, PartialEq, Eq)]
+pub struct Str(SmolStr);
 
 impl Str {
-    /// The text's bytes, without the UTF-8 check [`Str::as_str`] makes of an inline value.
-    pub fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Inline { len, buf } => &buf[..*len as usize],
-            Repr::Heap(s) => s.as_bytes(),
-        }
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
 
-    pub fn as_str(&self) -> &str {
-        match &self.0 {
-            // The workspace forbids `unsafe`, so the inline bytes are checked again: at most 22
-            // bytes, a few instructions for ASCII.
-            Repr::Inline { len, buf } => {
-                std::str::from_utf8(&buf[..*len as usize]).expect("inline text is UTF-8: it was copied from a str")
-            }
-            Repr::Heap(s) => s,
-        }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 
     /// The length in bytes.
     pub fn len(&self) -> usize {
-        match &self.0 {
-            Repr::Inline { len, .. } => *len as usize,
-            Repr::Heap(s) => s.len(),
-        }
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// Whether the text is held in the value itself (no allocation).
     pub fn is_inline(&self) -> bool {
-        matches!(self.0, Repr::Inline { .. })
+        !self.0.is_heap_allocated()
     }
 }
 
 impl From<&str> for Str {
     fn from(s: &str) -> Str {
-        if s.len() <= INLINE {
-            let mut buf = [0u8; INLINE];
-            buf[..s.len()].copy_from_slice(s.as_bytes());
-            Str(Repr::Inline { len: s.len() as u8, buf })
-        } else {
-            Str(Repr::Heap(Arc::from(s)))
-        }
+        Str(SmolStr::new(s))
     }
 }
 
 impl From<String> for Str {
     fn from(s: String) -> Str {
-        if s.len() <= INLINE {
-            Str::from(s.as_str())
-        } else {
-            Str(Repr::Heap(Arc::from(s)))
-        }
+        Str(SmolStr::from(s))
     }
 }
 
@@ -114,30 +80,22 @@ impl Borrow<str> for Str {
     }
 }
 
-impl PartialEq for Str {
-    fn eq(&self, other: &Str) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Str {}
-
 impl PartialEq<str> for Str {
     fn eq(&self, other: &str) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Str {
     fn eq(&self, other: &&str) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == *other
     }
 }
 
 impl Ord for Str {
     /// `str`'s order, which is its bytes' order.
     fn cmp(&self, other: &Str) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -148,11 +106,10 @@ impl PartialOrd for Str {
 }
 
 impl Hash for Str {
-    /// As `str` hashes: its bytes, then `0xff`. So a text's hash is the same in every process and
-    /// whether it is inline or not.
+    /// As `str` hashes, so a text's hash is the same in every process and whether it is inline
+    /// or not.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.as_bytes());
-        state.write_u8(0xff);
+        self.as_str().hash(state)
     }
 }
 
@@ -191,7 +148,7 @@ mod tests {
     use std::hash::BuildHasher;
 
     fn texts() -> Vec<String> {
-        let mut v: Vec<String> = vec![
+        vec![
             String::new(),
             "a".into(),
             "enwiki".into(),
@@ -201,9 +158,8 @@ mod tests {
             "x".repeat(INLINE + 1),
             format!("{}é", "y".repeat(INLINE - 1)),
             "a much longer title of a Wikipedia page".into(),
-        ];
-        v.push(format!("{}\u{0}", "z".repeat(5)));
-        v
+            format!("{}\u{0}", "z".repeat(5)),
+        ]
     }
 
     #[test]
