@@ -4,7 +4,7 @@
 //! codes. Held as `Arc<str>`, every such value extracted from a `jsonb` row was an allocation, a
 //! copy, a reference count to bump on every clone and to drop, and a pointer to follow on every
 //! hash and comparison (the counts' and top-k's tables of 100,000 users compared keys through it).
-//! Up to [`INLINE`] bytes are now kept in the value itself ([`smol_str::SmolStr`]), which keeps
+//! Up to 23 bytes are now kept in the value itself ([`smol_str::SmolStr`]), which keeps
 //! [`crate::Datum`] at 24 bytes; longer text is shared by reference as before.
 
 use std::borrow::Borrow;
@@ -15,9 +15,6 @@ use std::ops::Deref;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smol_str::SmolStr;
-
-/// The longest text held inline, in bytes.
-pub const INLINE: usize = 23;
 
 /// A `text` value. It behaves as the `str` it holds: equality, order and hash are the string's,
 /// whether it is inline or shared.
@@ -146,6 +143,9 @@ impl<'de> Deserialize<'de> for Str {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    /// The longest text `SmolStr` holds inline, in bytes.
+    const INLINE: usize = 23;
 
     fn texts() -> Vec<String> {
         vec![
