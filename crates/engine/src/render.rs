@@ -21,7 +21,7 @@ use viewcast_repr::{Datum, Diff, Row, Timestamp};
 
 use crate::arrange::{ArrangementKey, Imported};
 use crate::forward::Forward;
-use crate::scalar;
+use crate::scalar::Prepared;
 use crate::worker::{ErrorSink, Items, ViewState};
 
 /// A collection of rows with integer multiplicities.
@@ -341,11 +341,13 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
         loop {
             match node {
                 RelExpr::Map { input, scalars } => {
-                    ops.push(MfpOp::Map(scalars.clone()));
+                    ops.push(MfpOp::Map(scalars.iter().map(Prepared::new).collect()));
                     node = input;
                 }
                 RelExpr::Filter { input, predicates } => {
-                    let (temporal, plain) = predicates.iter().cloned().partition(|p| p.contains_mz_now());
+                    let (temporal, plain): (Vec<ScalarExpr>, Vec<ScalarExpr>) =
+                        predicates.iter().cloned().partition(|p| p.contains_mz_now());
+                    let plain = plain.iter().map(Prepared::new).collect();
                     ops.push(MfpOp::Filter { plain, temporal });
                     node = input;
                 }
@@ -411,6 +413,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
     ) -> Coll<'s> {
         let (errors, id) = (self.errors.clone(), self.id);
         let aggs = aggregates.to_vec();
+        let inputs = prepare_inputs(aggregates);
         let mut values: Vec<(Row, Diff)> = Vec::new();
         let output = arranged
             .reduce_abelian::<_, ValBuilder<Row, Row, Timestamp, Diff>, ValSpine<Row, Row, Timestamp, Diff>, _, _>(
@@ -418,7 +421,7 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
                 move |_key, group: &[(&Row, Diff)], out: &mut Vec<(Row, Diff)>| {
                     values.clear();
                     for (row, n) in group {
-                        match aggregate_inputs(&aggs, row) {
+                        match aggregate_inputs(&inputs, row) {
                             Ok(vals) => values.push((vals, *n)),
                             // Dropped, as the private path drops it (reported again when the group changes).
                             Err(e) => errors.report(id, &e),
@@ -512,7 +515,8 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             return crate::count::render(input, group_key, shape, self.as_of, None);
         } else if accumulable {
             let key_cols = group_key.clone();
-            let aggs = aggregates.clone();
+            let aggs: Vec<(AggregateFunc, Prepared)> =
+                aggregates.iter().map(|a| (a.func, Prepared::new(&a.expr))).collect();
             let slots =
                 1 + aggregates.iter().map(|a| if a.func == AggregateFunc::Count { 1 } else { 2 }).sum::<usize>();
             let exploded = pre_aggregate(input, key_cols, "AccumulateAggregates", move |row, diff| {
@@ -541,9 +545,9 @@ impl<'s, 'a> RenderCtx<'s, 'a> {
             })
         } else {
             let key_cols = group_key.clone();
-            let aggs = aggregates.clone();
+            let inputs = prepare_inputs(&aggregates);
             let errors2 = errors.clone();
-            let keyed = input.flat_map(move |row: Row| match aggregate_inputs(&aggs, &row) {
+            let keyed = input.flat_map(move |row: Row| match aggregate_inputs(&inputs, &row) {
                 Ok(vals) => Some((Row::new(key_cols.iter().map(|&i| row.get(i).clone()).collect()), vals)),
                 Err(e) => {
                     errors2.report(id, &e);
@@ -586,6 +590,7 @@ fn join_rows(
     errors: Rc<ErrorSink>,
     id: GlobalId,
 ) -> impl FnMut(&Row, &Row, &Row) -> Option<Row> + 'static {
+    let predicate = predicate.as_ref().map(Prepared::new);
     move |key: &Row, lrow: &Row, rrow: &Row| {
         if key.datums().iter().any(Datum::is_null) {
             return None;
@@ -600,15 +605,21 @@ fn join_rows(
     }
 }
 
-/// The input values of `aggs` for one input row, as a row with aggregate `i`'s value in column `i`.
-fn aggregate_inputs(aggs: &[AggregateExpr], row: &Row) -> Result<Row, viewcast_plan::EvalError> {
-    aggs.iter().map(|a| scalar::eval(&a.expr, row.datums())).collect::<Result<Vec<_>, _>>().map(Row::new)
+/// The aggregates' input expressions, prepared for evaluation.
+fn prepare_inputs(aggs: &[AggregateExpr]) -> Vec<Prepared> {
+    aggs.iter().map(|a| Prepared::new(&a.expr)).collect()
+}
+
+/// The values of the aggregates' `inputs` for one input row, as a row with aggregate `i`'s value
+/// in column `i`.
+fn aggregate_inputs(inputs: &[Prepared], row: &Row) -> Result<Row, viewcast_plan::EvalError> {
+    inputs.iter().map(|e| e.eval(row.datums())).collect::<Result<Vec<_>, _>>().map(Row::new)
 }
 
 /// Whether predicate `p` is true of `datums` (not false or NULL); an evaluation error is reported
 /// to `errors` and counts as not true.
-fn holds(p: &ScalarExpr, datums: &[Datum], errors: &ErrorSink, id: GlobalId) -> bool {
-    match scalar::eval(p, datums) {
+fn holds(p: &Prepared, datums: &[Datum], errors: &ErrorSink, id: GlobalId) -> bool {
+    match p.eval(datums) {
         Ok(d) => matches!(d, Datum::Bool(true)),
         Err(e) => {
             errors.report(id, &e);
@@ -715,18 +726,18 @@ where
 
 /// The accumulator of one input row with multiplicity `diff`: `[rows, (non-null count[, sum]) per aggregate]`.
 fn accumulate(
-    aggs: &[AggregateExpr],
+    aggs: &[(AggregateFunc, Prepared)],
     row: &Row,
     diff: Diff,
     slots: usize,
 ) -> Result<Vec<Diff>, viewcast_plan::EvalError> {
     let mut acc = Vec::with_capacity(slots);
     acc.push(diff);
-    for a in aggs {
-        let d = scalar::eval(&a.expr, row.datums())?;
+    for (func, expr) in aggs {
+        let d = expr.eval(row.datums())?;
         let present = if d.is_null() { 0 } else { diff };
         acc.push(present);
-        if a.func == AggregateFunc::SumInt {
+        if *func == AggregateFunc::SumInt {
             match d {
                 Datum::Null => acc.push(0),
                 Datum::Int(i) => {
@@ -755,11 +766,11 @@ fn key_by<'s>(c: Coll<'s>, cols: Rc<[usize]>) -> VecCollection<'s, Timestamp, (R
 }
 
 enum MfpOp {
-    Map(Vec<ScalarExpr>),
+    Map(Vec<Prepared>),
     /// `temporal` holds the predicates with `mz_now()` (each a temporal predicate: the handle
     /// checked the plan); they bound the row's validity instead of dropping it.
     Filter {
-        plain: Vec<ScalarExpr>,
+        plain: Vec<Prepared>,
         temporal: Vec<ScalarExpr>,
     },
     Project(Vec<usize>),
@@ -781,7 +792,7 @@ fn apply_mfp(
         match op {
             MfpOp::Map(scalars) => {
                 for s in scalars {
-                    match scalar::eval(s, &datums) {
+                    match s.eval(&datums) {
                         Ok(d) => datums.push(d),
                         Err(e) => {
                             errors.report(id, &e);

@@ -1,41 +1,70 @@
-//! Scalar evaluation with borrowing fast paths for JSON extraction.
+//! Scalar evaluation with borrowing fast paths for JSON extraction, prepared once per plan.
 //!
 //! Semantics are exactly [`ScalarExpr::eval`]'s; this module only avoids building intermediate
 //! `jsonb` values when a chain of `->` with literal keys is read (`data->'length'->'new'`), the
-//! shape every JSON source's view has. Anything else is delegated to the reference evaluator.
+//! shape every JSON source's view has, and matches each expression's shape once, when the plan is
+//! rendered ([`Prepared`]), not at every row. Anything else is delegated to the reference
+//! evaluator.
 
 use viewcast_plan::expr::cast;
 use viewcast_plan::{BinaryFunc, EvalError, ScalarExpr, UnaryFunc};
 use viewcast_repr::{Datum, Json, JsonView, Jsonb, ScalarType};
 
-/// A borrowed step along a JSON path.
-enum JsonRef<'a> {
-    /// Not a JSON path this module understands; use the reference evaluator.
-    NotPath,
-    /// SQL NULL (a missing key, a NULL document or key).
-    Null,
-    Value(Json<'a>),
+/// A scalar prepared once for evaluation over many rows.
+///
+/// A JSON path with literal keys (`val->'length'->'new'`, under a `->>` or a cast) is flattened
+/// into its root column and keys, so evaluating it walks the document in place, without building
+/// intermediate `jsonb` values or matching the expression tree again at every step; anything
+/// else is delegated to the reference evaluator.
+pub(crate) enum Prepared {
+    Column(usize),
+    Literal(Datum),
+    /// `root -> keys[0] -> keys[1] ..`, then `leaf`. `expr` is the whole expression, evaluated
+    /// by the reference when the root column is neither `jsonb` nor NULL.
+    Path {
+        root: usize,
+        keys: Vec<Datum>,
+        leaf: Leaf,
+        expr: ScalarExpr,
+    },
+    /// `inner::to`; NULL stays NULL.
+    Cast {
+        to: ScalarType,
+        inner: Box<Prepared>,
+    },
+    /// `left + right` or `left - right`, integers added in place.
+    AddSub {
+        func: BinaryFunc,
+        left: Box<Prepared>,
+        right: Box<Prepared>,
+    },
+    Other(ScalarExpr),
 }
 
-fn json_ref<'a>(expr: &ScalarExpr, row: &'a [Datum]) -> JsonRef<'a> {
+/// What a [`Prepared::Path`] yields from the value it reaches.
+pub(crate) enum Leaf {
+    /// The value as `jsonb` (`->`).
+    Json,
+    /// The value's member or element `key` as text (`->> key`).
+    Text(Datum),
+    /// The value cast to a type (`(..->..)::to`).
+    Cast(ScalarType),
+}
+
+/// The root column and keys of `expr` if it is a JSON path with literal keys (a bare column, a
+/// `::jsonb` of one, or `->` steps from one).
+fn path_of(expr: &ScalarExpr) -> Option<(usize, Vec<Datum>)> {
     match expr {
-        ScalarExpr::Column(i) => match &row[*i] {
-            Datum::Jsonb(j) => JsonRef::Value(j.json()),
-            Datum::Null => JsonRef::Null,
-            _ => JsonRef::NotPath,
-        },
+        ScalarExpr::Column(i) => Some((*i, Vec::new())),
         ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, left, right } => {
-            let ScalarExpr::Literal(key, _) = &**right else {
-                return JsonRef::NotPath;
-            };
-            match json_ref(left, row) {
-                JsonRef::Value(v) => lookup(v, key).map_or(JsonRef::Null, JsonRef::Value),
-                other => other,
-            }
+            let ScalarExpr::Literal(key, _) = &**right else { return None };
+            let (root, mut keys) = path_of(left)?;
+            keys.push(key.clone());
+            Some((root, keys))
         }
         // `jsonb::jsonb` is the identity.
-        ScalarExpr::CallUnary { func: UnaryFunc::Cast(ScalarType::Jsonb), expr } => json_ref(expr, row),
-        _ => JsonRef::NotPath,
+        ScalarExpr::CallUnary { func: UnaryFunc::Cast(ScalarType::Jsonb), expr } => path_of(expr),
+        _ => None,
     }
 }
 
@@ -48,66 +77,91 @@ fn lookup<'a>(v: Json<'a>, key: &Datum) -> Option<Json<'a>> {
     }
 }
 
-/// Evaluates `expr` over `row`, with the same result as `expr.eval(row)`.
-pub(crate) fn eval(expr: &ScalarExpr, row: &[Datum]) -> Result<Datum, EvalError> {
-    match expr {
-        ScalarExpr::Column(i) => Ok(row[*i].clone()),
-        ScalarExpr::Literal(d, _) => Ok(d.clone()),
-        ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, .. } => match json_ref(expr, row) {
-            JsonRef::Value(v) => Ok(Datum::Jsonb(Jsonb::from(v))),
-            JsonRef::Null => Ok(Datum::Null),
-            JsonRef::NotPath => expr.eval(row),
-        },
-        ScalarExpr::CallBinary { func: BinaryFunc::JsonGetText, left, right } => {
-            let ScalarExpr::Literal(key, _) = &**right else {
-                return expr.eval(row);
-            };
-            match json_ref(left, row) {
-                JsonRef::Value(v) => Ok(match lookup(v, key).and_then(Json::text) {
-                    None => Datum::Null,
-                    Some(text) => Datum::text(&text),
-                }),
-                JsonRef::Null => Ok(Datum::Null),
-                JsonRef::NotPath => expr.eval(row),
-            }
-        }
-        ScalarExpr::CallBinary { func: func @ (BinaryFunc::Add | BinaryFunc::Sub), left, right } => {
-            let (l, r) = (eval(left, row)?, eval(right, row)?);
-            match (&l, &r) {
-                (Datum::Null, _) | (_, Datum::Null) => Ok(Datum::Null),
-                (Datum::Int(x), Datum::Int(y)) => {
-                    let v = if *func == BinaryFunc::Add { x.checked_add(*y) } else { x.checked_sub(*y) };
-                    v.map(Datum::Int).ok_or_else(|| EvalError::OutOfRange("bigint".into()))
-                }
-                _ => ScalarExpr::CallBinary {
+impl Prepared {
+    pub(crate) fn new(expr: &ScalarExpr) -> Prepared {
+        let path = |leaf: Leaf, of: &ScalarExpr| {
+            path_of(of).map(|(root, keys)| Prepared::Path { root, keys, leaf, expr: expr.clone() })
+        };
+        let prepared = match expr {
+            ScalarExpr::Column(i) => Some(Prepared::Column(*i)),
+            ScalarExpr::Literal(d, _) => Some(Prepared::Literal(d.clone())),
+            ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, .. } => path(Leaf::Json, expr),
+            ScalarExpr::CallBinary { func: BinaryFunc::JsonGetText, left, right } => match &**right {
+                ScalarExpr::Literal(key, _) => path(Leaf::Text(key.clone()), left),
+                _ => None,
+            },
+            ScalarExpr::CallBinary { func: func @ (BinaryFunc::Add | BinaryFunc::Sub), left, right } => {
+                Some(Prepared::AddSub {
                     func: *func,
-                    left: Box::new(ScalarExpr::Literal(l, ScalarType::Int64)),
-                    right: Box::new(ScalarExpr::Literal(r, ScalarType::Int64)),
-                }
-                .eval(&[]),
+                    left: Box::new(Prepared::new(left)),
+                    right: Box::new(Prepared::new(right)),
+                })
             }
-        }
-        ScalarExpr::CallUnary { func: UnaryFunc::Cast(to), expr: inner } => {
-            if let ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, .. } = &**inner {
-                match json_ref(inner, row) {
-                    JsonRef::Null => return Ok(Datum::Null),
-                    JsonRef::Value(v) => {
-                        if let Some(d) = cast_json_leaf(v, *to) {
-                            return d;
-                        }
-                        return cast(Datum::Jsonb(Jsonb::from(v)), *to);
+            // A cast of a `->` step reads the leaf in place.
+            ScalarExpr::CallUnary { func: UnaryFunc::Cast(to), expr: inner } => match &**inner {
+                ScalarExpr::CallBinary { func: BinaryFunc::JsonGet, .. } => path(Leaf::Cast(*to), inner),
+                _ => Some(Prepared::Cast { to: *to, inner: Box::new(Prepared::new(inner)) }),
+            },
+            _ => None,
+        };
+        prepared.unwrap_or_else(|| Prepared::Other(expr.clone()))
+    }
+
+    /// Evaluates over `row`, with the same result as the expression's `eval(row)`.
+    pub(crate) fn eval(&self, row: &[Datum]) -> Result<Datum, EvalError> {
+        match self {
+            Prepared::Column(i) => Ok(row[*i].clone()),
+            Prepared::Literal(d) => Ok(d.clone()),
+            Prepared::Path { root, keys, leaf, expr } => {
+                let mut v = match &row[*root] {
+                    Datum::Jsonb(j) => j.json(),
+                    Datum::Null => return Ok(Datum::Null),
+                    _ => return expr.eval(row),
+                };
+                for key in keys {
+                    match lookup(v, key) {
+                        Some(next) => v = next,
+                        None => return Ok(Datum::Null),
                     }
-                    JsonRef::NotPath => return expr.eval(row),
+                }
+                match leaf {
+                    Leaf::Json => Ok(Datum::Jsonb(Jsonb::from(v))),
+                    Leaf::Text(key) => Ok(match lookup(v, key).and_then(Json::text) {
+                        None => Datum::Null,
+                        Some(text) => Datum::text(&text),
+                    }),
+                    Leaf::Cast(to) => match cast_json_leaf(v, *to) {
+                        Some(d) => d,
+                        None => cast(Datum::Jsonb(Jsonb::from(v)), *to),
+                    },
                 }
             }
-            let d = eval(inner, row)?;
-            if d.is_null() {
-                Ok(Datum::Null)
-            } else {
-                cast(d, *to)
+            Prepared::Cast { to, inner } => {
+                let d = inner.eval(row)?;
+                if d.is_null() {
+                    Ok(Datum::Null)
+                } else {
+                    cast(d, *to)
+                }
             }
+            Prepared::AddSub { func, left, right } => {
+                let (l, r) = (left.eval(row)?, right.eval(row)?);
+                match (&l, &r) {
+                    (Datum::Null, _) | (_, Datum::Null) => Ok(Datum::Null),
+                    (Datum::Int(x), Datum::Int(y)) => {
+                        let v = if *func == BinaryFunc::Add { x.checked_add(*y) } else { x.checked_sub(*y) };
+                        v.map(Datum::Int).ok_or_else(|| EvalError::OutOfRange("bigint".into()))
+                    }
+                    _ => ScalarExpr::CallBinary {
+                        func: *func,
+                        left: Box::new(ScalarExpr::Literal(l, ScalarType::Int64)),
+                        right: Box::new(ScalarExpr::Literal(r, ScalarType::Int64)),
+                    }
+                    .eval(&[]),
+                }
+            }
+            Prepared::Other(expr) => expr.eval(row),
         }
-        _ => expr.eval(row),
     }
 }
 
@@ -166,7 +220,7 @@ mod tests {
         for doc in docs {
             for row in [vec![Datum::Jsonb(Jsonb::parse(doc).unwrap())], vec![Datum::Null], vec![Datum::text(doc)]] {
                 for e in &exprs {
-                    assert_eq!(eval(e, &row), e.eval(&row), "{e:?} on {row:?}");
+                    assert_eq!(Prepared::new(e).eval(&row), e.eval(&row), "{e:?} on {row:?}");
                 }
             }
         }
