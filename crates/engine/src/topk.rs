@@ -74,11 +74,13 @@ impl Group {
         self.top.is_empty() && self.rest.is_empty()
     }
 
-    /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length.
-    fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize) {
+    /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length. `hash` is how `rest`
+    /// hashes rows (see [`RowHash`]).
+    fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize, hash: RowHash) {
         // One hash of the row for the common case, a row of `rest`.
         let rest_was_empty = self.rest.is_empty();
-        let hash = row.fx_hash();
+        let row_hash = hash;
+        let hash = row_hash.of(&row);
         match self.rest.entry(hash, |e| e.1 == row, |e| e.0) {
             TableEntry::Occupied(mut o) => {
                 o.get_mut().2 += diff;
@@ -113,7 +115,7 @@ impl Group {
         }
         while self.top.len() > cap {
             let (key, n) = self.top.pop_last().expect("top is not empty");
-            let hash = key.row.fx_hash();
+            let hash = row_hash.of(&key.row);
             self.rest.insert_unique(hash, (hash, key.row, n), |e| e.0);
         }
     }
@@ -154,6 +156,27 @@ impl Group {
                 let ((_, row, n), _) = found.remove();
                 self.top.insert(SortKey { row, order: order.clone() }, n);
             }
+        }
+    }
+}
+
+/// How a group's `rest` hashes its rows.
+///
+/// Over a counted view a row's key (its first columns) is in at most one row at a time, and a
+/// count's change is its old row's retraction next to its new row's insertion. Hashed by the key,
+/// the two land on the same slot of `rest`, so the insertion finds in cache what the retraction
+/// just read: one random access into a table of 100,000 rows per change instead of two.
+#[derive(Clone, Copy)]
+enum RowHash {
+    Whole,
+    Key(usize),
+}
+
+impl RowHash {
+    fn of(self, row: &Row) -> u64 {
+        match self {
+            RowHash::Whole => row.fx_hash(),
+            RowHash::Key(k) => crate::count::key_hash(row, 0..k),
         }
     }
 }
@@ -222,6 +245,7 @@ pub(crate) fn render<'s>(
 ) -> Coll<'s> {
     let order: Rc<[ColumnOrder]> = order_key.into();
     let peers = input.inner.scope().peers();
+    let hash = counted_key.map_or(RowHash::Whole, RowHash::Key);
     match limit {
         // A global top-k with a limit, on several workers: each worker first keeps the top
         // `offset + limit` of its share of the rows (rows spread by a hash of the whole row, so all
@@ -237,9 +261,9 @@ pub(crate) fn render<'s>(
                 Some(k) => crate::count::key_hash(row, 0..k),
                 None => row.fx_hash(),
             });
-            let local = operator(input, spread, "TopKLocal", Vec::new(), order.clone(), Some(offset + limit), 0);
+            let local = operator(input, spread, "TopKLocal", Vec::new(), order.clone(), Some(offset + limit), 0, hash);
             let global = Exchange::new(|_: &(Row, Timestamp, Diff)| 0);
-            operator(local, global, "TopK", group_key, order, Some(limit), offset)
+            operator(local, global, "TopK", group_key, order, Some(limit), offset, hash)
         }
         _ => {
             // Each group to one worker (a global one, without a limit, to worker 0), by the hash
@@ -248,13 +272,14 @@ pub(crate) fn render<'s>(
             let exchange = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| {
                 crate::count::key_hash(row, key_for_exchange.iter().copied())
             });
-            operator(input, exchange, "TopK", group_key, order, limit, offset)
+            operator(input, exchange, "TopK", group_key, order, limit, offset, hash)
         }
     }
 }
 
 /// The top-k operator over rows routed by `pact`: the rows at ranks `offset .. offset + limit` of
 /// each group, per worker.
+#[allow(clippy::too_many_arguments)]
 fn operator<'s, P>(
     input: Coll<'s>,
     pact: P,
@@ -263,6 +288,7 @@ fn operator<'s, P>(
     order: Rc<[ColumnOrder]>,
     limit: Option<usize>,
     offset: usize,
+    hash: RowHash,
 ) -> Coll<'s>
 where
     P: timely::dataflow::channels::pact::ParallelizationContract<Timestamp, Vec<(Row, Timestamp, Diff)>>,
@@ -322,7 +348,7 @@ where
                                     group
                                 }
                             };
-                            group.update(row, diff, &order, top_cap);
+                            group.update(row, diff, &order, top_cap, hash);
                         }
                         spare.push(updates);
                         for key in touched.drain(..) {
@@ -358,7 +384,7 @@ mod tests {
     use viewcast_plan::ColumnOrder;
     use viewcast_repr::{Datum, Row};
 
-    use super::{window, Group, SortKey};
+    use super::{window, Group, RowHash, SortKey};
 
     /// The two-tier group gives the same windows as one ordered map of every row, with `top`
     /// far smaller than the group so eviction and refills happen often. Each time's updates reach
@@ -369,7 +395,9 @@ mod tests {
         use rand::seq::SliceRandom;
         let order: Rc<[ColumnOrder]> = vec![ColumnOrder::desc(1)].into();
         let mut rng = StdRng::seed_from_u64(7);
-        for (offset, limit, cap) in [(0, 2, 3), (1, 3, 5), (0, 1, 1), (2, 2, 9)] {
+        let cases = [(0, 2, 3), (1, 3, 5), (0, 1, 1), (2, 2, 9)];
+        for ((offset, limit, cap), hash) in cases.into_iter().flat_map(|c| [(c, RowHash::Whole), (c, RowHash::Key(1))])
+        {
             let need = offset + limit;
             let mut group = Group::default();
             let mut full: BTreeMap<SortKey, i64> = BTreeMap::new();
@@ -391,7 +419,7 @@ mod tests {
                 }
                 raw.shuffle(&mut rng);
                 for (row, diff) in raw {
-                    group.update(row, diff, &order, cap);
+                    group.update(row, diff, &order, cap, hash);
                 }
                 for (row, diff) in changes {
                     if diff == 0 {
