@@ -102,6 +102,7 @@ fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
     // Drain events on another thread, as a consumer would.
     let consumer = std::thread::spawn(move || {
         let (mut sealed, mut changes, mut counter) = (0u64, 0usize, 0i64);
+        let mut top10: BTreeMap<Row, i64> = BTreeMap::new();
         for event in rx {
             if let EngineEvent::Sealed { changes: c, .. } = event {
                 sealed += 1;
@@ -116,10 +117,16 @@ fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
                             }
                         }
                     }
+                    if *id == demo::TOP10 {
+                        for (row, _, diff) in updates {
+                            *top10.entry(row.clone()).or_default() += diff;
+                        }
+                    }
                 }
             }
         }
-        (sealed, changes, counter)
+        top10.retain(|_, n| *n != 0);
+        (sealed, changes, counter, top10)
     });
 
     let start = Instant::now();
@@ -137,13 +144,29 @@ fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
     }
     let elapsed = start.elapsed();
     engine.shutdown();
-    let (sealed, changes, counter) = consumer.join().unwrap();
+    let (sealed, changes, counter, top10) = consumer.join().unwrap();
     assert_eq!(counter as usize, rows.len(), "the counter saw every event");
+    assert_eq!(top10, top10_from_scratch(rows), "top10 equals its evaluation from scratch");
     println!(
         "  engine, {workers} worker(s): {} events in {elapsed:.2?}; {sealed} Sealed events carrying {changes} changes",
         rows.len()
     );
     rows.len()
+}
+
+/// `top10`'s rows computed from scratch over every event: users by count, descending, ties broken
+/// by the whole row as the engine's `ORDER BY` does.
+fn top10_from_scratch(rows: &[Row]) -> BTreeMap<Row, i64> {
+    let mut counts: std::collections::HashMap<Option<String>, i64> = std::collections::HashMap::new();
+    for row in rows {
+        *counts.entry(extract(row).0).or_default() += 1;
+    }
+    let mut ranked: Vec<Row> = counts
+        .into_iter()
+        .map(|(user, n)| Row::new(vec![user.map_or(Datum::Null, |u| Datum::text(&u)), Datum::Int(n)]))
+        .collect();
+    ranked.sort_by(|a, b| b.get(1).cmp(a.get(1)).then_with(|| a.cmp(b)));
+    ranked.into_iter().take(10).map(|row| (row, 1)).collect()
 }
 
 /// The extracted columns of one event, as the hand-written program keeps them.

@@ -21,13 +21,14 @@ use std::rc::Rc;
 
 use differential_dataflow::AsCollection;
 use hashbrown::hash_table::{Entry as TableEntry, HashTable};
+use smallvec::SmallVec;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use viewcast_plan::relation::compare_rows;
+use viewcast_plan::relation::{compare_datums, compare_rows};
 use viewcast_plan::ColumnOrder;
-use viewcast_repr::{consolidate_updates, Diff, Row, Timestamp};
+use viewcast_repr::{consolidate_updates, Datum, Diff, Row, Timestamp};
 
 use crate::render::{Coll, FxHashMap};
 
@@ -54,6 +55,9 @@ impl Ord for SortKey {
     }
 }
 
+/// A row of a group's `rest`.
+type RestRow = SmallVec<[Datum; 2]>;
+
 /// One group's rows with their multiplicities (never zero).
 #[derive(Default)]
 struct Group {
@@ -63,8 +67,9 @@ struct Group {
     /// hashes. Rows come and go as their counts change, so the table fills with tombstones and
     /// periodically rehashes in place; with the hashes kept that moves entries without hashing
     /// any row again (hashing 100,000 rows took 20-30 ms every 3.65 s at 50,000 events/s: the
-    /// tick latency's p99).
-    rest: HashTable<(u64, Row, Diff)>,
+    /// tick latency's p99). A row of up to two columns (a counted view's `(key, count)`) is held
+    /// in its slot, so finding and comparing it reads no other memory.
+    rest: HashTable<(u64, RestRow, Diff)>,
     /// Whether the time being applied has touched the group (its old window is already read).
     touched: bool,
 }
@@ -81,7 +86,7 @@ impl Group {
         let rest_was_empty = self.rest.is_empty();
         let row_hash = hash;
         let hash = row_hash.of(&row);
-        match self.rest.entry(hash, |e| e.1 == row, |e| e.0) {
+        match self.rest.entry(hash, |e| e.1.as_slice() == row.datums(), |e| e.0) {
             TableEntry::Occupied(mut o) => {
                 o.get_mut().2 += diff;
                 if o.get().2 == 0 {
@@ -96,7 +101,7 @@ impl Group {
                         .last_key_value()
                         .is_some_and(|(last, _)| compare_rows(order, &row, &last.row) != Ordering::Greater);
                 if !into_top {
-                    v.insert((hash, row, diff));
+                    v.insert((hash, RestRow::from_vec(row.0), diff));
                     return;
                 }
             }
@@ -116,7 +121,7 @@ impl Group {
         while self.top.len() > cap {
             let (key, n) = self.top.pop_last().expect("top is not empty");
             let hash = row_hash.of(&key.row);
-            self.rest.insert_unique(hash, (hash, key.row, n), |e| e.0);
+            self.rest.insert_unique(hash, (hash, RestRow::from_vec(key.row.0), n), |e| e.0);
         }
     }
 
@@ -136,7 +141,7 @@ impl Group {
                 return;
             }
             let take = cap.saturating_sub(self.top.len()).max(need).max(1);
-            let chosen: Vec<(u64, Row)> = if self.rest.len() <= take {
+            let chosen: Vec<(u64, RestRow)> = if self.rest.len() <= take {
                 self.rest.iter().map(|e| (e.0, e.1.clone())).collect()
             } else {
                 let mut heap: BinaryHeap<Ranked<'_>> = BinaryHeap::with_capacity(take + 1);
@@ -149,12 +154,12 @@ impl Group {
                         heap.push(ranked);
                     }
                 }
-                heap.into_iter().map(|r| (r.hash, r.row.clone())).collect()
+                heap.into_iter().map(|r| (r.hash, r.row.iter().cloned().collect())).collect()
             };
             for (hash, row) in chosen {
                 let found = self.rest.find_entry(hash, |e| e.1 == row).expect("a row chosen from rest");
                 let ((_, row, n), _) = found.remove();
-                self.top.insert(SortKey { row, order: order.clone() }, n);
+                self.top.insert(SortKey { row: Row::new(row.into_vec()), order: order.clone() }, n);
             }
         }
     }
@@ -184,7 +189,7 @@ impl RowHash {
 /// A borrowed row in `ORDER BY` order (ties broken by the whole row), for choosing rows of `rest`.
 struct Ranked<'a> {
     hash: u64,
-    row: &'a Row,
+    row: &'a [Datum],
     order: &'a [ColumnOrder],
 }
 
@@ -201,7 +206,7 @@ impl PartialOrd for Ranked<'_> {
 }
 impl Ord for Ranked<'_> {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_rows(self.order, self.row, other.row)
+        compare_datums(self.order, self.row, other.row)
     }
 }
 

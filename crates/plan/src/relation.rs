@@ -98,8 +98,13 @@ impl ColumnOrder {
 
 /// Compares two rows by `order` as SQL's `ORDER BY` does, then by the whole row to break ties.
 pub fn compare_rows(order: &[ColumnOrder], a: &Row, b: &Row) -> Ordering {
+    compare_datums(order, a.datums(), b.datums())
+}
+
+/// [`compare_rows`] of rows held as slices of datums.
+pub fn compare_datums(order: &[ColumnOrder], a: &[Datum], b: &[Datum]) -> Ordering {
     for o in order {
-        let (x, y) = (a.get(o.column), b.get(o.column));
+        let (x, y) = (&a[o.column], &b[o.column]);
         let ord = match (x.is_null(), y.is_null()) {
             (true, true) => Ordering::Equal,
             (true, false) => {
