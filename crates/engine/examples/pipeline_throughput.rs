@@ -6,6 +6,8 @@
 //!
 //! All four views are published (captured and sealed to a consumer), as in `viewcast demo`. With
 //! `PUBLISH=outputs` only `counter` and `top10` are, the outputs the hand-written program probes.
+//! After each SQL run, `counter` and `top10` are checked against their evaluation from scratch
+//! (`CHECK=0` skips the `top10` check, for instruction counts of the pipeline alone).
 
 #[path = "../tests/common/demo.rs"]
 mod demo;
@@ -146,7 +148,10 @@ fn run_engine(rows: &Arc<Vec<Row>>, per_tick: usize, workers: usize) -> usize {
     engine.shutdown();
     let (sealed, changes, counter, top10) = consumer.join().unwrap();
     assert_eq!(counter as usize, rows.len(), "the counter saw every event");
-    assert_eq!(top10, top10_from_scratch(rows), "top10 equals its evaluation from scratch");
+    // After the clock stopped; `CHECK=0` skips it (for instruction counts of the pipeline alone).
+    if std::env::var("CHECK").map_or(true, |v| v != "0") {
+        assert_eq!(top10, top10_from_scratch(rows), "top10 equals its evaluation from scratch");
+    }
     println!(
         "  engine, {workers} worker(s): {} events in {elapsed:.2?}; {sealed} Sealed events carrying {changes} changes",
         rows.len()
