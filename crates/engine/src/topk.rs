@@ -79,12 +79,11 @@ impl Group {
         self.top.is_empty() && self.rest.is_empty()
     }
 
-    /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length. `hash` is how `rest`
+    /// Adds `diff` to `row`'s multiplicity; `cap` bounds `top`'s length. `row_hash` is how `rest`
     /// hashes rows (see [`RowHash`]).
-    fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize, hash: RowHash) {
+    fn update(&mut self, row: Row, diff: Diff, order: &Rc<[ColumnOrder]>, cap: usize, row_hash: RowHash) {
         // One hash of the row for the common case, a row of `rest`.
         let rest_was_empty = self.rest.is_empty();
-        let row_hash = hash;
         let hash = row_hash.of(&row);
         match self.rest.entry(hash, |e| e.1.as_slice() == row.datums(), |e| e.0) {
             TableEntry::Occupied(mut o) => {
