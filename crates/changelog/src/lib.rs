@@ -33,7 +33,7 @@ fn approx_row_bytes(r: &Row) -> usize {
         .iter()
         .map(|d| match d {
             // Short text is inline; longer text is an `Arc<str>` (two counts and the bytes).
-            Datum::Text(t) if t.is_inline() => 24,
+            Datum::Text(t) if !t.is_heap_allocated() => 24,
             Datum::Text(t) => 24 + 16 + t.len(),
             Datum::Jsonb(_) => 256,
             _ => 24,

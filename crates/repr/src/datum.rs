@@ -4,7 +4,7 @@ use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
 
 use crate::json::Jsonb;
-use crate::text::Str;
+use smol_str::SmolStr;
 
 /// One SQL value.
 ///
@@ -18,8 +18,11 @@ pub enum Datum {
     Int(i64),
     /// `real`, `double precision` and (for now) `numeric` values.
     Float(OrderedFloat<f64>),
-    /// Short text inline, longer shared by reference ([`Str`]).
-    Text(Str),
+    /// Text. Most text a dashboard's views carry is short (user and wiki names, change types):
+    /// up to 23 bytes is held inside the value, so extracting, cloning, hashing and comparing it
+    /// allocates nothing and follows no pointer, and `Datum` stays 24 bytes; longer text is an
+    /// `Arc<str>`. Equality, order and hash are the string's (`SmolStr`'s are `str`'s).
+    Text(SmolStr),
     Jsonb(Jsonb),
     /// Days since 1970-01-01.
     Date(i32),
@@ -35,7 +38,7 @@ pub enum Datum {
 
 impl Datum {
     pub fn text(s: &str) -> Datum {
-        Datum::Text(Str::from(s))
+        Datum::Text(SmolStr::new(s))
     }
 
     pub fn float(f: f64) -> Datum {
@@ -251,6 +254,40 @@ impl Serialize for JsonDatum<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text datums, inline (up to 23 bytes) or shared, behave as the strings they hold: equality,
+    /// order (consolidation and arrangements sort by it), hash (exchange routes by it, in every
+    /// process alike), `Debug`, JSON; and a `Datum` stays three words.
+    #[test]
+    fn text_behaves_as_its_str_inline_or_not() {
+        use std::hash::BuildHasher;
+        assert_eq!(std::mem::size_of::<Datum>(), 24);
+        let texts: Vec<String> = vec![
+            String::new(),
+            "enwiki".into(),
+            "ß€😀".into(),
+            "x".repeat(22),
+            "x".repeat(23),
+            "x".repeat(24),
+            format!("{}é", "y".repeat(22)),
+            "a much longer title of a Wikipedia page".into(),
+            "zzzzz\u{0}".into(),
+        ];
+        let hasher = std::collections::hash_map::RandomState::new();
+        for a in &texts {
+            let Datum::Text(s) = Datum::text(a) else { unreachable!() };
+            assert_eq!(s.as_str(), a);
+            assert_eq!(s.is_heap_allocated(), a.len() > 23, "{a:?}");
+            assert_eq!(hasher.hash_one(&s), hasher.hash_one(a.as_str()), "the hash is str's");
+            assert_eq!(format!("{s:?}"), format!("{a:?}"));
+            let json = serde_json::to_string(&Datum::text(a)).unwrap();
+            assert_eq!(serde_json::from_str::<Datum>(&json).unwrap(), Datum::text(a));
+            for b in &texts {
+                assert_eq!(Datum::text(a) == Datum::text(b), a == b);
+                assert_eq!(Datum::text(a).cmp(&Datum::text(b)), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn civil_round_trip() {

@@ -6,12 +6,10 @@
 
 mod datum;
 mod json;
-mod text;
 mod types;
 
 pub use datum::{civil_from_days, days_from_civil, format_float, Datum, JsonDatum, JsonRow, Row};
 pub use json::{Json, JsonArray, JsonNumber, JsonObject, JsonView, Jsonb, JsonbDocument, JsonbWriter};
-pub use text::Str;
 pub use types::{ColumnType, RelationDesc, ScalarType};
 
 /// Milliseconds since the Unix epoch, the one timeline every source, table and view shares.
