@@ -259,12 +259,10 @@ pub(crate) fn render<'s>(
         // own worker too. Without this every update went to worker 0, which did all the ranking
         // while the others idled (BENCHMARKS.md, "Ingest: two-stage top-k").
         Some(limit) if group_key.is_empty() && peers > 1 => {
-            // Any function of the row will do. Over a counted view, the hash its count routed the
-            // key by leaves every row on the worker it is already on.
-            let spread = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| match counted_key {
-                Some(k) => crate::count::key_hash(row, 0..k),
-                None => row.fx_hash(),
-            });
+            // Any function of the row will do; `rest`'s own hash is used. Over a counted view that
+            // is the hash its count routed the key by, which leaves every row on the worker it is
+            // already on.
+            let spread = Exchange::new(move |(row, _t, _d): &(Row, Timestamp, Diff)| hash.of(row));
             let local = operator(input, spread, "TopKLocal", Vec::new(), order.clone(), Some(offset + limit), 0, hash);
             let global = Exchange::new(|_: &(Row, Timestamp, Diff)| 0);
             operator(local, global, "TopK", group_key, order, Some(limit), offset, hash)
