@@ -178,12 +178,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { server, sql } => (server, read_sql(sql.as_deref())?),
         Command::Gateway { server, upstream, views, sql, upstream_wait } => {
-            let first = views.first().map(|v| v.split_once('=').map_or(v.as_str(), |(_, r)| r).trim());
-            let config = viewcast_upstream::UpstreamConfig::new(&upstream, first.unwrap_or_default());
+            let views = views.iter().map(|v| view_spec(v)).collect::<anyhow::Result<Vec<_>>>()?;
+            let first = views.first().map_or("", |(_, remote)| *remote);
+            let config = viewcast_upstream::UpstreamConfig::new(&upstream, first);
             viewcast_upstream::wait_until_reachable(&config, upstream_wait.map(std::time::Duration::from_secs))
                 .await
                 .context("the upstream is not reachable")?;
-            let mut text = gateway_sql(&upstream, &views)?;
+            let mut text = gateway_sql(&upstream, &views);
             text.push_str(&read_sql(sql.as_deref())?);
             (server, text)
         }
@@ -200,19 +201,21 @@ fn read_sql(path: Option<&std::path::Path>) -> anyhow::Result<String> {
 
 /// The statements that make each `--view` an upstream view: `CREATE SOURCE local FROM UPSTREAM
 /// 'url' SUBSCRIBE upstream_name;`.
-fn gateway_sql(upstream: &str, views: &[String]) -> anyhow::Result<String> {
+/// A `--view` argument, `NAME` or `LOCAL=UPSTREAM`, as (local name, upstream view).
+fn view_spec(v: &str) -> anyhow::Result<(&str, &str)> {
+    let (local, remote) = v.split_once('=').unwrap_or((v, v));
+    let (local, remote) = (local.rsplit('.').next().unwrap_or(local).trim(), remote.trim());
+    anyhow::ensure!(!local.is_empty() && !remote.is_empty(), "--view {v:?}: expected NAME or LOCAL=UPSTREAM");
+    Ok((local, remote))
+}
+
+fn gateway_sql(upstream: &str, views: &[(&str, &str)]) -> String {
     let url = upstream.replace('\'', "''");
     let mut sql = String::new();
-    for v in views {
-        let (local, remote) = v.split_once('=').unwrap_or((v, v));
-        let local = local.rsplit('.').next().unwrap_or(local).trim();
-        anyhow::ensure!(
-            !local.is_empty() && !remote.trim().is_empty(),
-            "--view {v:?}: expected NAME or LOCAL=UPSTREAM"
-        );
-        sql.push_str(&format!("CREATE SOURCE {local} FROM UPSTREAM '{url}' SUBSCRIBE {};\n", remote.trim()));
+    for (local, remote) in views {
+        sql.push_str(&format!("CREATE SOURCE {local} FROM UPSTREAM '{url}' SUBSCRIBE {remote};\n"));
     }
-    Ok(sql)
+    sql
 }
 
 async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
