@@ -287,7 +287,8 @@ impl ClientProc {
         cmd.args(["-n", &spec.clients_nice.to_string()])
             .arg(std::env::current_exe()?)
             .arg("gateway-latency-clients")
-            .env("TOKIO_WORKER_THREADS", spec.client_threads.max(1).to_string())
+            .env("TOKIO_WORKER_THREADS", "1")
+            .args(["--threads", &spec.client_threads.max(1).to_string()])
             .args(["--server", &gateway.to_string(), "--view", "totals"])
             .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")]);
         let (child, stdin, stdout) = crate::group::spawn_piped(&mut cmd)?;
@@ -478,6 +479,9 @@ pub struct ClientArgs {
     /// Longest the clients run.
     #[arg(long)]
     seconds: f64,
+    /// Client threads, each reading its share of the clients from one epoll set.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 /// One frame as a client got it: `(ts, user_ns, kernel_ns)`: its timestamp, when the client's
@@ -502,7 +506,7 @@ pub fn ws_frame(buf: &[u8]) -> Option<(bool, u8, std::ops::Range<usize>)> {
 
 /// `recvmsg` into `into`, with the kernel's receive timestamp of the data read (ns since the
 /// epoch), if it gave one.
-fn recv_stamped(fd: std::os::fd::RawFd, into: &mut [u8], cmsg: &mut Vec<u8>) -> std::io::Result<(usize, Option<u64>)> {
+fn recv_stamped(fd: std::os::fd::RawFd, into: &mut [u8], cmsg: &mut Vec<u8>) -> nix::Result<(usize, Option<u64>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut iov = [std::io::IoSliceMut::new(into)];
     let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg.as_mut_slice()), MsgFlags::MSG_DONTWAIT)?;
@@ -513,129 +517,207 @@ fn recv_stamped(fd: std::os::fd::RawFd, into: &mut [u8], cmsg: &mut Vec<u8>) -> 
     Ok((msg.bytes, stamp))
 }
 
-/// Connects and upgrades to a WebSocket at `path`, with kernel receive timestamps on; returns the
-/// socket and what arrived after the handshake's response.
-async fn ws_connect(server: SocketAddr, path: &str) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(server).await.map_err(|e| format!("connect: {e}"))?;
+/// Connects and upgrades to a WebSocket at `path` (blocking, bounded by `timeout`), with kernel
+/// receive timestamps on; returns the socket, non-blocking from then on, and what arrived after the
+/// handshake's response.
+fn ws_connect(server: SocketAddr, path: &str, timeout: Duration) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect_timeout(&server, timeout).map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
         .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dmlld2Nhc3QtYmVuY2gtMQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    tcp.write_all(request.as_bytes()).await.map_err(|e| format!("handshake: {e}"))?;
+    tcp.write_all(request.as_bytes()).map_err(|e| format!("handshake: {e}"))?;
     let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             if !buf.starts_with(b"HTTP/1.1 101") {
                 return Err(format!("handshake: {}", String::from_utf8_lossy(&buf[..end])));
             }
+            tcp.set_nonblocking(true).map_err(|e| e.to_string())?;
             return Ok((tcp, buf.split_off(end + 4)));
         }
-        if buf.len() > 16 << 10 || tcp.read_buf(&mut buf).await.map_err(|e| format!("handshake: {e}"))? == 0 {
+        let n = tcp.read(&mut chunk).map_err(|e| format!("handshake: {e}"))?;
+        if buf.len() > 16 << 10 || n == 0 {
             return Err("handshake: no response".to_string());
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-/// One client: every frame's [`Arrival`] until `done`, and the error that ended it early, if any.
-/// A WebSocket client of its own (not a library's) so that it can read the kernel's receive
-/// timestamps; it answers pings and reads text frames' `ts` only.
-async fn client(
-    server: SocketAddr,
-    path: String,
-    connected: Arc<AtomicU64>,
-    done: tokio::sync::watch::Receiver<bool>,
-    handshake_slot: tokio::sync::OwnedSemaphorePermit,
-) -> (Vec<Arrival>, Option<String>) {
-    use std::os::fd::AsRawFd;
-    let mut done = done;
-    let (tcp, mut buf) = tokio::select! {
-        c = ws_connect(server, &path) => match c {
-            Ok(c) => c,
-            Err(e) => return (Vec::new(), Some(e)),
-        },
-        _ = done.wait_for(|d| *d) => return (Vec::new(), Some("stopped before connecting".to_string())),
-    };
-    drop(handshake_slot);
-    connected.fetch_add(1, Ordering::Relaxed);
-    let mut got = Vec::with_capacity(1024);
-    let mut chunk = vec![0u8; 64 << 10];
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    // A fragmented message's parts so far.
-    let mut message: Vec<u8> = Vec::new();
-    let stopping = done.clone();
-    let ended = |why: &str| (!*stopping.borrow()).then(|| why.to_string());
-    loop {
-        tokio::select! {
-            r = tcp.readable() => if let Err(e) = r {
-                return (got, ended(&format!("read: {e}")));
-            },
-            _ = done.wait_for(|d| *d) => return (got, None),
-        }
-        let fd = tcp.as_raw_fd();
-        let read = tcp.try_io(tokio::io::Interest::READABLE, || recv_stamped(fd, &mut chunk, &mut cmsg));
-        let (n, kernel_ns) = match read {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return (got, ended(&format!("read: {e}"))),
-            Ok((0, _)) => return (got, ended("closed by the gateway")),
-            Ok(r) => r,
-        };
-        let user_ns = now_ns();
-        buf.extend_from_slice(&chunk[..n]);
+/// One client's connection as its thread holds it.
+struct Client {
+    tcp: std::net::TcpStream,
+    /// Received bytes not yet parsed into whole frames.
+    buf: Vec<u8>,
+    /// A fragmented message's parts so far.
+    message: Vec<u8>,
+    got: Vec<Arrival>,
+    /// Why it ended early (closed by the gateway, a failed read); `None` while it runs.
+    ended: Option<String>,
+}
+
+impl Client {
+    /// Takes the whole frames in `buf` read at `(user_ns, kernel_ns)`: text frames' `ts`, pings
+    /// answered, a close ends the client.
+    fn take_frames(&mut self, user_ns: u64, kernel_ns: u64) {
         let mut at = 0;
-        while let Some((fin, opcode, payload)) = ws_frame(&buf[at..]) {
+        while let Some((fin, opcode, payload)) = ws_frame(&self.buf[at..]) {
             let (payload, next) = (at + payload.start..at + payload.end, at + payload.end);
             match opcode {
                 0x9 => {
                     // Pong with the ping's payload, masked with a zero key as a client must.
-                    let body = &buf[payload];
+                    let body = &self.buf[payload];
                     if body.len() < 126 {
                         let mut pong = vec![0x8a, 0x80 | body.len() as u8, 0, 0, 0, 0];
                         pong.extend_from_slice(body);
-                        let _ = tcp.try_write(&pong);
+                        let _ = self.tcp.write(&pong);
                     }
                 }
-                0x8 => return (got, ended("closed by the gateway")),
+                0x8 => {
+                    self.ended = Some("closed by the gateway".to_string());
+                    return;
+                }
                 0x0..=0x2 => {
-                    let whole = if fin && message.is_empty() {
-                        frame_ts(&buf[payload])
+                    let whole = if fin && self.message.is_empty() {
+                        frame_ts(&self.buf[payload])
                     } else {
-                        message.extend_from_slice(&buf[payload]);
+                        self.message.extend_from_slice(&self.buf[payload]);
                         if fin {
-                            let ts = frame_ts(&message);
-                            message.clear();
+                            let ts = frame_ts(&self.message);
+                            self.message.clear();
                             ts
                         } else {
                             None
                         }
                     };
-                    got.extend(whole.map(|ts| (ts, user_ns, kernel_ns.unwrap_or(0))));
+                    self.got.extend(whole.map(|ts| (ts, user_ns, kernel_ns)));
                 }
                 _ => {}
             }
             at = next;
         }
-        buf.drain(..at);
+        self.buf.drain(..at);
     }
 }
 
-/// The child's side: connects its clients (200 handshakes in flight at most), reports
+/// One client thread: connects its `count` clients one after another, then reads them all from one
+/// level-triggered epoll set until `done`: one `recvmsg` per readable socket per wake-up, so a frame
+/// costs one read and a share of one `epoll_wait` (no runtime, no task wake-up, no read that only
+/// finds the socket empty). The clients stand in for browsers on other machines; on this machine
+/// they share the gateway's cores, so the less they spend per frame the less they delay it.
+/// Returns each client's arrivals and the error that ended it early, if any.
+fn client_thread(
+    server: SocketAddr,
+    path: &str,
+    count: usize,
+    connected: &AtomicU64,
+    failed: &AtomicU64,
+    done: &std::sync::atomic::AtomicBool,
+) -> Vec<(Vec<Arrival>, Option<String>)> {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::with_capacity(count);
+    let mut clients: Vec<Client> = Vec::with_capacity(count);
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => {
+            failed.fetch_add(count as u64, Ordering::Relaxed);
+            return (0..count).map(|_| (Vec::new(), Some(format!("epoll: {e}")))).collect();
+        }
+    };
+    for _ in 0..count {
+        if done.load(Ordering::Relaxed) {
+            out.push((Vec::new(), Some("stopped before connecting".to_string())));
+            continue;
+        }
+        match ws_connect(server, path, Duration::from_secs(30)) {
+            Ok((tcp, buf)) => {
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, clients.len() as u64);
+                if let Err(e) = epoll.add(&tcp, event) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    out.push((Vec::new(), Some(format!("epoll: {e}"))));
+                    continue;
+                }
+                connected.fetch_add(1, Ordering::Relaxed);
+                let mut client = Client { tcp, buf, message: Vec::new(), got: Vec::with_capacity(1024), ended: None };
+                client.take_frames(now_ns(), 0);
+                clients.push(client);
+            }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                out.push((Vec::new(), Some(e)));
+            }
+        }
+    }
+    let mut events = vec![EpollEvent::empty(); 256];
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    while !done.load(Ordering::Relaxed) {
+        let n = match epoll.wait(&mut events, EpollTimeout::from(50u16)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                for c in clients.iter_mut().filter(|c| c.ended.is_none()) {
+                    c.ended = Some(format!("epoll: {e}"));
+                }
+                break;
+            }
+        };
+        for event in &events[..n] {
+            let client = &mut clients[event.data() as usize];
+            let (read, kernel_ns) = match recv_stamped(client.tcp.as_raw_fd(), &mut chunk, &mut cmsg) {
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    client.ended = Some(format!("read: {e}"));
+                    (0, None)
+                }
+                Ok((0, _)) => {
+                    client.ended = Some("closed by the gateway".to_string());
+                    (0, None)
+                }
+                Ok(r) => r,
+            };
+            if read > 0 {
+                let user_ns = now_ns();
+                client.buf.extend_from_slice(&chunk[..read]);
+                client.take_frames(user_ns, kernel_ns.unwrap_or(0));
+            }
+            if client.ended.is_some() {
+                let _ = epoll.delete(&client.tcp);
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    out.extend(clients.into_iter().map(|c| (c.got, c.ended)));
+    out
+}
+
+/// The child's side: `--threads` client threads ([`client_thread`]) hold the clients, reporting
 /// `{"connected", "failed"}` every 100 ms until told `done` (or its stdin closes), then
 /// `{"arrivals": [[Arrival..] per client], "errors": [..]}` as one line.
 pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients <= MAX_CLIENTS, "too many clients");
     let path = format!("/api/v1/stream/{}", args.view);
     let connected = Arc::new(AtomicU64::new(0));
-    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let permits = Arc::new(tokio::sync::Semaphore::new(200));
-    let mut tasks = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        let (path, connected, done) = (path.clone(), connected.clone(), done_rx.clone());
-        let permit = permits.clone().acquire_owned().await?;
-        tasks.push(tokio::spawn(client(args.server, path, connected, done, permit)));
+    let failed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = args.threads.clamp(1, args.clients.max(1));
+    let mut handles = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let count = args.clients / threads + usize::from(i < args.clients % threads);
+        let (path, connected, failed, done) = (path.clone(), connected.clone(), failed.clone(), done.clone());
+        let server = args.server;
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("gw-client-{i}"))
+                .spawn(move || client_thread(server, &path, count, &connected, &failed, &done))?,
+        );
     }
     let mut commands = crate::group::stdin_lines()?;
     let deadline =
@@ -646,24 +728,25 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let failed = tasks.iter().filter(|t| t.is_finished()).count();
-                let c = connected.load(Ordering::Relaxed);
-                writeln!(stdout, "{}", json!({"connected": c, "failed": failed}))?;
+                let (c, f) = (connected.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+                writeln!(stdout, "{}", json!({"connected": c, "failed": f}))?;
             }
             command = commands.recv() => if matches!(command.as_deref(), Some("done") | None) { break },
             _ = &mut deadline => break,
         }
     }
-    done_tx.send_replace(true);
-    let mut arrivals = Vec::with_capacity(tasks.len());
+    done.store(true, Ordering::Relaxed);
+    let mut arrivals = Vec::with_capacity(args.clients);
     let mut errors = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok((got, error)) => {
-                arrivals.push(got);
-                errors.extend(error);
+    for h in handles {
+        match tokio::task::spawn_blocking(move || h.join()).await? {
+            Ok(clients) => {
+                for (got, error) in clients {
+                    arrivals.push(got);
+                    errors.extend(error);
+                }
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(_) => errors.push("a client thread panicked".to_string()),
         }
     }
     writeln!(stdout, "{}", json!({ "arrivals": arrivals, "errors": errors }))?;

@@ -231,8 +231,8 @@ enum Command {
         /// upstream leave a core free, as if they were on other machines).
         #[arg(long, default_value_t = 0)]
         clients_nice: i32,
-        /// Runtime worker threads of each client process (with one, 500 clients of a process
-        /// fall behind at 50 frames/s).
+        /// Client threads of each client process, each reading its share of the process's
+        /// clients from one epoll set.
         #[arg(long, default_value_t = 2)]
         client_threads: usize,
         /// Niceness of the upstream process. Negative (the default) so that it writes each
