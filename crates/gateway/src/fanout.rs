@@ -23,14 +23,20 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{Sink, SinkExt, StreamExt};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use viewcast_hub::timeline::LocalHistogram;
 use viewcast_hub::{Frame, FrameKind, Hub};
 use viewcast_plan::GlobalId;
@@ -54,7 +60,111 @@ const SHARDS_PER_WORKER: usize = 4;
 /// Connections waiting to be handed to one shard.
 const HANDOFF_QUEUE: usize = 1024;
 
-type WsSink = SplitSink<WebSocket, Message>;
+/// Frames written with one `writev` at most (each is a header and a payload).
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// One WebSocket frame as the shard writes it: its header, formatted once, and its payload, shared
+/// with every other client of the same hub frame. Control replies that the reader's protocol
+/// library formatted (pongs, the answer to a client's close) are payloads without a header.
+struct Out {
+    header: [u8; 10],
+    header_len: u8,
+    payload: Bytes,
+}
+
+impl Out {
+    /// An unfragmented, unmasked server frame (RFC 6455 5.1: a server never masks).
+    fn frame(opcode: OpCode, payload: Bytes) -> Out {
+        let mut header = [0u8; 10];
+        let mut cursor = std::io::Cursor::new(&mut header[..]);
+        let head = FrameHeader { opcode, ..FrameHeader::default() };
+        // Ten bytes hold every unmasked header (2, plus 8 for the longest length).
+        head.format(payload.len() as u64, &mut cursor).expect("an unmasked header fits ten bytes");
+        let header_len = cursor.position() as u8;
+        Out { header, header_len, payload }
+    }
+
+    fn text(payload: Bytes) -> Out {
+        Out::frame(OpCode::Data(Data::Text), payload)
+    }
+
+    fn ping() -> Out {
+        Out::frame(OpCode::Control(Control::Ping), Bytes::new())
+    }
+
+    fn close(frame: Option<CloseFrame>) -> Out {
+        // The whole frame, as the protocol library formats it (the code, then the reason).
+        let mut payload = Vec::new();
+        if let Err(e) = WsFrame::close(frame).format(&mut payload) {
+            tracing::debug!(error = %e, "close frame not formatted");
+        }
+        Out { header: [0; 10], header_len: 0, payload: Bytes::from(payload) }
+    }
+
+    /// Bytes already formatted as whole frames.
+    fn raw(bytes: Bytes) -> Out {
+        Out { header: [0; 10], header_len: 0, payload: bytes }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
+
+    /// Its bytes from `offset` on, as at most two slices.
+    fn slices(&self, offset: usize) -> [&[u8]; 2] {
+        let header = &self.header[..usize::from(self.header_len)];
+        if offset < header.len() {
+            [&header[offset..], &self.payload[..]]
+        } else {
+            [&[], &self.payload[offset - header.len()..]]
+        }
+    }
+}
+
+/// What a connection's reader tells its shard.
+enum ReaderEvent {
+    /// Bytes the protocol library wrote on the client's behalf (a pong, a close reply): whole frames.
+    Reply(u64, Bytes),
+    /// The client sent a close frame (answered by the `Reply` before it).
+    Closed(u64),
+    /// The client's side ended or broke.
+    Gone(u64),
+}
+
+/// The reading side of a connection as the reader's WebSocket sees it: reads come from the
+/// socket; what the library writes (pongs, the close reply) goes to the shard, which owns the
+/// writing side and sends it between whole frames.
+struct ReadSide {
+    read: OwnedReadHalf,
+    id: u64,
+    replies: mpsc::Sender<ReaderEvent>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        // The library writes whole buffered frames; a reply that does not fit the shard's queue
+        // is dropped (a client flooding pings loses pongs, RFC 6455 5.5.3 allows answering only
+        // the latest), never queued without bound.
+        match self.replies.try_send(ReaderEvent::Reply(self.id, Bytes::copy_from_slice(buf))) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Poll::Ready(Ok(buf.len())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// The shards of one server, started on first use (they need the runtime).
 pub(crate) struct Fanout {
@@ -95,22 +205,26 @@ impl Fanout {
         })
     }
 
-    /// Serves one upgraded single-view WebSocket: subscribes on the client's behalf, then hands
-    /// the socket to a shard and its reading side to a task of its own.
+    /// Serves one upgraded single-view WebSocket (its TCP socket, and what the client sent after
+    /// its upgrade request): subscribes on the client's behalf, then hands the writing side to a
+    /// shard and the reading side to a task of its own.
     pub async fn serve(
         &self,
-        socket: WebSocket,
+        tcp: TcpStream,
+        read_buf: Bytes,
         view: Arc<str>,
         encoding: Encoding,
         since: Option<Timestamp>,
         slot: ConnectionSlot,
     ) {
-        let (sink, incoming) = socket.split();
+        let (read, mut writer) = tcp.into_split();
         let mut sub = match self.hub.subscribe(&view, since) {
             Ok(s) => s,
             Err(e) => {
-                let error = text(encoding.error(&view, &e.to_string()));
-                close_after(sink, vec![error], None, self.config.stall_timeout).await;
+                let error = Out::text(encoding.error(&view, &e.to_string()));
+                let close = Out::close(None);
+                let _ =
+                    tokio::time::timeout(self.config.stall_timeout, write_all(&mut writer, &[error, close], 0)).await;
                 return;
             }
         };
@@ -123,12 +237,14 @@ impl Fanout {
             view_id: sub.id,
             view: view.clone(),
             encoding,
-            sink,
+            writer,
             updates: sub.updates,
             must: VecDeque::new(),
             ending: false,
             backlog: Backlog::Empty,
             share: BacklogShare::new(self.metrics.clone()),
+            out: VecDeque::new(),
+            out_offset: 0,
             unflushed: 0,
             gauged: 0,
             made: Vec::new(),
@@ -136,7 +252,7 @@ impl Fanout {
             last_ping: Instant::now(),
             last_ts: None,
             queued: false,
-            incoming: Some(incoming),
+            incoming: Some((read, read_buf)),
             reader: None,
             _slot: slot,
         };
@@ -146,30 +262,47 @@ impl Fanout {
     }
 }
 
-/// Reads (and discards) what the client sends until it closes; pings are answered by the library.
-async fn read_client(mut incoming: SplitStream<WebSocket>, id: u64, gone: mpsc::Sender<u64>) {
+/// Reads (and discards) what the client sends until it closes, through the protocol library
+/// (frame sizes, masking, fragments, UTF-8, the close handshake; its pongs and close reply go to
+/// the shard as `Reply`).
+async fn read_client(read: OwnedReadHalf, read_buf: Bytes, id: u64, events: mpsc::Sender<ReaderEvent>, max: usize) {
+    let side = ReadSide { read, id, replies: events.clone() };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(1 << 10)
+        .write_buffer_size(0);
+    let mut incoming = WebSocketStream::from_partially_read(side, read_buf.to_vec(), Role::Server, Some(config)).await;
+    let mut event = ReaderEvent::Gone(id);
+    // After the client's close the library writes its reply on the next read, which then ends.
     while let Some(Ok(msg)) = incoming.next().await {
         if matches!(msg, Message::Close(_)) {
-            break;
+            event = ReaderEvent::Closed(id);
         }
     }
-    let _ = gone.send(id).await;
+    let _ = events.send(event).await;
 }
 
-/// Writes `last` messages and a close frame, giving up after `timeout`.
-async fn close_after(mut sink: WsSink, last: Vec<Message>, close: Option<CloseFrame>, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, async move {
-        for m in last {
-            sink.feed(m).await?;
+/// Writes `outs` (from `offset` into the first) in full.
+async fn write_all(writer: &mut OwnedWriteHalf, outs: &[Out], offset: usize) -> std::io::Result<()> {
+    let mut offset = offset;
+    for out in outs {
+        for part in out.slices(offset) {
+            writer.write_all(part).await?;
         }
-        sink.send(Message::Close(close)).await
-    })
-    .await;
+        offset = 0;
+    }
+    writer.flush().await
 }
 
-fn text(bytes: Bytes) -> Message {
-    // Every frame is JSON text the hub serialized: valid UTF-8.
-    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
+/// Finishes what a leaving connection had half written, then writes `last` (a close frame),
+/// giving up after `timeout`.
+fn close_after(mut conn: Conn, last: Option<Out>, timeout: Duration) {
+    tokio::spawn(async move {
+        let mut outs: Vec<Out> = conn.out.drain(..).collect();
+        outs.extend(last);
+        let _ = tokio::time::timeout(timeout, write_all(&mut conn.writer, &outs, conn.out_offset)).await;
+    });
 }
 
 /// One client of one view, as a shard holds it.
@@ -178,16 +311,20 @@ struct Conn {
     view_id: GlobalId,
     view: Arc<str>,
     encoding: Encoding,
-    sink: WsSink,
+    writer: OwnedWriteHalf,
     updates: broadcast::Receiver<Frame>,
     /// Messages that go before any live frame, whatever the budget: the start (snapshot or
-    /// replay), a resync and its snapshot, a consolidated backlog, a final error, a ping.
-    must: VecDeque<Message>,
-    /// Close once `must` is written (the view ended, or an error was sent).
+    /// replay), a resync and its snapshot, a consolidated backlog, a final error and the close
+    /// frame after it, a ping, a control reply.
+    must: VecDeque<Out>,
+    /// Close once `must` is written (the view ended, or an error was sent, or the client closed).
     ending: bool,
     backlog: Backlog,
     share: BacklogShare,
-    /// Bytes handed to the socket since its last completed flush.
+    /// Frames taken for the socket and not yet written whole, and how much of the first is.
+    out: VecDeque<Out>,
+    out_offset: usize,
+    /// Bytes in `out` not yet written.
     unflushed: usize,
     /// The part of `unflushed` counted in `StreamMetrics::queued_bytes` (while the socket blocks).
     gauged: usize,
@@ -200,9 +337,10 @@ struct Conn {
     last_ts: Option<Timestamp>,
     /// In its shard's to-do queue.
     queued: bool,
-    /// The reading side, until the shard starts the connection's reader on it. The reader starts
-    /// only once the shard holds the connection, so its report of a close cannot come first.
-    incoming: Option<SplitStream<WebSocket>>,
+    /// The reading side (and what the client sent with its upgrade), until the shard starts the
+    /// connection's reader on it. The reader starts only once the shard holds the connection, so
+    /// its report of a close cannot come first.
+    incoming: Option<(OwnedReadHalf, Bytes)>,
     reader: Option<JoinHandle<()>>,
     _slot: ConnectionSlot,
 }
@@ -226,6 +364,34 @@ struct Pass<'a> {
     max_backlog_bytes: usize,
     to_pump: &'a mut LocalHistogram,
     to_written: &'a mut LocalHistogram,
+    formatted: &'a mut Formatted,
+}
+
+/// The live frame a shard formatted last: the hub's payload and the whole WebSocket frame around
+/// it. Every client of a view whose encoding shares the hub's bytes gets the same payload, so the
+/// shard formats each frame once and each client's write is one contiguous `send`.
+#[derive(Default)]
+struct Formatted {
+    last: Option<(Bytes, Bytes)>,
+}
+
+impl Formatted {
+    fn text(&mut self, payload: Bytes) -> Out {
+        if let Some((p, whole)) = &self.last {
+            // `p` is held here, so an equal address and length is the same allocation's bytes.
+            if p.as_ptr() == payload.as_ptr() && p.len() == payload.len() {
+                return Out::raw(whole.clone());
+            }
+        }
+        let out = Out::text(payload.clone());
+        let mut whole = Vec::with_capacity(out.len());
+        for part in out.slices(0) {
+            whole.extend_from_slice(part);
+        }
+        let whole = Bytes::from(whole);
+        self.last = Some((payload, whole.clone()));
+        Out::raw(whole)
+    }
 }
 
 impl Conn {
@@ -234,7 +400,7 @@ impl Conn {
             match self.encoding.encode(&f) {
                 Ok(bytes) => {
                     self.last_ts = f.ts.or(self.last_ts);
-                    self.must.push_back(text(bytes));
+                    self.must.push_back(Out::text(bytes));
                 }
                 Err(message) => {
                     self.end_with_error(&message);
@@ -246,7 +412,15 @@ impl Conn {
 
     fn end_with_error(&mut self, message: &str) {
         if !self.ending {
-            self.must.push_back(text(self.encoding.error(&self.view, message)));
+            self.must.push_back(Out::text(self.encoding.error(&self.view, message)));
+            self.finish();
+        }
+    }
+
+    /// Ends the connection once what must go is written, with a close frame after it.
+    fn finish(&mut self) {
+        if !self.ending {
+            self.must.push_back(Out::close(None));
             self.ending = true;
         }
     }
@@ -254,42 +428,81 @@ impl Conn {
     /// Writes what the connection has, as far as its socket takes it without blocking.
     fn serve(&mut self, cx: &mut Context<'_>, pass: &mut Pass<'_>) -> Served {
         loop {
-            if self.unflushed > 0 {
-                match Pin::new(&mut self.sink).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.flushed(pass),
-                    Poll::Ready(Err(_)) => return Served::Broken,
-                    Poll::Pending => return self.blocked(pass),
-                }
+            // Take messages, up to one write's worth.
+            while self.unflushed < COALESCE_BYTES && self.out.len() < MAX_FRAMES_PER_WRITE {
+                let Some(out) = self.next_message(pass) else { break };
+                self.unflushed += out.len();
+                self.out.push_back(out);
             }
-            if self.ending && self.must.is_empty() {
-                return Served::Done;
+            if self.out.is_empty() {
+                return if self.ending { Served::Done } else { Served::Idle };
             }
-            // Queue messages while the socket takes them, up to one flush's worth.
-            while self.unflushed < COALESCE_BYTES {
-                match Pin::new(&mut self.sink).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Served::Broken,
-                    Poll::Pending if self.unflushed > 0 => break,
-                    Poll::Pending => return self.blocked(pass),
-                }
-                let Some(msg) = self.next_message(pass) else { break };
-                let len = match &msg {
-                    Message::Text(t) => t.len(),
-                    _ => 0,
-                };
-                if Pin::new(&mut self.sink).start_send(msg).is_err() {
-                    return Served::Broken;
-                }
-                self.unflushed += len.max(1);
-            }
-            if self.unflushed == 0 {
-                return if self.ending && self.must.is_empty() { Served::Done } else { Served::Idle };
+            match self.write(cx) {
+                Poll::Ready(Ok(())) => self.flushed(pass),
+                Poll::Ready(Err(_)) => return Served::Broken,
+                Poll::Pending => return self.blocked(pass),
             }
         }
     }
 
+    /// Writes `out` whole (`Ready`), or until the socket would block (`Pending`, with the shard's
+    /// waker registered for its writability).
+    fn write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let result = if self.out.len() == 1 {
+                // One frame (the usual case): a plain `send`, not the `writev` path.
+                let tcp: &TcpStream = self.writer.as_ref();
+                match self.out[0].slices(self.out_offset) {
+                    [[], rest] | [rest, []] => tcp.try_write(rest),
+                    parts => tcp.try_write_vectored(&parts.map(std::io::IoSlice::new)),
+                }
+            } else {
+                let mut slices = [std::io::IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+                let mut n = 0;
+                for (i, out) in self.out.iter().enumerate() {
+                    for part in out.slices(if i == 0 { self.out_offset } else { 0 }) {
+                        if !part.is_empty() {
+                            slices[n] = std::io::IoSlice::new(part);
+                            n += 1;
+                        }
+                    }
+                }
+                let tcp: &TcpStream = self.writer.as_ref();
+                tcp.try_write_vectored(&slices[..n])
+            };
+            match result {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match self.writer.as_ref().poll_write_ready(cx)
+                {
+                    // Writable again already: try once more.
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops `written` bytes from the front of `out`.
+    fn advance(&mut self, mut written: usize) {
+        self.unflushed = self.unflushed.saturating_sub(written);
+        while let Some(first) = self.out.front() {
+            let left = first.len() - self.out_offset;
+            if written < left {
+                self.out_offset += written;
+                return;
+            }
+            written -= left;
+            self.out_offset = 0;
+            self.out.pop_front();
+        }
+    }
+
     /// The next message to write: what must go first, then the backlog, then live frames.
-    fn next_message(&mut self, pass: &mut Pass<'_>) -> Option<Message> {
+    fn next_message(&mut self, pass: &mut Pass<'_>) -> Option<Out> {
         loop {
             if let Some(m) = self.must.pop_front() {
                 return Some(m);
@@ -305,7 +518,7 @@ impl Conn {
                 Ok(frame) => {
                     if frame.kind == FrameKind::Error {
                         self.queue_start(vec![frame]);
-                        self.ending = true;
+                        self.finish();
                         continue;
                     }
                     let bytes = match self.encoding.encode(&frame) {
@@ -318,7 +531,7 @@ impl Conn {
                     pass.to_pump.record(frame.made.elapsed());
                     self.made.push(frame.made);
                     self.last_ts = frame.ts.or(self.last_ts);
-                    return Some(text(bytes));
+                    return Some(pass.formatted.text(bytes));
                 }
                 Err(TryRecvError::Empty) => return None,
                 Err(TryRecvError::Lagged(_)) => self.backlog.overflow(&self.share),
@@ -371,7 +584,7 @@ impl Conn {
                 Ok(frame) => {
                     if !self.backlog.absorb(&frame, &self.share, pass.max_backlog_bytes) {
                         self.queue_start(vec![frame]);
-                        self.ending = true;
+                        self.finish();
                     }
                 }
                 Err(TryRecvError::Empty) => break,
@@ -414,10 +627,10 @@ struct Shard {
     config: Arc<GatewayConfig>,
     metrics: Arc<StreamMetrics>,
     new: mpsc::Receiver<Conn>,
-    /// Where connections' readers report that their client closed (the shard holds a sender, so
-    /// this never ends).
-    gone: mpsc::Receiver<u64>,
-    gone_tx: mpsc::Sender<u64>,
+    /// Where connections' readers send control replies and report that their client closed (the
+    /// shard holds a sender, so this never ends).
+    events: mpsc::Receiver<ReaderEvent>,
+    events_tx: mpsc::Sender<ReaderEvent>,
     conns: HashMap<u64, Conn>,
     bells: HashMap<GlobalId, Bell>,
     /// Connections whose socket would block (retried at every wake-up).
@@ -426,6 +639,7 @@ struct Shard {
     tick: tokio::time::Interval,
     to_pump: LocalHistogram,
     to_written: LocalHistogram,
+    formatted: Formatted,
 }
 
 impl Shard {
@@ -437,14 +651,14 @@ impl Shard {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Readers never wait long here: the shard drains this at every wake-up.
-        let (gone_tx, gone) = mpsc::channel(HANDOFF_QUEUE);
+        let (events_tx, events) = mpsc::channel(HANDOFF_QUEUE);
         Shard {
             hub,
             config,
             metrics,
             new,
-            gone,
-            gone_tx,
+            events,
+            events_tx,
             conns: HashMap::new(),
             bells: HashMap::new(),
             blocked: Vec::new(),
@@ -452,6 +666,7 @@ impl Shard {
             tick,
             to_pump: LocalHistogram::default(),
             to_written: LocalHistogram::default(),
+            formatted: Formatted::default(),
         }
     }
 
@@ -471,8 +686,23 @@ impl Shard {
                 Poll::Pending => break,
             }
         }
-        while let Poll::Ready(Some(id)) = self.gone.poll_recv(cx) {
-            self.leave(id, Leave::Gone);
+        while let Poll::Ready(Some(event)) = self.events.poll_recv(cx) {
+            match event {
+                ReaderEvent::Reply(id, bytes) => {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.must.push_back(Out::raw(bytes));
+                        self.enqueue(id);
+                    }
+                }
+                // The reply to the client's close is queued: write what must go, then end.
+                ReaderEvent::Closed(id) => {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.ending = true;
+                        self.enqueue(id);
+                    }
+                }
+                ReaderEvent::Gone(id) => self.leave(id, Leave::Gone),
+            }
         }
         self.ring(cx);
         while self.tick.poll_tick(cx).is_ready() {
@@ -541,8 +771,9 @@ impl Shard {
 
     fn add(&mut self, mut conn: Conn) {
         let id = conn.id;
-        if let Some(incoming) = conn.incoming.take() {
-            conn.reader = Some(tokio::spawn(read_client(incoming, id, self.gone_tx.clone())));
+        if let Some((read, read_buf)) = conn.incoming.take() {
+            let max = self.config.max_ws_message_bytes;
+            conn.reader = Some(tokio::spawn(read_client(read, read_buf, id, self.events_tx.clone(), max)));
         }
         let bell = self
             .bells
@@ -563,6 +794,7 @@ impl Shard {
             max_backlog_bytes: self.config.client_buffer_bytes,
             to_pump: &mut self.to_pump,
             to_written: &mut self.to_written,
+            formatted: &mut self.formatted,
         };
         match conn.serve(cx, &mut pass) {
             Served::Idle if was_blocked => self.blocked.retain(|b| *b != id),
@@ -584,12 +816,10 @@ impl Shard {
             }
         }
         conn.release(&self.metrics);
-        let timeout = self.config.stall_timeout;
         match why {
             Leave::Gone => {}
-            Leave::Done => {
-                tokio::spawn(close_after(conn.sink, Vec::new(), None, timeout));
-            }
+            // The close frame (ours, or the reply to the client's) is written.
+            Leave::Done => {}
             Leave::Stalled => {
                 let reason = match conn.last_ts {
                     Some(t) => format!("client stalled; resume with since={t}"),
@@ -599,8 +829,8 @@ impl Shard {
                 self.metrics.stalled_closes.fetch_add(1, Ordering::Relaxed);
                 // The close frame queues behind what the client has not read: give it a few
                 // seconds to get through, then drop the connection regardless.
-                let frame = CloseFrame { code: 1008, reason: reason.into() };
-                tokio::spawn(close_after(conn.sink, Vec::new(), Some(frame), Duration::from_secs(5)));
+                let frame = CloseFrame { code: CloseCode::Policy, reason: reason.into() };
+                close_after(conn, Some(Out::close(Some(frame))), Duration::from_secs(5));
             }
         }
     }
@@ -627,7 +857,7 @@ impl Shard {
                 && now.saturating_duration_since(conn.last_ping) >= self.config.ping_interval
             {
                 conn.last_ping = now;
-                conn.must.push_back(Message::Ping(Bytes::new()));
+                conn.must.push_back(Out::ping());
                 ping.push(*id);
             }
         }

@@ -25,6 +25,9 @@ use viewcast_coord::Coordinator;
 
 pub use error::ApiError;
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Limits and policies of the HTTP server.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -156,23 +159,73 @@ pub fn bind(addr: SocketAddr, options: ListenOptions) -> std::io::Result<TcpList
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, then lets the requests in progress finish.
+///
+/// Each accepted connection is served by hyper's HTTP/1 connection directly over its TCP socket
+/// (not axum's `serve`, whose connections sit behind a protocol-sniffing wrapper), so that a
+/// single-view WebSocket's upgrade hands the gateway the socket itself: the writer shards write
+/// frames to it with one `writev` each (`fanout`).
 pub async fn serve(
     listener: TcpListener,
     coord: Arc<Coordinator>,
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let app = router(coord, config);
-    // Streams send small frames: with Nagle's algorithm a frame sent while the previous one is
-    // unacknowledged waits for the client's delayed ACK (up to 40 ms on Linux loopback).
-    let listener = listener.tap_io(|tcp| {
+    // Dropped to tell every connection to finish; each holds a receiver of `closed` until it has.
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    let (closed_tx, closed) = tokio::sync::watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Too many open files and the like: back off instead of spinning.
+                    if !matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Streams send small frames: with Nagle's algorithm a frame sent while the previous one is
+        // unacknowledged waits for the client's delayed ACK (up to 40 ms on Linux loopback).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
         }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
+        let (mut stopping, closed) = (stopping.clone(), closed.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                r = connection.as_mut() => r,
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended");
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    drop(stop);
+    drop(closed);
+    closed_tx.closed().await;
+    Ok(())
 }

@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::SinkExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use viewcast_hub::Hub;
 use viewcast_repr::Timestamp;
 
@@ -152,15 +156,22 @@ async fn open_stream(
     if wants_websocket(&headers) && views.len() == 1 {
         check_origin(&headers, &st.config.allowed_origins)?;
         let (mut parts, _) = request.into_parts();
-        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &st)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
+        let (response, on_upgrade) = accept_websocket(&mut parts)?;
         let fanout = st.fanout.clone();
         let view: Arc<str> = Arc::from(views[0].as_str());
         let encoding = Encoding { id: None, key };
         // The socket joins a writer shard (`fanout`): no task of its own per frame.
-        return Ok(configure(ws, &st.config)
-            .on_upgrade(move |socket| async move { fanout.serve(socket, view, encoding, params.since, slot).await }));
+        tokio::spawn(async move {
+            match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+                Ok(Ok(upgraded)) => {
+                    let tcp = upgraded.io.into_inner();
+                    fanout.serve(tcp, upgraded.read_buf, view, encoding, params.since, slot).await;
+                }
+                Ok(Err(_)) => tracing::warn!("a WebSocket upgrade on a connection that is not TCP (not `serve`'s)"),
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            }
+        });
+        return Ok(response);
     }
     if wants_sse(&headers) {
         let last_event_id =
@@ -183,6 +194,41 @@ async fn open_stream(
         return Ok(sse_response(rx, positions, slot));
     }
     Err(ApiError::BadRequest("a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string()))
+}
+
+/// Answers a WebSocket opening handshake (RFC 6455 4.2.1 and 4.2.2) for a socket the gateway
+/// writes itself: the `101 Switching Protocols` response, and the upgrade to await for the socket.
+/// axum's `WebSocketUpgrade` would hand over a protocol stream instead of the TCP socket.
+fn accept_websocket(parts: &mut axum::http::request::Parts) -> Result<(Response, OnUpgrade), ApiError> {
+    let bad = |what: &str| ApiError::BadRequest(format!("bad WebSocket upgrade: {what}"));
+    let has_token = |name: header::HeaderName, token: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if parts.method != axum::http::Method::GET {
+        return Err(bad("the method must be GET"));
+    }
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(bad("the request must have `Connection: upgrade` and `Upgrade: websocket`"));
+    }
+    if parts.headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(bad("`Sec-WebSocket-Version` must be 13"));
+    }
+    let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).ok_or_else(|| bad("no `Sec-WebSocket-Key`"))?;
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| bad("the connection cannot be upgraded"))?;
+    let accept = header::HeaderValue::try_from(accept).map_err(|_| bad("`Sec-WebSocket-Key` is not a header value"))?;
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = axum::http::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok((response, on_upgrade))
 }
 
 /// Socket settings of every streaming WebSocket. Clients send little (subscribe messages,

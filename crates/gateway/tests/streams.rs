@@ -628,3 +628,93 @@ async fn single_view_websockets_follow_resume_and_key_exactly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The single-view WebSocket answers its own handshake and writes its own frames: check the
+/// protocol at its edges with a real client library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_view_websockets_speak_the_protocol_at_its_edges() {
+    let _heavy = common::HEAVY.lock().await;
+    let gateway = GatewayConfig { max_ws_message_bytes: 16 << 10, ..GatewayConfig::default() };
+    let server = Server::start_with("CREATE TABLE t (k int)", CoordConfig::default(), gateway).await;
+    let url = format!("ws://{}/api/v1/stream/t", server.addr);
+
+    // Bad handshakes are refused before any upgrade: a foreign origin, a wrong version, no key.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(&url).unwrap();
+    req.headers_mut().insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("foreign origin accepted: {:?}", other.map(|_| ())),
+    }
+    for extra in
+        ["Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+    {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "GET /api/v1/stream/t HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n\r\n",
+            server.addr
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut response)).await.unwrap().unwrap();
+        let response = String::from_utf8_lossy(&response[..n]);
+        assert!(response.starts_with("HTTP/1.1 400"), "{extra}: {response}");
+        assert!(response.contains("bad WebSocket upgrade"), "{response}");
+    }
+
+    // A good one: the snapshot, then a ping answered with its payload, then a live update.
+    let mut ws = ws_connect_url(&url).await;
+    assert_eq!(ws_next(&mut ws).await["type"], "snapshot");
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    assert!(server.sql("INSERT INTO t VALUES (7)").await["ok"].is_string());
+    let (mut pong, mut update) = (false, None);
+    while !pong || update.is_none() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"are you there");
+                pong = true;
+            }
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(&t).unwrap();
+                if m["type"] == "update" {
+                    update = Some(m);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(update.unwrap()["rows"][0]["row"], json!([7]));
+
+    // The client closes: the gateway answers the close, then ends the connection.
+    ws.close(None).await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(_))) | None => break "closed",
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("no clean close: {e}"),
+        }
+    };
+    assert_eq!(end, "closed");
+
+    // An oversized message closes that connection with 1009 (message too big); others go on.
+    let mut other = ws_connect_url(&url).await;
+    assert_eq!(ws_next(&mut other).await["type"], "snapshot");
+    let mut huge = ws_connect_url(&url).await;
+    assert_eq!(ws_next(&mut huge).await["type"], "snapshot");
+    huge.send(Message::Text("x".repeat(64 << 10).into())).await.unwrap();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), huge.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert!(closed.is_none() || closed == Some(1009), "close code {closed:?}");
+    assert!(server.sql("INSERT INTO t VALUES (8)").await["ok"].is_string());
+    let m = loop {
+        let m = ws_next(&mut other).await;
+        if m["type"] == "update" {
+            break m;
+        }
+    };
+    assert_eq!(m["rows"][0]["row"], json!([8]));
+}
