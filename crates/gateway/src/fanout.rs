@@ -35,7 +35,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use viewcast_hub::timeline::LocalHistogram;
 use viewcast_hub::{Frame, FrameKind, Hub};
@@ -274,10 +274,20 @@ async fn read_client(read: OwnedReadHalf, read_buf: Bytes, id: u64, events: mpsc
         .write_buffer_size(0);
     let mut incoming = WebSocketStream::from_partially_read(side, read_buf.to_vec(), Role::Server, Some(config)).await;
     let mut event = ReaderEvent::Gone(id);
-    // After the client's close the library writes its reply on the next read, which then ends.
-    while let Some(Ok(msg)) = incoming.next().await {
-        if matches!(msg, Message::Close(_)) {
-            event = ReaderEvent::Closed(id);
+    loop {
+        match incoming.next().await {
+            // After the client's close the library writes its reply on the next read, which then ends.
+            Some(Ok(Message::Close(_))) => event = ReaderEvent::Closed(id),
+            Some(Ok(_)) => {}
+            // A message over the limit or a protocol violation: say why in a close frame.
+            Some(Err(e @ (WsError::Capacity(_) | WsError::Protocol(_)))) => {
+                let code = if matches!(e, WsError::Capacity(_)) { CloseCode::Size } else { CloseCode::Protocol };
+                let close = Out::close(Some(CloseFrame { code, reason: e.to_string().into() }));
+                let _ = events.send(ReaderEvent::Reply(id, close.payload)).await;
+                event = ReaderEvent::Closed(id);
+                break;
+            }
+            Some(Err(_)) | None => break,
         }
     }
     let _ = events.send(event).await;

@@ -264,15 +264,7 @@ async fn hostile_input_gets_clear_errors_and_others_are_served() {
 
     // An oversized message closes that connection with 1009 (message too big).
     let mut huge = ws_connect_url(&mux_url(&server)).await;
-    huge.send(Message::Text("x".repeat(64 << 10).into())).await.unwrap();
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(10), huge.next()).await.unwrap() {
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            _ => break None,
-        }
-    };
-    assert!(closed.is_none() || closed == Some(1009), "close code {closed:?}");
+    send_oversized_and_expect_close(&mut huge).await;
 
     // A wrong token: an error and a close; no token on the HTTP API: 401.
     let mut wrong = ws_connect_url(&mux_url(&server)).await;
@@ -307,6 +299,21 @@ async fn hostile_input_gets_clear_errors_and_others_are_served() {
         }
     }
     assert_eq!(updates, 3, "the good client kept receiving updates");
+}
+
+/// Sends a 64 KiB message (over a 16 KiB limit) and expects the connection closed, with 1009
+/// (message too big) if a close frame arrives first; returns the close code, if any.
+async fn send_oversized_and_expect_close(huge: &mut Ws) -> Option<u16> {
+    huge.send(Message::Text("x".repeat(64 << 10).into())).await.unwrap();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), huge.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert!(closed.is_none() || closed == Some(1009), "close code {closed:?}");
+    closed
 }
 
 /// Rows the stall tests' load generator makes (20,000 a second).
@@ -700,15 +707,7 @@ async fn single_view_websockets_speak_the_protocol_at_its_edges() {
     assert_eq!(ws_next(&mut other).await["type"], "snapshot");
     let mut huge = ws_connect_url(&url).await;
     assert_eq!(ws_next(&mut huge).await["type"], "snapshot");
-    huge.send(Message::Text("x".repeat(64 << 10).into())).await.unwrap();
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(10), huge.next()).await.unwrap() {
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            _ => break None,
-        }
-    };
-    assert!(closed.is_none() || closed == Some(1009), "close code {closed:?}");
+    assert_eq!(send_oversized_and_expect_close(&mut huge).await, Some(1009));
     assert!(server.sql("INSERT INTO t VALUES (8)").await["ok"].is_string());
     let m = loop {
         let m = ws_next(&mut other).await;
