@@ -51,6 +51,30 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_subscriptions_per_connection: usize,
+    /// Whether the server's views are ready (`GET /api/v1/ready`); shared with whoever sets it.
+    pub readiness: Readiness,
+}
+
+/// Whether a server is ready to serve its views. A gateway is not while it waits for its upstream
+/// at start: it answers `GET /api/v1/health` (the process serves) and `GET /api/v1/ready` (503,
+/// with the reason) meanwhile, so an orchestrator neither restarts it nor routes clients to it.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<std::sync::RwLock<Option<String>>>);
+
+impl Readiness {
+    /// Not ready, and why (e.g. "waiting for the upstream").
+    pub fn not_ready(&self, why: impl Into<String>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.into());
+    }
+
+    pub fn set_ready(&self) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// `None` when ready, else why not.
+    pub fn reason(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +91,7 @@ impl Default for GatewayConfig {
             max_connections: 60_000,
             max_connections_per_ip: 60_000,
             max_subscriptions_per_connection: 256,
+            readiness: Readiness::default(),
         }
     }
 }
@@ -95,12 +120,32 @@ pub fn router(coord: Arc<Coordinator>, config: GatewayConfig) -> Router {
         .route("/api/v1/views", get(sql_api::views))
         .route("/api/v1/ws", get(ws::ws))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/ready", get(ready))
         .route("/api/v1/stream", get(stream::stream_many))
         .route("/api/v1/stream/{view}", get(stream::stream_one))
         .route("/api/webhook/{source}", post(webhook::ingest))
         .fallback(get(assets_handler))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .with_state(state)
+}
+
+/// Liveness: the process serves HTTP.
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: 200 once the server's views exist (a gateway's upstream answered), else 503 and why.
+async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match st.config.readiness.reason() {
+        None => axum::Json(serde_json::json!({ "ready": true })).into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// Live counters of the streaming layer.

@@ -171,25 +171,49 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let (server, sql) = match cli.command {
+    let (server, startup) = match cli.command {
         Command::Replay(args) => return replay(args).await,
         Command::Demo { server, events_per_second } => {
-            (server, DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}")))
+            let sql = DEMO_SQL.replace("EVENTS PER SECOND 200", &format!("EVENTS PER SECOND {events_per_second}"));
+            (server, Startup { sql, upstream: None })
         }
-        Command::Serve { server, sql } => (server, read_sql(sql.as_deref())?),
+        Command::Serve { server, sql } => (server, Startup { sql: read_sql(sql.as_deref())?, upstream: None }),
         Command::Gateway { server, upstream, views, sql, upstream_wait } => {
             let views = views.iter().map(|v| view_spec(v)).collect::<anyhow::Result<Vec<_>>>()?;
             let first = views.first().map_or("", |(_, remote)| *remote);
             let config = viewcast_upstream::UpstreamConfig::new(&upstream, first);
-            viewcast_upstream::wait_until_reachable(&config, upstream_wait.map(std::time::Duration::from_secs))
-                .await
-                .context("the upstream is not reachable")?;
             let mut text = gateway_sql(&upstream, &views);
             text.push_str(&read_sql(sql.as_deref())?);
-            (server, text)
+            let wait = upstream_wait.map(std::time::Duration::from_secs);
+            (server, Startup { sql: text, upstream: Some((config, wait)) })
         }
     };
-    run(server, &sql).await
+    run(server, startup).await
+}
+
+/// What a server does before it is ready: in gateway mode, wait for the upstream; then run its SQL.
+struct Startup {
+    sql: String,
+    /// The upstream to wait for, and for how long at most (`None`: as long as it takes).
+    upstream: Option<(viewcast_upstream::UpstreamConfig, Option<std::time::Duration>)>,
+}
+
+impl Startup {
+    async fn run(self, coord: &Coordinator, readiness: &viewcast_gateway::Readiness) -> anyhow::Result<()> {
+        if let Some((config, wait)) = &self.upstream {
+            readiness.not_ready("waiting for the upstream to accept connections");
+            viewcast_upstream::wait_until_reachable(config, *wait).await.context("the upstream is not reachable")?;
+            readiness.not_ready("creating the upstream views");
+        }
+        for result in coord.execute(&self.sql).await {
+            match result {
+                ExecuteResult::Error(e) => anyhow::bail!("startup SQL failed: {e} (SQLSTATE {})", e.code),
+                ExecuteResult::Ok { tag } | ExecuteResult::Rows { tag, .. } => tracing::info!(%tag, "startup SQL"),
+            }
+        }
+        readiness.set_ready();
+        Ok(())
+    }
 }
 
 fn read_sql(path: Option<&std::path::Path>) -> anyhow::Result<String> {
@@ -218,7 +242,9 @@ fn gateway_sql(upstream: &str, views: &[(&str, &str)]) -> String {
     sql
 }
 
-async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
+/// Serves HTTP and pgwire from the start (health and readiness answer while a gateway waits for
+/// its upstream), runs `startup`, and prints `viewcast is running: open URL` once it is ready.
+async fn run(args: ServerArgs, startup: Startup) -> anyhow::Result<()> {
     let pg_tls = match (&args.pg_tls_cert, &args.pg_tls_key) {
         (Some(cert), Some(key)) => Some(
             viewcast_pgwire::ServerTls::from_pem_files(cert, key)
@@ -233,14 +259,6 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
         Coordinator::start(CoordConfig { workers: args.workers, tick_ms: args.tick_ms, hub, ..defaults })
             .context("starting the engine")?,
     );
-    if !sql.trim().is_empty() {
-        for result in coord.execute(sql).await {
-            match result {
-                ExecuteResult::Error(e) => anyhow::bail!("startup SQL failed: {e} (SQLSTATE {})", e.code),
-                ExecuteResult::Ok { tag } | ExecuteResult::Rows { tag, .. } => tracing::info!(%tag, "startup SQL"),
-            }
-        }
-    }
     let options = viewcast_gateway::ListenOptions { reuse_port: args.reuse_port };
     let listener = viewcast_gateway::bind(args.listen, options).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse && !args.reuse_port {
@@ -252,7 +270,6 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
     })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
-    println!("viewcast is running: open http://{addr}/");
     let mut grants = args.read_tokens;
     if let Some(token) = args.token {
         grants.push(Grant { token, views: None });
@@ -265,6 +282,8 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
         max_connections_per_ip: args.max_connections_per_ip,
         ..GatewayConfig::default()
     };
+    let readiness = config.readiness.clone();
+    readiness.not_ready("running the startup SQL");
     let pg_listener = tokio::net::TcpListener::bind(args.pgwire_listen)
         .await
         .with_context(|| format!("binding {}", args.pgwire_listen))?;
@@ -283,7 +302,18 @@ async fn run(args: ServerArgs, sql: &str) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     };
-    viewcast_gateway::serve(listener, coord, config, shutdown).await?;
+    let mut http = tokio::spawn(viewcast_gateway::serve(listener, coord.clone(), config, shutdown));
+    // A startup that fails (bad SQL, an upstream that never answers) ends the process; so does a
+    // shutdown (Ctrl-C) before it is done.
+    tokio::select! {
+        started = startup.run(&coord, &readiness) => started?,
+        served = &mut http => {
+            served.context("HTTP task")??;
+            return Ok(());
+        }
+    }
+    println!("viewcast is running: open http://{addr}/");
+    http.await.context("HTTP task")??;
     pg.await.context("pgwire task")??;
     Ok(())
 }

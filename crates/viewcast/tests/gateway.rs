@@ -247,14 +247,24 @@ async fn a_gateway_started_before_its_upstream_waits_for_it() {
         assert!(out.contains("upstream not reachable yet"), "retried before giving up:\n{out}");
         assert!(out.contains("the upstream is not reachable"), "said why it stopped:\n{out}");
 
-        let args = gateway_args(&url);
+        // On a port of our own, to ask it about its health while it waits.
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args = gateway_args(&url);
+        let at = args.iter().position(|a| a == "--listen").unwrap() + 1;
+        args[at] = http.to_string();
         let log = dir().join("gateway-early.log");
-        // `Proc::start` returns once the gateway serves, and panics if it exits first.
+        // `Proc::start` returns once the gateway is ready, and panics if it exits first.
         let gateway = tokio::spawn(async move { Proc::start(&args, &log).await });
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(!gateway.is_finished(), "the gateway served, or exited, without its upstream");
+        assert!(!gateway.is_finished(), "the gateway got ready, or exited, without its upstream");
+        // Meanwhile it is alive (health) but not ready, and says why.
+        assert_eq!(http_get(http, "/api/v1/health").await, (200, json!({ "status": "ok" })));
+        let (status, body) = http_get(http, "/api/v1/ready").await;
+        assert_eq!((status, &body["ready"]), (503, &json!(false)), "{body}");
+        assert!(body["reason"].as_str().unwrap().contains("waiting for the upstream"), "{body}");
         let upstream = Proc::upstream(port, "upstream-late").await;
         let gateway = gateway.await.expect("the gateway starts once its upstream is up");
+        assert_eq!(http_get(http, "/api/v1/ready").await, (200, json!({ "ready": true })));
         let client = Client::start(gateway.http, "totals");
         let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -264,6 +274,19 @@ async fn a_gateway_started_before_its_upstream_waits_for_it() {
     })
     .await
     .expect("test timed out");
+}
+
+/// `GET path` over a fresh connection: the status and the JSON body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut response)).await.unwrap().unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}")))
 }
 
 /// Speed, not correctness (run by hand, see BENCHMARKS.md): the time the gateway adds between the
