@@ -67,6 +67,8 @@ pub struct Spec {
     /// Niceness of the upstream process (negative: it writes each progress row to the direct
     /// reader and to the gateway back to back, not a preemption apart).
     pub upstream_nice: i32,
+    /// Clients subscribe over the multiplexed WebSocket (`/api/v1/ws`).
+    pub mux: bool,
 }
 
 /// Wall-clock nanoseconds since the epoch: comparable across the processes of one machine.
@@ -290,6 +292,7 @@ impl ClientProc {
             .env("TOKIO_WORKER_THREADS", "1")
             .args(["--threads", &spec.client_threads.max(1).to_string()])
             .args(["--server", &gateway.to_string(), "--view", "totals"])
+            .args(spec.mux.then_some("--mux"))
             .args(["--clients", &clients.to_string(), "--seconds", &format!("{seconds:.1}")]);
         let (child, stdin, stdout) = crate::group::spawn_piped(&mut cmd)?;
         let (connected, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -445,6 +448,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "clients_nice": spec.clients_nice,
         "client_threads": spec.client_threads,
         "upstream_nice": spec.upstream_nice,
+        "mux": spec.mux,
         "direct_reader_realtime": direct_realtime,
         "progress_rows": progress_rows,
         "timestamps_with_frames": m.timestamps,
@@ -482,6 +486,9 @@ pub struct ClientArgs {
     /// Client threads, each reading its share of the clients from one epoll set.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Subscribe over the multiplexed WebSocket instead of the view's own.
+    #[arg(long)]
+    mux: bool,
 }
 
 /// One frame as a client got it: `(ts, user_ns, kernel_ns)`: its timestamp, when the client's
@@ -550,6 +557,27 @@ fn ws_connect(server: SocketAddr, path: &str, timeout: Duration) -> Result<(std:
     }
 }
 
+/// A client's text frame (RFC 6455 5.2), masked as a client's must be (with a zero key).
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => match u16::try_from(n) {
+            Ok(n) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        },
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// One client's connection as its thread holds it.
 struct Client {
     tcp: std::net::TcpStream,
@@ -615,6 +643,7 @@ impl Client {
 fn client_thread(
     server: SocketAddr,
     path: &str,
+    subscribe: Option<&[u8]>,
     count: usize,
     connected: &AtomicU64,
     failed: &AtomicU64,
@@ -637,7 +666,14 @@ fn client_thread(
             continue;
         }
         match ws_connect(server, path, Duration::from_secs(30)) {
-            Ok((tcp, buf)) => {
+            Ok((mut tcp, buf)) => {
+                // The socket is non-blocking already, but a few dozen bytes into its empty send
+                // buffer are taken whole (a `WouldBlock` would count as this client failing).
+                if let Err(e) = subscribe.map_or(Ok(()), |m| tcp.write_all(m)) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    out.push((Vec::new(), Some(format!("subscribe: {e}"))));
+                    continue;
+                }
                 let event = EpollEvent::new(EpollFlags::EPOLLIN, clients.len() as u64);
                 if let Err(e) = epoll.add(&tcp, event) {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -703,7 +739,12 @@ fn client_thread(
 /// `{"arrivals": [[Arrival..] per client], "errors": [..]}` as one line.
 pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients <= MAX_CLIENTS, "too many clients");
-    let path = format!("/api/v1/stream/{}", args.view);
+    let (path, subscribe) = if args.mux {
+        let message = json!({ "type": "subscribe", "id": "s", "view": args.view }).to_string();
+        ("/api/v1/ws".to_string(), Some(masked_text(message.as_bytes())))
+    } else {
+        (format!("/api/v1/stream/{}", args.view), None)
+    };
     let connected = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -711,12 +752,13 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads {
         let count = args.clients / threads + usize::from(i < args.clients % threads);
-        let (path, connected, failed, done) = (path.clone(), connected.clone(), failed.clone(), done.clone());
+        let (path, subscribe) = (path.clone(), subscribe.clone());
+        let (connected, failed, done) = (connected.clone(), failed.clone(), done.clone());
         let server = args.server;
         handles.push(
             std::thread::Builder::new()
                 .name(format!("gw-client-{i}"))
-                .spawn(move || client_thread(server, &path, count, &connected, &failed, &done))?,
+                .spawn(move || client_thread(server, &path, subscribe.as_deref(), count, &connected, &failed, &done))?,
         );
     }
     let mut commands = crate::group::stdin_lines()?;
@@ -796,6 +838,19 @@ mod tests {
         assert_eq!(ws_frame(&[0x89, 0]), Some((true, 9, 2..2)));
         // A length past what memory could hold never overflows.
         assert_eq!(ws_frame(&[0x82, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn client_text_frames_are_masked_and_read_back_at_every_length_encoding() {
+        for len in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let frame = masked_text(&payload);
+            assert_eq!(frame[1] & 0x80, 0x80, "masked");
+            let (fin, opcode, range) = ws_frame(&frame).unwrap();
+            assert_eq!((fin, opcode, range.end), (true, 1, frame.len()), "length {len}");
+            // A zero key leaves the payload as it was.
+            assert_eq!(&frame[range], &payload[..], "length {len}");
+        }
     }
 
     #[test]

@@ -240,6 +240,10 @@ enum Command {
         /// preempts it between the two, and the direct reader's row comes up to 20 ms late.
         #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
         upstream_nice: i32,
+        /// Clients use the multiplexed WebSocket (`/api/v1/ws`, one `subscribe` message each), the
+        /// browser dashboard's path, instead of the single-view one (`/api/v1/stream/totals`).
+        #[arg(long)]
+        mux: bool,
     },
     /// A share of a gateway-latency run's clients, in a process of its own.
     #[command(hide = true)]
@@ -342,6 +346,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             clients_nice,
             client_threads,
             upstream_nice,
+            mux,
         } => {
             let beside = std::env::current_exe()?.parent().context("exe dir")?.join("viewcast");
             let gateway_bins = if gateway_bin.is_empty() { vec![beside.clone()] } else { gateway_bin };
@@ -361,6 +366,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     clients_nice,
                     client_threads,
                     upstream_nice,
+                    mux,
                 };
                 let mut line = gwlat::run(&spec).await?;
                 line["run"] = json!(i + 1);
