@@ -211,7 +211,7 @@ impl Fanout {
     pub async fn serve(
         &self,
         tcp: TcpStream,
-        read_buf: Bytes,
+        read_buf: Vec<u8>,
         view: Arc<str>,
         encoding: Encoding,
         since: Option<Timestamp>,
@@ -265,14 +265,14 @@ impl Fanout {
 /// Reads (and discards) what the client sends until it closes, through the protocol library
 /// (frame sizes, masking, fragments, UTF-8, the close handshake; its pongs and close reply go to
 /// the shard as `Reply`).
-async fn read_client(read: OwnedReadHalf, read_buf: Bytes, id: u64, events: mpsc::Sender<ReaderEvent>, max: usize) {
+async fn read_client(read: OwnedReadHalf, read_buf: Vec<u8>, id: u64, events: mpsc::Sender<ReaderEvent>, max: usize) {
     let side = ReadSide { read, id, replies: events.clone() };
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
         .read_buffer_size(1 << 10)
         .write_buffer_size(0);
-    let mut incoming = WebSocketStream::from_partially_read(side, read_buf.to_vec(), Role::Server, Some(config)).await;
+    let mut incoming = WebSocketStream::from_partially_read(side, read_buf, Role::Server, Some(config)).await;
     let mut event = ReaderEvent::Gone(id);
     loop {
         match incoming.next().await {
@@ -350,7 +350,7 @@ struct Conn {
     /// The reading side (and what the client sent with its upgrade), until the shard starts the
     /// connection's reader on it. The reader starts only once the shard holds the connection, so
     /// its report of a close cannot come first.
-    incoming: Option<(OwnedReadHalf, Bytes)>,
+    incoming: Option<(OwnedReadHalf, Vec<u8>)>,
     reader: Option<JoinHandle<()>>,
     _slot: ConnectionSlot,
 }

@@ -165,7 +165,11 @@ async fn open_stream(
             match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
                 Ok(Ok(upgraded)) => {
                     let tcp = upgraded.io.into_inner();
-                    fanout.serve(tcp, upgraded.read_buf, view, encoding, params.since, slot).await;
+                    // Copied out (usually nothing): the `Bytes` would keep hyper's whole read
+                    // buffer alive for the connection's life.
+                    let read_buf = upgraded.read_buf.to_vec();
+                    drop(upgraded.read_buf);
+                    fanout.serve(tcp, read_buf, view, encoding, params.since, slot).await;
                 }
                 Ok(Err(_)) => tracing::warn!("a WebSocket upgrade on a connection that is not TCP (not `serve`'s)"),
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
