@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
 use viewcast_hub::Hub;
 use viewcast_repr::Timestamp;
 
@@ -155,8 +155,7 @@ async fn open_stream(
     let slot = st.limits.admit(peer.ip())?;
     if wants_websocket(&headers) && views.len() == 1 {
         check_origin(&headers, &st.config.allowed_origins)?;
-        let (mut parts, _) = request.into_parts();
-        let (response, on_upgrade) = accept_websocket(&mut parts)?;
+        let (response, on_upgrade) = accept_websocket(request)?;
         let fanout = st.fanout.clone();
         let view: Arc<str> = Arc::from(views[0].as_str());
         let encoding = Encoding { id: None, key };
@@ -200,38 +199,18 @@ async fn open_stream(
     Err(ApiError::BadRequest("a stream needs a WebSocket upgrade or the header Accept: text/event-stream".to_string()))
 }
 
-/// Answers a WebSocket opening handshake (RFC 6455 4.2.1 and 4.2.2) for a socket the gateway
-/// writes itself: the `101 Switching Protocols` response, and the upgrade to await for the socket.
-/// axum's `WebSocketUpgrade` would hand over a protocol stream instead of the TCP socket.
-fn accept_websocket(parts: &mut axum::http::request::Parts) -> Result<(Response, OnUpgrade), ApiError> {
-    let bad = |what: &str| ApiError::BadRequest(format!("bad WebSocket upgrade: {what}"));
-    let has_token = |name: header::HeaderName, token: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if parts.method != axum::http::Method::GET {
-        return Err(bad("the method must be GET"));
-    }
-    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return Err(bad("the request must have `Connection: upgrade` and `Upgrade: websocket`"));
-    }
-    if parts.headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(bad("`Sec-WebSocket-Version` must be 13"));
-    }
-    let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).ok_or_else(|| bad("no `Sec-WebSocket-Key`"))?;
-    let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| bad("the connection cannot be upgraded"))?;
-    let accept = header::HeaderValue::try_from(accept).map_err(|_| bad("`Sec-WebSocket-Key` is not a header value"))?;
-    let mut response = Response::new(axum::body::Body::empty());
-    *response.status_mut() = axum::http::StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+/// Answers a WebSocket opening handshake for a socket the gateway writes itself: the `101
+/// Switching Protocols` response (the request checked and the accept key derived by tungstenite),
+/// and the upgrade to await for the socket. axum's `WebSocketUpgrade` would hand over a protocol
+/// stream instead of the TCP socket.
+fn accept_websocket(request: Request) -> Result<(Response, OnUpgrade), ApiError> {
+    let response = create_response_with_body(&request, axum::body::Body::empty)
+        .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
+    let (mut parts, _) = request.into_parts();
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or_else(|| ApiError::BadRequest("bad WebSocket upgrade: the connection cannot be upgraded".into()))?;
     Ok((response, on_upgrade))
 }
 
