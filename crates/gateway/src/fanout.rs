@@ -92,6 +92,10 @@ impl Out {
         Out::frame(OpCode::Control(Control::Ping), Bytes::new())
     }
 
+    fn pong(payload: Bytes) -> Out {
+        Out::frame(OpCode::Control(Control::Pong), payload)
+    }
+
     fn close(frame: Option<CloseFrame>) -> Out {
         // The whole frame, as the protocol library formats it (the code, then the reason).
         let mut payload = Vec::new();
@@ -121,40 +125,31 @@ impl Out {
     }
 }
 
-/// What a connection's reader tells its shard.
+/// What a connection's reader tells its shard, which owns the writing side and answers between
+/// whole frames.
 enum ReaderEvent {
-    /// Bytes the protocol library wrote on the client's behalf (a pong, a close reply): whole frames.
-    Reply(u64, Bytes),
-    /// The client sent a close frame (answered by the `Reply` before it).
-    Closed(u64),
+    /// The client pinged: answer with this payload.
+    Ping(u64, Bytes),
+    /// The client closed (or broke the protocol): write this close frame after what must go, then end.
+    Closed(u64, Option<CloseFrame>),
     /// The client's side ended or broke.
     Gone(u64),
 }
 
 /// The reading side of a connection as the reader's WebSocket sees it: reads come from the
-/// socket; what the library writes (pongs, the close reply) goes to the shard, which owns the
-/// writing side and sends it between whole frames.
-struct ReadSide {
-    read: OwnedReadHalf,
-    id: u64,
-    replies: mpsc::Sender<ReaderEvent>,
-}
+/// socket; what the library would write on its own (its automatic pongs and close reply) is
+/// dropped, since the shard answers from the reader's events instead.
+struct ReadSide(OwnedReadHalf);
 
 impl AsyncRead for ReadSide {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ReadSide {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        // The library writes whole buffered frames; a reply that does not fit the shard's queue
-        // is dropped (a client flooding pings loses pongs, RFC 6455 5.5.3 allows answering only
-        // the latest), never queued without bound.
-        match self.replies.try_send(ReaderEvent::Reply(self.id, Bytes::copy_from_slice(buf))) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Poll::Ready(Ok(buf.len())),
-            Err(mpsc::error::TrySendError::Closed(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-        }
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -241,6 +236,7 @@ impl Fanout {
             updates: sub.updates,
             must: VecDeque::new(),
             ending: false,
+            pong: None,
             backlog: Backlog::Empty,
             share: BacklogShare::new(self.metrics.clone()),
             out: VecDeque::new(),
@@ -263,33 +259,32 @@ impl Fanout {
 }
 
 /// Reads (and discards) what the client sends until it closes, through the protocol library
-/// (frame sizes, masking, fragments, UTF-8, the close handshake; its pongs and close reply go to
-/// the shard as `Reply`).
+/// (frame sizes, masking, fragments, UTF-8), and tells the shard what to answer: pings, and the
+/// close (the client's, echoed, or one saying why its message was refused).
 async fn read_client(read: OwnedReadHalf, read_buf: Vec<u8>, id: u64, events: mpsc::Sender<ReaderEvent>, max: usize) {
-    let side = ReadSide { read, id, replies: events.clone() };
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
-        .read_buffer_size(1 << 10)
+        .read_buffer_size(crate::stream::WS_READ_BUFFER_BYTES)
         .write_buffer_size(0);
-    let mut incoming = WebSocketStream::from_partially_read(side, read_buf, Role::Server, Some(config)).await;
-    let mut event = ReaderEvent::Gone(id);
-    loop {
+    let mut incoming = WebSocketStream::from_partially_read(ReadSide(read), read_buf, Role::Server, Some(config)).await;
+    let event = loop {
         match incoming.next().await {
-            // After the client's close the library writes its reply on the next read, which then ends.
-            Some(Ok(Message::Close(_))) => event = ReaderEvent::Closed(id),
+            // A ping the shard's queue has no room for goes unanswered (RFC 6455 5.5.3 allows
+            // answering only the latest); the shard keeps one pending pong per connection.
+            Some(Ok(Message::Ping(payload))) => {
+                let _ = events.try_send(ReaderEvent::Ping(id, payload));
+            }
+            Some(Ok(Message::Close(frame))) => break ReaderEvent::Closed(id, frame),
             Some(Ok(_)) => {}
-            // A message over the limit or a protocol violation: say why in a close frame.
+            // A message over the limit or a protocol violation: say why in the close frame.
             Some(Err(e @ (WsError::Capacity(_) | WsError::Protocol(_)))) => {
                 let code = if matches!(e, WsError::Capacity(_)) { CloseCode::Size } else { CloseCode::Protocol };
-                let close = Out::close(Some(CloseFrame { code, reason: e.to_string().into() }));
-                let _ = events.send(ReaderEvent::Reply(id, close.payload)).await;
-                event = ReaderEvent::Closed(id);
-                break;
+                break ReaderEvent::Closed(id, Some(CloseFrame { code, reason: e.to_string().into() }));
             }
-            Some(Err(_)) | None => break,
+            Some(Err(_)) | None => break ReaderEvent::Gone(id),
         }
-    }
+    };
     let _ = events.send(event).await;
 }
 
@@ -325,10 +320,13 @@ struct Conn {
     updates: broadcast::Receiver<Frame>,
     /// Messages that go before any live frame, whatever the budget: the start (snapshot or
     /// replay), a resync and its snapshot, a consolidated backlog, a final error and the close
-    /// frame after it, a ping, a control reply.
+    /// frame after it, a ping.
     must: VecDeque<Out>,
     /// Close once `must` is written (the view ended, or an error was sent, or the client closed).
     ending: bool,
+    /// The answer to the client's latest ping, not yet taken for the socket: one at most, however
+    /// fast the client pings.
+    pong: Option<Bytes>,
     backlog: Backlog,
     share: BacklogShare,
     /// Frames taken for the socket and not yet written whole, and how much of the first is.
@@ -429,8 +427,12 @@ impl Conn {
 
     /// Ends the connection once what must go is written, with a close frame after it.
     fn finish(&mut self) {
+        self.finish_with(None);
+    }
+
+    fn finish_with(&mut self, close: Option<CloseFrame>) {
         if !self.ending {
-            self.must.push_back(Out::close(None));
+            self.must.push_back(Out::close(close));
             self.ending = true;
         }
     }
@@ -519,6 +521,9 @@ impl Conn {
             }
             if self.ending {
                 return None;
+            }
+            if let Some(payload) = self.pong.take() {
+                return Some(Out::pong(payload));
             }
             if !self.backlog.is_empty() {
                 self.release_backlog(pass);
@@ -698,16 +703,15 @@ impl Shard {
         }
         while let Poll::Ready(Some(event)) = self.events.poll_recv(cx) {
             match event {
-                ReaderEvent::Reply(id, bytes) => {
+                ReaderEvent::Ping(id, payload) => {
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.must.push_back(Out::raw(bytes));
+                        conn.pong = Some(payload);
                         self.enqueue(id);
                     }
                 }
-                // The reply to the client's close is queued: write what must go, then end.
-                ReaderEvent::Closed(id) => {
+                ReaderEvent::Closed(id, frame) => {
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.ending = true;
+                        conn.finish_with(frame);
                         self.enqueue(id);
                     }
                 }
@@ -828,7 +832,7 @@ impl Shard {
         conn.release(&self.metrics);
         match why {
             Leave::Gone => {}
-            // The close frame (ours, or the reply to the client's) is written.
+            // The close frame (ours, or the answer to the client's) is written.
             Leave::Done => {}
             Leave::Stalled => {
                 let reason = match conn.last_ts {

@@ -214,6 +214,9 @@ fn accept_websocket(request: Request) -> Result<(Response, OnUpgrade), ApiError>
     Ok((response, on_upgrade))
 }
 
+/// The read buffer of a streaming WebSocket: clients send little (subscribe messages, pongs).
+pub(crate) const WS_READ_BUFFER_BYTES: usize = 1 << 10;
+
 /// Socket settings of every streaming WebSocket. Clients send little (subscribe messages,
 /// pongs), so the read buffer is small: it is allocated whole per connection and grows only while
 /// a larger message arrives. The write buffer is a flush threshold, not an allocation.
@@ -221,7 +224,7 @@ pub(crate) fn configure(ws: WebSocketUpgrade, config: &crate::GatewayConfig) -> 
     let max = config.max_ws_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(1 << 10)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(8 << 10)
         .max_write_buffer_size(4 << 20)
 }

@@ -717,3 +717,47 @@ async fn single_view_websockets_speak_the_protocol_at_its_edges() {
     };
     assert_eq!(m["rows"][0]["row"], json!([8]));
 }
+
+/// A client that pings without reading: the gateway answers the latest ping, not every one, so
+/// what it holds for the client stays bounded, and the client is still served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_pings_without_reading_gets_no_queue_of_pongs() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start("CREATE TABLE t (k int)", CoordConfig::default()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/api/v1/stream/t", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+        Some(Ok(Message::Text(t))) => assert!(t.contains(r#""type":"snapshot""#), "{t}"),
+        other => panic!("no snapshot: {other:?}"),
+    }
+    // 200,000 pings of 125 bytes (25 MB), far more pongs than the sockets' buffers hold.
+    let pings = 200_000;
+    for i in 0..pings {
+        ws.feed(Message::Ping(vec![b'p'; 125].into())).await.unwrap();
+        if i % 1000 == 999 {
+            ws.flush().await.unwrap();
+        }
+    }
+    ws.flush().await.unwrap();
+    assert!(server.sql("INSERT INTO t VALUES (1)").await["ok"].is_string());
+    // Every pong the gateway still held would arrive before the update.
+    let mut pongs = 0;
+    let update = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap() {
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(&t).unwrap();
+                if m["type"] == "update" {
+                    break m;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(update["rows"][0]["row"], json!([1]));
+    assert!(pongs >= 1, "pings are answered");
+    assert!(pongs < pings / 2, "{pongs} pongs for {pings} pings: the gateway queued them");
+}
