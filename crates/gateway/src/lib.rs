@@ -209,7 +209,7 @@ pub fn bind(addr: SocketAddr, options: ListenOptions) -> std::io::Result<TcpList
 /// Each accepted connection is served by hyper's HTTP/1 connection directly over its TCP socket
 /// (not axum's `serve`, whose connections sit behind a protocol-sniffing wrapper), so that a
 /// single-view WebSocket's upgrade hands the gateway the socket itself: the writer shards write
-/// frames to it with one `writev` each (`fanout`).
+/// each frame to it with one `send` (`fanout`).
 pub async fn serve(
     listener: TcpListener,
     coord: Arc<Coordinator>,

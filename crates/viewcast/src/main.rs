@@ -223,8 +223,6 @@ fn read_sql(path: Option<&std::path::Path>) -> anyhow::Result<String> {
     }
 }
 
-/// The statements that make each `--view` an upstream view: `CREATE SOURCE local FROM UPSTREAM
-/// 'url' SUBSCRIBE upstream_name;`.
 /// A `--view` argument, `NAME` or `LOCAL=UPSTREAM`, as (local name, upstream view).
 fn view_spec(v: &str) -> anyhow::Result<(&str, &str)> {
     let (local, remote) = v.split_once('=').unwrap_or((v, v));
@@ -233,6 +231,8 @@ fn view_spec(v: &str) -> anyhow::Result<(&str, &str)> {
     Ok((local, remote))
 }
 
+/// The statements that make each `--view` an upstream view: `CREATE SOURCE local FROM UPSTREAM
+/// 'url' SUBSCRIBE upstream_name;`.
 fn gateway_sql(upstream: &str, views: &[(&str, &str)]) -> String {
     let url = upstream.replace('\'', "''");
     let mut sql = String::new();
