@@ -28,6 +28,9 @@ use anyhow::{bail, Context};
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+
 use crate::proc::{ProcSample, Server};
 
 /// The upstream's schema: `totals` changes in every timestamp the writer writes in.
@@ -557,25 +560,14 @@ fn ws_connect(server: SocketAddr, path: &str, timeout: Duration) -> Result<(std:
     }
 }
 
-/// A client's text frame (RFC 6455 5.2), masked as a client's must be (with a zero key).
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n => match u16::try_from(n) {
-            Ok(n) => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&n.to_be_bytes());
-            }
-            Err(_) => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        },
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]);
-    frame.extend_from_slice(payload);
-    frame
+/// A client's frame (RFC 6455 5.2), formatted by tungstenite and masked as a client's must be
+/// (with a zero key, so the payload reads as sent).
+fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut frame = WsFrame::message(payload.to_vec(), opcode, true);
+    frame.header_mut().mask = Some([0; 4]);
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    frame.format(&mut out).expect("a frame formats into a Vec");
+    out
 }
 
 /// One client's connection as its thread holds it.
@@ -600,12 +592,8 @@ impl Client {
             match opcode {
                 0x9 => {
                     // Pong with the ping's payload, masked with a zero key as a client must.
-                    let body = &self.buf[payload];
-                    if body.len() < 126 {
-                        let mut pong = vec![0x8a, 0x80 | body.len() as u8, 0, 0, 0, 0];
-                        pong.extend_from_slice(body);
-                        let _ = self.tcp.write(&pong);
-                    }
+                    let pong = client_frame(OpCode::Control(Control::Pong), &self.buf[payload]);
+                    let _ = self.tcp.write(&pong);
                 }
                 0x8 => {
                     self.ended = Some("closed by the gateway".to_string());
@@ -741,7 +729,7 @@ pub async fn clients(args: ClientArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients <= MAX_CLIENTS, "too many clients");
     let (path, subscribe) = if args.mux {
         let message = json!({ "type": "subscribe", "id": "s", "view": args.view }).to_string();
-        ("/api/v1/ws".to_string(), Some(masked_text(message.as_bytes())))
+        ("/api/v1/ws".to_string(), Some(client_frame(OpCode::Data(Data::Text), message.as_bytes())))
     } else {
         (format!("/api/v1/stream/{}", args.view), None)
     };
@@ -844,7 +832,7 @@ mod tests {
     fn client_text_frames_are_masked_and_read_back_at_every_length_encoding() {
         for len in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
             let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-            let frame = masked_text(&payload);
+            let frame = client_frame(OpCode::Data(Data::Text), &payload);
             assert_eq!(frame[1] & 0x80, 0x80, "masked");
             let (fin, opcode, range) = ws_frame(&frame).unwrap();
             assert_eq!((fin, opcode, range.end), (true, 1, frame.len()), "length {len}");
