@@ -65,6 +65,8 @@ pub struct Spec {
     pub gateway_workers: Option<usize>,
     /// Niceness of the client processes (0: as this process).
     pub clients_nice: i32,
+    /// The client processes run in the idle scheduling class (`SCHED_IDLE`).
+    pub clients_idle: bool,
     /// Runtime worker threads of each client process.
     pub client_threads: usize,
     /// Niceness of the upstream process (negative: it writes each progress row to the direct
@@ -288,7 +290,13 @@ struct ClientProc {
 
 impl ClientProc {
     fn start(gateway: SocketAddr, clients: usize, seconds: f64, spec: &Spec) -> anyhow::Result<ClientProc> {
-        let mut cmd = Command::new("nice");
+        let mut cmd = if spec.clients_idle {
+            let mut chrt = Command::new("chrt");
+            chrt.args(["--idle", "0", "nice"]);
+            chrt
+        } else {
+            Command::new("nice")
+        };
         cmd.args(["-n", &spec.clients_nice.to_string()])
             .arg(std::env::current_exe()?)
             .arg("gateway-latency-clients")
@@ -449,6 +457,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Value> {
         "gateway_bin": spec.gateway_bin,
         "gateway_workers": spec.gateway_workers,
         "clients_nice": spec.clients_nice,
+        "clients_idle": spec.clients_idle,
         "client_threads": spec.client_threads,
         "upstream_nice": spec.upstream_nice,
         "mux": spec.mux,

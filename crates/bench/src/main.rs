@@ -231,6 +231,12 @@ enum Command {
         /// upstream leave a core free, as if they were on other machines).
         #[arg(long, default_value_t = 0)]
         clients_nice: i32,
+        /// Run the client processes in the idle scheduling class (`SCHED_IDLE`, by `chrt --idle`):
+        /// they get a core only when the gateway and the upstream leave one free and never preempt
+        /// them, the nearest this machine comes to clients on other machines. Read the kernel's
+        /// socket-arrival figures then: the clients' own reads wait for the gateway's pass.
+        #[arg(long)]
+        clients_idle: bool,
         /// Client threads of each client process, each reading its share of the process's
         /// clients from one epoll set.
         #[arg(long, default_value_t = 2)]
@@ -344,6 +350,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             upstream_bin,
             gateway_workers,
             clients_nice,
+            clients_idle,
             client_threads,
             upstream_nice,
             mux,
@@ -364,6 +371,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     upstream_bin: upstream_bin.clone(),
                     gateway_workers: workers[(i / gateway_bins.len()) % workers.len()],
                     clients_nice,
+                    clients_idle,
                     client_threads,
                     upstream_nice,
                     mux,

@@ -1,25 +1,28 @@
-//! Writer shards: the socket side of every single-view WebSocket stream.
+//! Writer shards: the socket side of every WebSocket stream, single-view and multiplexed.
 //!
-//! A few shard tasks per runtime worker each own a share of the connections. It holds one receiver per
-//! view it serves (its "bell"); when the hub broadcasts a frame, the bell wakes the shard once,
-//! and the shard walks that view's connections: each takes the frame from its own subscription
-//! (`try_recv`, no waker registered), and the shard writes it to the socket and flushes at once.
-//! A frame to N clients costs N writes but one wake-up per shard, not one per connection; a
-//! connection's reader is a task of its own that wakes only when the client sends something.
+//! A few shard tasks per runtime worker each own a share of the connections. A shard holds one
+//! receiver per view it serves (its "bell"); when the hub broadcasts a frame, the bell wakes the
+//! shard once, and the shard walks the connections subscribed to that view: each takes the frame
+//! from its own subscription (`try_recv`, no waker registered), and the shard writes it to the
+//! socket at once. A frame to N clients costs N writes but one wake-up per shard, not one per
+//! connection. A connection holds one subscription (`/api/v1/stream/{view}`) or any number
+//! (`/api/v1/ws`); its reader is a task of its own that wakes only when the client sends
+//! something, and tells the shard what to do: answer a ping, start or stop a subscription, send
+//! a reply, close.
 //!
 //! A socket that would block keeps its unflushed bytes and is retried whenever the shard wakes;
-//! meanwhile its frames are consolidated into one pending update ([`Backlog`], the slow-client
-//! policy of `feed`), dropped for `resync` and a fresh snapshot past the budget, and the client is
-//! closed with a resume point once it has not taken a write for the stall timeout. Several pending
-//! messages go out with one flush (up to [`COALESCE_BYTES`]).
+//! meanwhile each subscription's frames are consolidated into one pending update ([`Backlog`],
+//! the slow-client policy of `feed`), dropped for `resync` and a fresh snapshot past the budget,
+//! and the client is closed with a resume point once it has not taken a write for the stall
+//! timeout. Several pending messages go out with one write (up to [`COALESCE_BYTES`]).
 //!
-//! Never touches: the hub's state (only its frames and subscriptions), other connection types
-//! (multiplexed WebSockets and SSE run `feed::Pump` tasks).
+//! Never touches: the hub's state (only its frames and subscriptions), Server-Sent Events (they
+//! run `feed::Pump` tasks).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::{self, error::TryRecvError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
@@ -38,16 +41,17 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use viewcast_hub::timeline::LocalHistogram;
-use viewcast_hub::{Frame, FrameKind, Hub};
+use viewcast_hub::{Frame, FrameKind, Hub, HubError};
 use viewcast_plan::GlobalId;
 use viewcast_repr::Timestamp;
 
 use crate::auth::ConnectionSlot;
 use crate::feed::{resubscribe, start_frames, Backlog, BacklogShare, Encoding, StreamMetrics};
+use crate::ws::{MuxReader, QueryView};
 use crate::GatewayConfig;
 
 /// Most bytes written with one flush (several messages per syscall when a client is behind).
-pub(crate) const COALESCE_BYTES: usize = 64 << 10;
+const COALESCE_BYTES: usize = 64 << 10;
 
 /// Connections a shard serves in one poll before letting the worker run other tasks.
 const SERVICE_BATCH: usize = 1024;
@@ -64,12 +68,15 @@ const HANDOFF_QUEUE: usize = 1024;
 const MAX_FRAMES_PER_WRITE: usize = 64;
 
 /// One WebSocket frame as the shard writes it: its header, formatted once, and its payload, shared
-/// with every other client of the same hub frame. Control replies that the reader's protocol
-/// library formatted (pongs, the answer to a client's close) are payloads without a header.
+/// with every other client of the same hub frame. Frames formatted whole (the close frame, a
+/// cached live frame) are payloads without a header.
 struct Out {
     header: [u8; 10],
     header_len: u8,
     payload: Bytes,
+    /// A reply to a multiplexed client holds one of its connection's reply permits until it is
+    /// written (or dropped with the connection), which is what bounds a client's unread replies.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Out {
@@ -81,7 +88,7 @@ impl Out {
         // Ten bytes hold every unmasked header (2, plus 8 for the longest length).
         head.format(payload.len() as u64, &mut cursor).expect("an unmasked header fits ten bytes");
         let header_len = cursor.position() as u8;
-        Out { header, header_len, payload }
+        Out { header, header_len, payload, _permit: None }
     }
 
     fn text(payload: Bytes) -> Out {
@@ -102,12 +109,12 @@ impl Out {
         if let Err(e) = WsFrame::close(frame).format(&mut payload) {
             tracing::debug!(error = %e, "close frame not formatted");
         }
-        Out { header: [0; 10], header_len: 0, payload: Bytes::from(payload) }
+        Out::raw(Bytes::from(payload))
     }
 
     /// Bytes already formatted as whole frames.
     fn raw(bytes: Bytes) -> Out {
-        Out { header: [0; 10], header_len: 0, payload: bytes }
+        Out { header: [0; 10], header_len: 0, payload: bytes, _permit: None }
     }
 
     fn len(&self) -> usize {
@@ -127,13 +134,50 @@ impl Out {
 
 /// What a connection's reader tells its shard, which owns the writing side and answers between
 /// whole frames.
-enum ReaderEvent {
+pub(crate) enum ReaderEvent {
     /// The client pinged: answer with this payload.
     Ping(u64, Bytes),
-    /// The client closed (or broke the protocol): write this close frame after what must go, then end.
+    /// The client closed (or broke the protocol, or is closed by its reader): write this close
+    /// frame after what must go, then end.
     Closed(u64, Option<CloseFrame>),
     /// The client's side ended or broke.
     Gone(u64),
+    /// A multiplexed client's new subscription, with the frames it starts with.
+    Subscribe(u64, Box<NewSub>),
+    /// A multiplexed client stops the subscription with this id.
+    Unsubscribe(u64, Arc<str>),
+    /// A reply to a multiplexed client (an error message), holding one of its reply permits.
+    Reply(u64, Bytes, OwnedSemaphorePermit),
+}
+
+/// Where a connection's reader reports to.
+pub(crate) struct Link {
+    pub id: u64,
+    pub events: mpsc::Sender<ReaderEvent>,
+}
+
+/// What a connection's reader does with the client's text and binary messages.
+pub(crate) trait Messages {
+    /// Handles one message; `false` closes the connection (after what the reader queued).
+    async fn message(&mut self, link: &Link, message: Message) -> bool;
+
+    /// A connection silent for this long is closed (`None`: never, the stall timeout and the
+    /// pings watch it instead).
+    fn idle_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Told before the connection is closed for idleness.
+    async fn idle(&mut self, _link: &Link) {}
+}
+
+/// A single-view stream's client has nothing to say: its messages are read and dropped.
+struct Ignore;
+
+impl Messages for Ignore {
+    async fn message(&mut self, _link: &Link, _message: Message) -> bool {
+        true
+    }
 }
 
 /// The reading side of a connection as the reader's WebSocket sees it: reads come from the
@@ -159,6 +203,67 @@ impl AsyncWrite for ReadSide {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// One subscription of a connection, as its shard holds it.
+pub(crate) struct Sub {
+    view_id: GlobalId,
+    view: Arc<str>,
+    /// How its messages are encoded; on a multiplexed connection, with the client's id for it.
+    encoding: Encoding,
+    updates: broadcast::Receiver<Frame>,
+    backlog: Backlog,
+    share: BacklogShare,
+    /// The last timestamp queued to the client (a stalled client is told to resume after it).
+    last_ts: Option<Timestamp>,
+    /// An ad-hoc query's transient view, dropped with the subscription.
+    _query: Option<QueryView>,
+}
+
+/// A subscription to hand to a shard, and the frames it starts with.
+pub(crate) struct NewSub {
+    sub: Sub,
+    start: Vec<Frame>,
+}
+
+impl NewSub {
+    /// Subscribes to `view` (resuming after `since`).
+    pub(crate) fn open(
+        hub: &Hub,
+        view: &str,
+        since: Option<Timestamp>,
+        encoding: Encoding,
+        metrics: &Arc<StreamMetrics>,
+    ) -> Result<NewSub, HubError> {
+        let mut sub = hub.subscribe(view, since)?;
+        let start = start_frames(view, &mut sub);
+        let sub = Sub {
+            view_id: sub.id,
+            view: Arc::from(view),
+            encoding,
+            updates: sub.updates,
+            backlog: Backlog::Empty,
+            share: BacklogShare::new(metrics.clone()),
+            last_ts: None,
+            _query: None,
+        };
+        Ok(NewSub { sub, start })
+    }
+
+    /// Drops `query` (an ad-hoc query's view) with the subscription.
+    pub(crate) fn owning(mut self, query: QueryView) -> NewSub {
+        self.sub._query = Some(query);
+        self
+    }
+}
+
+/// How a connection's reader starts.
+struct Incoming {
+    read: OwnedReadHalf,
+    /// What the client sent right after its upgrade request.
+    read_buf: Vec<u8>,
+    /// `None`: a single-view stream, whose messages are ignored.
+    mux: Option<Box<MuxReader>>,
 }
 
 /// The shards of one server, started on first use (they need the runtime).
@@ -213,7 +318,7 @@ impl Fanout {
         slot: ConnectionSlot,
     ) {
         let (read, mut writer) = tcp.into_split();
-        let mut sub = match self.hub.subscribe(&view, since) {
+        let new = match NewSub::open(&self.hub, &view, since, encoding.clone(), &self.metrics) {
             Ok(s) => s,
             Err(e) => {
                 let error = Out::text(encoding.error(&view, &e.to_string()));
@@ -223,59 +328,66 @@ impl Fanout {
                 return;
             }
         };
+        let mut conn = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed), writer, None, slot);
+        conn.incoming = Some(Incoming { read, read_buf, mux: None });
+        conn.subs.push(new.sub);
+        conn.queue_start(0, new.start);
+        self.hand_over(conn).await;
+    }
+
+    /// Serves one upgraded multiplexed WebSocket (`/api/v1/ws`): a connection with no
+    /// subscriptions yet, whose reader (`reader`) starts and stops them as the client asks.
+    pub async fn serve_mux(&self, tcp: TcpStream, read_buf: Vec<u8>, reader: MuxReader, slot: ConnectionSlot) {
+        let (read, writer) = tcp.into_split();
+        let mut conn = Conn::new(self.next_id.fetch_add(1, Ordering::Relaxed), writer, Some(reader.open_ids()), slot);
+        conn.incoming = Some(Incoming { read, read_buf, mux: Some(Box::new(reader)) });
+        self.hand_over(conn).await;
+    }
+
+    async fn hand_over(&self, conn: Conn) {
         let shards = self.shards();
         let shard = &shards[self.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len()];
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let start = start_frames(&view, &mut sub);
-        let mut conn = Conn {
-            id,
-            view_id: sub.id,
-            view: view.clone(),
-            encoding,
-            writer,
-            updates: sub.updates,
-            must: VecDeque::new(),
-            ending: false,
-            pong: None,
-            backlog: Backlog::Empty,
-            share: BacklogShare::new(self.metrics.clone()),
-            out: VecDeque::new(),
-            out_offset: 0,
-            unflushed: 0,
-            gauged: 0,
-            made: Vec::new(),
-            blocked_since: None,
-            last_ping: Instant::now(),
-            last_ts: None,
-            queued: false,
-            incoming: Some((read, read_buf)),
-            reader: None,
-            _slot: slot,
-        };
-        conn.queue_start(start);
         // A shard that is gone (the server is shutting down) drops the connection.
         let _ = shard.send(conn).await;
     }
 }
 
-/// Reads (and discards) what the client sends until it closes, through the protocol library
-/// (frame sizes, masking, fragments, UTF-8), and tells the shard what to answer: pings, and the
-/// close (the client's, echoed, or one saying why its message was refused).
-async fn read_client(read: OwnedReadHalf, read_buf: Vec<u8>, id: u64, events: mpsc::Sender<ReaderEvent>, max: usize) {
+/// Reads what the client sends until it closes, through the protocol library (frame sizes,
+/// masking, fragments, UTF-8), hands its text and binary messages to `messages`, and tells the
+/// shard what to answer: pings, and the close (the client's, echoed, or one saying why its message
+/// was refused).
+async fn read_client<M: Messages>(read: OwnedReadHalf, read_buf: Vec<u8>, link: Link, max: usize, mut messages: M) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
         .read_buffer_size(crate::stream::WS_READ_BUFFER_BYTES)
         .write_buffer_size(0);
     let mut incoming = WebSocketStream::from_partially_read(ReadSide(read), read_buf, Role::Server, Some(config)).await;
+    let id = link.id;
+    let idle = messages.idle_timeout();
     let event = loop {
-        match incoming.next().await {
+        let next = match idle {
+            Some(limit) => match tokio::time::timeout(limit, incoming.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    messages.idle(&link).await;
+                    break ReaderEvent::Closed(id, None);
+                }
+            },
+            None => incoming.next().await,
+        };
+        match next {
             // A ping the shard's queue has no room for goes unanswered (RFC 6455 5.5.3 allows
             // answering only the latest); the shard keeps one pending pong per connection.
             Some(Ok(Message::Ping(payload))) => {
-                let _ = events.try_send(ReaderEvent::Ping(id, payload));
+                let _ = link.events.try_send(ReaderEvent::Ping(id, payload));
             }
             Some(Ok(Message::Close(frame))) => break ReaderEvent::Closed(id, frame),
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                if !messages.message(&link, message).await {
+                    break ReaderEvent::Closed(id, None);
+                }
+            }
             Some(Ok(_)) => {}
             // A message over the limit or a protocol violation: say why in the close frame.
             Some(Err(e @ (WsError::Capacity(_) | WsError::Protocol(_)))) => {
@@ -285,7 +397,7 @@ async fn read_client(read: OwnedReadHalf, read_buf: Vec<u8>, id: u64, events: mp
             Some(Err(_)) | None => break ReaderEvent::Gone(id),
         }
     };
-    let _ = events.send(event).await;
+    let _ = link.events.send(event).await;
 }
 
 /// Writes `outs` (from `offset` into the first) in full.
@@ -310,25 +422,29 @@ fn close_after(mut conn: Conn, last: Option<Out>, timeout: Duration) {
     });
 }
 
-/// One client of one view, as a shard holds it.
+/// One client connection, as a shard holds it.
 struct Conn {
     id: u64,
-    view_id: GlobalId,
-    view: Arc<str>,
-    encoding: Encoding,
     writer: OwnedWriteHalf,
-    updates: broadcast::Receiver<Frame>,
-    /// Messages that go before any live frame, whatever the budget: the start (snapshot or
-    /// replay), a resync and its snapshot, a consolidated backlog, a final error and the close
-    /// frame after it, a ping.
+    /// Its subscriptions: exactly one on a single-view stream, any number when multiplexed.
+    subs: Vec<Sub>,
+    /// On a multiplexed connection, the subscription ids its reader counts as open (it checks
+    /// new ones against them); a subscription that ends here leaves the set.
+    open_ids: Option<Arc<Mutex<HashSet<Arc<str>>>>>,
+    /// The subscription a pass looks at first (they take turns).
+    next_sub: usize,
+    /// Views of the subscriptions that ended since the shard last looked (their bells forget the
+    /// connection).
+    left: Vec<GlobalId>,
+    /// Messages that go before any live frame, whatever the budget: a subscription's start
+    /// (snapshot or replay), a resync and its snapshot, a consolidated backlog, replies and
+    /// errors, the close frame, a ping.
     must: VecDeque<Out>,
-    /// Close once `must` is written (the view ended, or an error was sent, or the client closed).
+    /// Close once `must` is written (a single view ended, an error was sent, or the client closed).
     ending: bool,
     /// The answer to the client's latest ping, not yet taken for the socket: one at most, however
     /// fast the client pings.
     pong: Option<Bytes>,
-    backlog: Backlog,
-    share: BacklogShare,
     /// Frames taken for the socket and not yet written whole, and how much of the first is.
     out: VecDeque<Out>,
     out_offset: usize,
@@ -341,14 +457,11 @@ struct Conn {
     /// Since when the socket has not taken a flush.
     blocked_since: Option<Instant>,
     last_ping: Instant,
-    /// The last timestamp queued to the client (a stalled client is told to resume after it).
-    last_ts: Option<Timestamp>,
     /// In its shard's to-do queue.
     queued: bool,
-    /// The reading side (and what the client sent with its upgrade), until the shard starts the
-    /// connection's reader on it. The reader starts only once the shard holds the connection, so
-    /// its report of a close cannot come first.
-    incoming: Option<(OwnedReadHalf, Vec<u8>)>,
+    /// The reading side, until the shard starts the connection's reader on it. The reader starts
+    /// only once the shard holds the connection, so its reports cannot come first.
+    incoming: Option<Incoming>,
     reader: Option<JoinHandle<()>>,
     _slot: ConnectionSlot,
 }
@@ -365,6 +478,16 @@ enum Served {
     Broken,
 }
 
+/// What one subscription had for the socket.
+enum Taken {
+    /// A live frame.
+    Frame(Out),
+    /// Nothing now.
+    Nothing,
+    /// Something changed (messages queued in `must`, the subscription ended): look again.
+    Again,
+}
+
 /// What a pass over connections shares.
 struct Pass<'a> {
     hub: &'a Hub,
@@ -375,53 +498,119 @@ struct Pass<'a> {
     formatted: &'a mut Formatted,
 }
 
-/// The live frame a shard formatted last: the hub's payload and the whole WebSocket frame around
-/// it. Every client of a view whose encoding shares the hub's bytes gets the same payload, so the
-/// shard formats each frame once and each client's write is one contiguous `send`.
+/// The live frame a shard formatted last: the hub's frame, the encoding it was formatted for, and
+/// the whole WebSocket frame. Every subscription of a view with the same encoding (no id, or the
+/// same id: dashboards subscribe with the view's name) gets the same bytes, so the shard encodes
+/// and formats each frame once and each client's write is one contiguous `send`.
 #[derive(Default)]
 struct Formatted {
-    last: Option<(Bytes, Bytes)>,
+    last: Option<Cached>,
+}
+
+struct Cached {
+    /// The hub's bytes, held so that an equal address and length is the same frame.
+    frame: Bytes,
+    id: Option<Arc<str>>,
+    key: Option<Vec<usize>>,
+    whole: Bytes,
 }
 
 impl Formatted {
-    fn text(&mut self, payload: Bytes) -> Out {
-        if let Some((p, whole)) = &self.last {
-            // `p` is held here, so an equal address and length is the same allocation's bytes.
-            if p.as_ptr() == payload.as_ptr() && p.len() == payload.len() {
-                return Out::raw(whole.clone());
+    fn live(&mut self, frame: &Frame, encoding: &Encoding) -> Result<Out, String> {
+        let key = encoding.key.as_ref().map(|(cols, _)| cols);
+        if let Some(c) = &self.last {
+            if c.frame.as_ptr() == frame.bytes.as_ptr()
+                && c.frame.len() == frame.bytes.len()
+                && c.id == encoding.id
+                && c.key.as_ref() == key
+            {
+                return Ok(Out::raw(c.whole.clone()));
             }
         }
-        let out = Out::text(payload.clone());
+        let out = Out::text(encoding.encode(frame)?);
         let mut whole = Vec::with_capacity(out.len());
         for part in out.slices(0) {
             whole.extend_from_slice(part);
         }
         let whole = Bytes::from(whole);
-        self.last = Some((payload, whole.clone()));
-        Out::raw(whole)
+        self.last = Some(Cached {
+            frame: frame.bytes.clone(),
+            id: encoding.id.clone(),
+            key: key.cloned(),
+            whole: whole.clone(),
+        });
+        Ok(Out::raw(whole))
     }
 }
 
 impl Conn {
-    fn queue_start(&mut self, frames: Vec<Frame>) {
-        for f in frames {
-            match self.encoding.encode(&f) {
-                Ok(bytes) => {
-                    self.last_ts = f.ts.or(self.last_ts);
-                    self.must.push_back(Out::text(bytes));
-                }
-                Err(message) => {
-                    self.end_with_error(&message);
-                    return;
-                }
-            }
+    fn new(
+        id: u64,
+        writer: OwnedWriteHalf,
+        open_ids: Option<Arc<Mutex<HashSet<Arc<str>>>>>,
+        slot: ConnectionSlot,
+    ) -> Conn {
+        Conn {
+            id,
+            writer,
+            subs: Vec::new(),
+            open_ids,
+            next_sub: 0,
+            left: Vec::new(),
+            must: VecDeque::new(),
+            ending: false,
+            pong: None,
+            out: VecDeque::new(),
+            out_offset: 0,
+            unflushed: 0,
+            gauged: 0,
+            made: Vec::new(),
+            blocked_since: None,
+            last_ping: Instant::now(),
+            queued: false,
+            incoming: None,
+            reader: None,
+            _slot: slot,
         }
     }
 
-    fn end_with_error(&mut self, message: &str) {
-        if !self.ending {
-            self.must.push_back(Out::text(self.encoding.error(&self.view, message)));
-            self.finish();
+    /// Queues subscription `i`'s start frames; false if that ended it (a frame it cannot encode).
+    fn queue_start(&mut self, i: usize, frames: Vec<Frame>) -> bool {
+        for f in frames {
+            let sub = &mut self.subs[i];
+            match sub.encoding.encode(&f) {
+                Ok(bytes) => {
+                    sub.last_ts = f.ts.or(sub.last_ts);
+                    self.must.push_back(Out::text(bytes));
+                }
+                Err(message) => {
+                    self.end_sub(i, Some(&message));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Ends subscription `i`, telling the client why when `error` says: a single-view connection
+    /// closes with it; a multiplexed one drops it and serves the others.
+    fn end_sub(&mut self, i: usize, error: Option<&str>) {
+        if self.ending {
+            return;
+        }
+        if let Some(message) = error {
+            let sub = &self.subs[i];
+            self.must.push_back(Out::text(sub.encoding.error(&sub.view, message)));
+        }
+        match &self.open_ids {
+            None => self.finish(),
+            Some(open) => {
+                let sub = self.subs.remove(i);
+                if let Some(id) = &sub.encoding.id {
+                    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+                }
+                self.left.push(sub.view_id);
+            }
         }
     }
 
@@ -513,7 +702,8 @@ impl Conn {
         }
     }
 
-    /// The next message to write: what must go first, then the backlog, then live frames.
+    /// The next message to write: what must go first, then a pong, then each subscription's
+    /// backlog or live frames, the subscriptions taking turns.
     fn next_message(&mut self, pass: &mut Pass<'_>) -> Option<Out> {
         loop {
             if let Some(m) = self.must.pop_front() {
@@ -525,50 +715,83 @@ impl Conn {
             if let Some(payload) = self.pong.take() {
                 return Some(Out::pong(payload));
             }
-            if !self.backlog.is_empty() {
-                self.release_backlog(pass);
-                continue;
-            }
-            match self.updates.try_recv() {
-                Ok(frame) => {
-                    if frame.kind == FrameKind::Error {
-                        self.queue_start(vec![frame]);
-                        self.finish();
-                        continue;
+            let n = self.subs.len();
+            let mut again = false;
+            for k in 0..n {
+                let i = (self.next_sub + k) % n;
+                match self.take(i, pass) {
+                    Taken::Frame(out) => {
+                        self.next_sub = i + 1;
+                        return Some(out);
                     }
-                    let bytes = match self.encoding.encode(&frame) {
-                        Ok(b) => b,
-                        Err(message) => {
-                            self.end_with_error(&message);
-                            continue;
-                        }
-                    };
-                    pass.to_pump.record(frame.made.elapsed());
-                    self.made.push(frame.made);
-                    self.last_ts = frame.ts.or(self.last_ts);
-                    return Some(pass.formatted.text(bytes));
+                    Taken::Nothing => {}
+                    Taken::Again => {
+                        again = true;
+                        break;
+                    }
                 }
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Lagged(_)) => self.backlog.overflow(&self.share),
-                Err(TryRecvError::Closed) => self.end_with_error("view was dropped"),
+            }
+            if !again {
+                return None;
             }
         }
     }
 
-    /// Queues the backlog: its consolidated update, or `resync` and a fresh snapshot.
-    fn release_backlog(&mut self, pass: &mut Pass<'_>) {
-        if let Some(frame) = self.backlog.take(&self.view, &self.share) {
-            self.queue_start(vec![frame]);
+    /// What subscription `i` has for the socket: its backlog first, then its next live frame.
+    fn take(&mut self, i: usize, pass: &mut Pass<'_>) -> Taken {
+        if !self.subs[i].backlog.is_empty() {
+            self.release_backlog(i, pass);
+            return Taken::Again;
+        }
+        let sub = &mut self.subs[i];
+        match sub.updates.try_recv() {
+            Ok(frame) if frame.kind == FrameKind::Error => {
+                // The view ended: its error is the subscription's last message.
+                let last =
+                    sub.encoding.encode(&frame).unwrap_or_else(|message| sub.encoding.error(&sub.view, &message));
+                self.must.push_back(Out::text(last));
+                self.end_sub(i, None);
+                Taken::Again
+            }
+            Ok(frame) => match pass.formatted.live(&frame, &sub.encoding) {
+                Ok(out) => {
+                    pass.to_pump.record(frame.made.elapsed());
+                    self.made.push(frame.made);
+                    sub.last_ts = frame.ts.or(sub.last_ts);
+                    Taken::Frame(out)
+                }
+                Err(message) => {
+                    self.end_sub(i, Some(&message));
+                    Taken::Again
+                }
+            },
+            Err(TryRecvError::Empty) => Taken::Nothing,
+            Err(TryRecvError::Lagged(_)) => {
+                sub.backlog.overflow(&sub.share);
+                Taken::Again
+            }
+            Err(TryRecvError::Closed) => {
+                self.end_sub(i, Some("view was dropped"));
+                Taken::Again
+            }
+        }
+    }
+
+    /// Queues subscription `i`'s backlog: its consolidated update, or `resync` and a fresh snapshot.
+    fn release_backlog(&mut self, i: usize, pass: &mut Pass<'_>) {
+        let sub = &mut self.subs[i];
+        if let Some(frame) = sub.backlog.take(&sub.view, &sub.share) {
+            self.queue_start(i, vec![frame]);
             return;
         }
-        match resubscribe(pass.hub, &self.view, pass.metrics) {
-            Ok(mut sub) if sub.id == self.view_id => {
-                let frames = start_frames(&self.view, &mut sub);
-                self.updates = sub.updates;
-                self.queue_start(frames);
+        match resubscribe(pass.hub, &sub.view, pass.metrics) {
+            Ok(mut new) if new.id == sub.view_id => {
+                let frames = start_frames(&sub.view, &mut new);
+                sub.updates = new.updates;
+                self.queue_start(i, frames);
             }
-            Ok(_) => self.end_with_error("view was dropped"),
-            Err(e) => self.end_with_error(&e.to_string()),
+            Ok(_) => self.end_sub(i, Some("view was dropped")),
+            Err(e) => self.end_sub(i, Some(&e.to_string())),
         }
     }
 
@@ -587,27 +810,59 @@ impl Conn {
     }
 
     /// The socket would block: count its unflushed bytes as queued, and consolidate the frames
-    /// that arrive meanwhile instead of queueing them.
+    /// that arrive meanwhile into each subscription's backlog instead of queueing them.
     fn blocked(&mut self, pass: &mut Pass<'_>) -> Served {
         self.blocked_since.get_or_insert_with(Instant::now);
         if self.unflushed > self.gauged {
             pass.metrics.queued_bytes.fetch_add(self.unflushed - self.gauged, Ordering::Relaxed);
             self.gauged = self.unflushed;
         }
-        while !self.ending {
-            match self.updates.try_recv() {
-                Ok(frame) => {
-                    if !self.backlog.absorb(&frame, &self.share, pass.max_backlog_bytes) {
-                        self.queue_start(vec![frame]);
-                        self.finish();
+        let mut i = 0;
+        while !self.ending && i < self.subs.len() {
+            let sub = &mut self.subs[i];
+            let end = loop {
+                match sub.updates.try_recv() {
+                    Ok(frame) => {
+                        if !sub.backlog.absorb(&frame, &sub.share, pass.max_backlog_bytes) {
+                            // The view ended: its error frame is the subscription's last message.
+                            break Some(Some(frame));
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break None,
+                    Err(TryRecvError::Lagged(_)) => sub.backlog.overflow(&sub.share),
+                    Err(TryRecvError::Closed) => break Some(None),
+                }
+            };
+            let Some(last) = end else {
+                i += 1;
+                continue;
+            };
+            let before = self.subs.len();
+            match last {
+                Some(frame) => {
+                    if self.queue_start(i, vec![frame]) {
+                        self.end_sub(i, None);
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(_)) => self.backlog.overflow(&self.share),
-                Err(TryRecvError::Closed) => self.end_with_error("view was dropped"),
+                None => self.end_sub(i, Some("view was dropped")),
+            }
+            if self.subs.len() == before {
+                i += 1;
             }
         }
         Served::Blocked
+    }
+
+    /// Where a stalled client should resume, for its close frame.
+    fn stall_reason(&self) -> String {
+        match self.subs.as_slice() {
+            [sub] => match sub.last_ts {
+                Some(t) => format!("client stalled; resume with since={t}"),
+                None => "client stalled".to_string(),
+            },
+            [] => "client stalled".to_string(),
+            _ => "client stalled; resume each subscription with since= its last ts".to_string(),
+        }
     }
 
     /// Gives back what the connection counted in the shared gauges.
@@ -621,7 +876,8 @@ impl Conn {
     }
 }
 
-/// A view's frames as one shard sees them: a receiver that only says "a frame arrived".
+/// A view's frames as one shard sees them: a receiver that only says "a frame arrived", and the
+/// connections with a subscription to the view (a connection with two is listed twice).
 struct Bell {
     frames: BroadcastStream<Frame>,
     conns: Vec<u64>,
@@ -642,8 +898,8 @@ struct Shard {
     config: Arc<GatewayConfig>,
     metrics: Arc<StreamMetrics>,
     new: mpsc::Receiver<Conn>,
-    /// Where connections' readers send control replies and report that their client closed (the
-    /// shard holds a sender, so this never ends).
+    /// Where connections' readers send what the shard should do (the shard holds a sender, so
+    /// this never ends).
     events: mpsc::Receiver<ReaderEvent>,
     events_tx: mpsc::Sender<ReaderEvent>,
     conns: HashMap<u64, Conn>,
@@ -702,21 +958,7 @@ impl Shard {
             }
         }
         while let Poll::Ready(Some(event)) = self.events.poll_recv(cx) {
-            match event {
-                ReaderEvent::Ping(id, payload) => {
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.pong = Some(payload);
-                        self.enqueue(id);
-                    }
-                }
-                ReaderEvent::Closed(id, frame) => {
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.finish_with(frame);
-                        self.enqueue(id);
-                    }
-                }
-                ReaderEvent::Gone(id) => self.leave(id, Leave::Gone),
-            }
+            self.on_event(event);
         }
         self.ring(cx);
         while self.tick.poll_tick(cx).is_ready() {
@@ -742,6 +984,62 @@ impl Shard {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+
+    fn on_event(&mut self, event: ReaderEvent) {
+        let id = match &event {
+            ReaderEvent::Ping(id, _)
+            | ReaderEvent::Closed(id, _)
+            | ReaderEvent::Gone(id)
+            | ReaderEvent::Subscribe(id, _)
+            | ReaderEvent::Unsubscribe(id, _)
+            | ReaderEvent::Reply(id, _, _) => *id,
+        };
+        if let ReaderEvent::Gone(_) = event {
+            self.leave(id, Leave::Gone);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.ending {
+            // Its close frame is queued: nothing more goes after it.
+            return;
+        }
+        match event {
+            ReaderEvent::Ping(_, payload) => conn.pong = Some(payload),
+            ReaderEvent::Closed(_, frame) => conn.finish_with(frame),
+            ReaderEvent::Reply(_, bytes, permit) => {
+                let mut reply = Out::text(bytes);
+                reply._permit = Some(permit);
+                conn.must.push_back(reply);
+            }
+            ReaderEvent::Subscribe(_, new) => {
+                let NewSub { sub, start } = *new;
+                if conn.subs.iter().any(|s| s.encoding.id == sub.encoding.id) {
+                    // The reader checks ids first; this is for a subscription that ended here
+                    // while its id was being reused.
+                    conn.must.push_back(Out::text(
+                        sub.encoding.error(&sub.view, "a subscription with this id is already open"),
+                    ));
+                } else {
+                    let bell = self.bells.entry(sub.view_id).or_insert_with(|| Bell {
+                        frames: BroadcastStream::new(sub.updates.resubscribe()),
+                        conns: Vec::new(),
+                    });
+                    bell.conns.push(id);
+                    conn.subs.push(sub);
+                    // A start it cannot encode ends it at once (and the bell forgets it).
+                    conn.queue_start(conn.subs.len() - 1, start);
+                }
+            }
+            ReaderEvent::Unsubscribe(_, sub_id) => {
+                if let Some(i) = conn.subs.iter().position(|s| s.encoding.id.as_ref() == Some(&sub_id)) {
+                    let sub = conn.subs.remove(i);
+                    self.forget(sub.view_id, id);
+                }
+            }
+            ReaderEvent::Gone(_) => unreachable!("handled above"),
+        }
+        self.enqueue(id);
     }
 
     /// Queues every connection of each view that got frames.
@@ -785,17 +1083,35 @@ impl Shard {
 
     fn add(&mut self, mut conn: Conn) {
         let id = conn.id;
-        if let Some((read, read_buf)) = conn.incoming.take() {
+        if let Some(Incoming { read, read_buf, mux }) = conn.incoming.take() {
             let max = self.config.max_ws_message_bytes;
-            conn.reader = Some(tokio::spawn(read_client(read, read_buf, id, self.events_tx.clone(), max)));
+            let link = Link { id, events: self.events_tx.clone() };
+            conn.reader = Some(match mux {
+                None => tokio::spawn(read_client(read, read_buf, link, max, Ignore)),
+                Some(reader) => tokio::spawn(read_client(read, read_buf, link, max, *reader)),
+            });
         }
-        let bell = self
-            .bells
-            .entry(conn.view_id)
-            .or_insert_with(|| Bell { frames: BroadcastStream::new(conn.updates.resubscribe()), conns: Vec::new() });
-        bell.conns.push(id);
+        for sub in &conn.subs {
+            let bell = self
+                .bells
+                .entry(sub.view_id)
+                .or_insert_with(|| Bell { frames: BroadcastStream::new(sub.updates.resubscribe()), conns: Vec::new() });
+            bell.conns.push(id);
+        }
         self.conns.insert(id, conn);
         self.enqueue(id);
+    }
+
+    /// Takes one listing of connection `id` off `view`'s bell (dropping the bell once no one is on it).
+    fn forget(&mut self, view: GlobalId, id: u64) {
+        if let Some(bell) = self.bells.get_mut(&view) {
+            if let Some(at) = bell.conns.iter().position(|c| *c == id) {
+                bell.conns.swap_remove(at);
+            }
+            if bell.conns.is_empty() {
+                self.bells.remove(&view);
+            }
+        }
     }
 
     fn serve(&mut self, id: u64, cx: &mut Context<'_>) {
@@ -810,7 +1126,12 @@ impl Shard {
             to_written: &mut self.to_written,
             formatted: &mut self.formatted,
         };
-        match conn.serve(cx, &mut pass) {
+        let served = conn.serve(cx, &mut pass);
+        let left = std::mem::take(&mut conn.left);
+        for view in left {
+            self.forget(view, id);
+        }
+        match served {
             Served::Idle if was_blocked => self.blocked.retain(|b| *b != id),
             Served::Idle => {}
             Served::Blocked if !was_blocked => self.blocked.push(id),
@@ -823,11 +1144,9 @@ impl Shard {
     fn leave(&mut self, id: u64, why: Leave) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         self.blocked.retain(|b| *b != id);
-        if let Some(bell) = self.bells.get_mut(&conn.view_id) {
-            bell.conns.retain(|c| *c != id);
-            if bell.conns.is_empty() {
-                self.bells.remove(&conn.view_id);
-            }
+        let views: Vec<GlobalId> = conn.subs.iter().map(|s| s.view_id).chain(conn.left.drain(..)).collect();
+        for view in views {
+            self.forget(view, id);
         }
         conn.release(&self.metrics);
         match why {
@@ -835,10 +1154,9 @@ impl Shard {
             // The close frame (ours, or the answer to the client's) is written.
             Leave::Done => {}
             Leave::Stalled => {
-                let reason = match conn.last_ts {
-                    Some(t) => format!("client stalled; resume with since={t}"),
-                    None => "client stalled".to_string(),
-                };
+                let reason = conn.stall_reason();
+                // Its subscriptions (and any ad-hoc query's view) end now, not with the close.
+                conn.subs.clear();
                 tracing::info!(%reason, "closing a stalled WebSocket");
                 self.metrics.stalled_closes.fetch_add(1, Ordering::Relaxed);
                 // The close frame queues behind what the client has not read: give it a few

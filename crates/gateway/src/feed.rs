@@ -56,7 +56,8 @@ pub struct StreamMetrics {
     /// Timeline: from the hub serializing a live frame to a subscription's pump taking it (the
     /// wake-up of the connection's task).
     pub frame_to_pump: StageHistogram,
-    /// Timeline: from the hub serializing a live frame to its bytes written to the socket.
+    /// Timeline: from the hub serializing a live frame to its bytes written to the socket (for
+    /// Server-Sent Events: to the event handed to the HTTP connection).
     pub frame_to_written: StageHistogram,
 }
 
@@ -231,10 +232,15 @@ impl OutboxReceiver {
         }
     }
 
-    /// The next message if one is queued already (for writing several with one flush).
+    /// The next message if one is queued already.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<(OutMsg, BudgetGuard)> {
         let (msg, cost) = self.shared.lock().pop()?;
         Some(self.guarded(msg, cost))
+    }
+
+    pub fn metrics(&self) -> &StreamMetrics {
+        &self.metrics
     }
 
     fn guarded(&self, msg: OutMsg, cost: usize) -> (OutMsg, BudgetGuard) {
@@ -275,7 +281,7 @@ impl Drop for OutboxReceiver {
 #[derive(Clone, Debug)]
 pub(crate) struct Encoding {
     /// The subscription id spliced into every message (multiplexed connections).
-    pub id: Option<String>,
+    pub id: Option<Arc<str>>,
     /// Keyed output: column positions and names.
     pub key: Option<(Vec<usize>, Vec<String>)>,
 }

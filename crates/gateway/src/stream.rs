@@ -10,14 +10,11 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::SinkExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -27,7 +24,6 @@ use viewcast_hub::Hub;
 use viewcast_repr::Timestamp;
 
 use crate::auth::ConnectionSlot;
-use crate::fanout::COALESCE_BYTES;
 use crate::feed::{Encoding, Outbox, OutboxReceiver, Pump};
 use crate::{ApiError, AppState};
 
@@ -161,17 +157,8 @@ async fn open_stream(
         let encoding = Encoding { id: None, key };
         // The socket joins a writer shard (`fanout`): no task of its own per frame.
         tokio::spawn(async move {
-            match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-                Ok(Ok(upgraded)) => {
-                    let tcp = upgraded.io.into_inner();
-                    // Copied out (usually nothing): the `Bytes` would keep hyper's whole read
-                    // buffer alive for the connection's life.
-                    let read_buf = upgraded.read_buf.to_vec();
-                    drop(upgraded.read_buf);
-                    fanout.serve(tcp, read_buf, view, encoding, params.since, slot).await;
-                }
-                Ok(Err(_)) => tracing::warn!("a WebSocket upgrade on a connection that is not TCP (not `serve`'s)"),
-                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            if let Some((tcp, read_buf)) = upgraded_tcp(on_upgrade).await {
+                fanout.serve(tcp, read_buf, view, encoding, params.since, slot).await;
             }
         });
         return Ok(response);
@@ -203,7 +190,7 @@ async fn open_stream(
 /// Switching Protocols` response (the request checked and the accept key derived by tungstenite),
 /// and the upgrade to await for the socket. axum's `WebSocketUpgrade` would hand over a protocol
 /// stream instead of the TCP socket.
-fn accept_websocket(request: Request) -> Result<(Response, OnUpgrade), ApiError> {
+pub(crate) fn accept_websocket(request: Request) -> Result<(Response, OnUpgrade), ApiError> {
     let response = create_response_with_body(&request, axum::body::Body::empty)
         .map_err(|e| ApiError::BadRequest(format!("bad WebSocket upgrade: {e}")))?;
     let (mut parts, _) = request.into_parts();
@@ -214,26 +201,38 @@ fn accept_websocket(request: Request) -> Result<(Response, OnUpgrade), ApiError>
     Ok((response, on_upgrade))
 }
 
+/// The TCP socket of an upgraded connection, and what the client sent after its upgrade request.
+pub(crate) async fn upgraded_tcp(on_upgrade: OnUpgrade) -> Option<(TcpStream, Vec<u8>)> {
+    match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+        Ok(Ok(upgraded)) => {
+            // Copied out (usually nothing): the `Bytes` would keep hyper's whole read buffer alive
+            // for the connection's life.
+            let read_buf = upgraded.read_buf.to_vec();
+            drop(upgraded.read_buf);
+            Some((upgraded.io.into_inner(), read_buf))
+        }
+        Ok(Err(_)) => {
+            tracing::warn!("a WebSocket upgrade on a connection that is not TCP (not `serve`'s)");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            None
+        }
+    }
+}
+
 /// The read buffer of a streaming WebSocket: clients send little (subscribe messages, pongs).
 pub(crate) const WS_READ_BUFFER_BYTES: usize = 1 << 10;
-
-/// Socket settings of every streaming WebSocket. Clients send little (subscribe messages,
-/// pongs), so the read buffer is small: it is allocated whole per connection and grows only while
-/// a larger message arrives. The write buffer is a flush threshold, not an allocation.
-pub(crate) fn configure(ws: WebSocketUpgrade, config: &crate::GatewayConfig) -> WebSocketUpgrade {
-    let max = config.max_ws_message_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(8 << 10)
-        .max_write_buffer_size(4 << 20)
-}
 
 fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp>>, slot: ConnectionSlot) -> Response {
     let single = positions.len() == 1;
     let state = (rx, positions, slot);
     let events = futures::stream::unfold(state, move |(mut rx, mut positions, slot)| async move {
         let (msg, guard) = rx.recv().await?;
+        if let Some(made) = msg.made {
+            rx.metrics().frame_to_written.record(made.elapsed());
+        }
         let text = std::str::from_utf8(&msg.bytes).unwrap_or("{}");
         let mut event = Event::default().data(text);
         if let Some(ts) = msg.ts {
@@ -249,75 +248,4 @@ fn sse_response(rx: OutboxReceiver, positions: BTreeMap<String, Option<Timestamp
         Some((Ok::<_, Infallible>(event), (rx, positions, slot)))
     });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
-}
-
-/// Writes queued messages to the socket, several per flush when more than one is waiting. A
-/// client that cannot take a write within the stall timeout is closed with the reason and where
-/// to resume.
-pub(crate) async fn write_ws(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut rx: OutboxReceiver,
-    config: &crate::GatewayConfig,
-    metrics: &crate::feed::StreamMetrics,
-    _slot: ConnectionSlot,
-) {
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.tick().await;
-    let mut last_ts: Option<Timestamp> = None;
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            next = rx.recv() => {
-                let Some(first) = next else { break };
-                let mut bytes = first.0.bytes.len();
-                batch.push(first);
-                while bytes < COALESCE_BYTES {
-                    let Some(more) = rx.try_recv() else { break };
-                    bytes += more.0.bytes.len();
-                    batch.push(more);
-                }
-                let write = async {
-                    for (msg, _) in &batch {
-                        let text = Utf8Bytes::try_from(msg.bytes.clone()).map_err(|_| ())?;
-                        sink.feed(Message::Text(text)).await.map_err(|_| ())?;
-                    }
-                    sink.flush().await.map_err(|_| ())
-                };
-                match tokio::time::timeout(config.stall_timeout, write).await {
-                    Ok(Ok(())) => {
-                        for (msg, _) in &batch {
-                            if let Some(made) = msg.made {
-                                metrics.frame_to_written.record(made.elapsed());
-                            }
-                        }
-                    }
-                    Ok(Err(())) => return,
-                    Err(_) => {
-                        let reason = match last_ts {
-                            Some(t) => format!("client stalled; resume with since={t}"),
-                            None => "client stalled".to_string(),
-                        };
-                        tracing::info!(%reason, "closing a stalled WebSocket");
-                        metrics.stalled_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // The close frame queues behind what the client has not read: give it a
-                        // few seconds to get through, then drop the connection regardless.
-                        let frame = CloseFrame { code: 1008, reason: reason.into() };
-                        let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(Some(frame)))).await;
-                        return;
-                    }
-                }
-                if let Some(t) = batch.iter().rev().find_map(|(m, _)| m.ts) {
-                    last_ts = Some(t);
-                }
-                // Written: the budget guards give the bytes back.
-                batch.clear();
-            }
-            _ = ping.tick() => {
-                if tokio::time::timeout(config.stall_timeout, sink.send(Message::Ping(Default::default()))).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = sink.send(Message::Close(None)).await;
 }

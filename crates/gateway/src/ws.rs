@@ -4,28 +4,35 @@
 //! `unsubscribe`, and `auth` (first, when a token is required and not sent as a header or cookie).
 //! Every server message carries its subscription's `id`; a bad message gets an `error` and the
 //! connection keeps serving its other subscriptions.
+//!
+//! The connection's socket joins a writer shard (`fanout`) like a single-view stream's; this
+//! module is its reader: it parses what the client sends, opens subscriptions (an ad-hoc query's
+//! view first), and hands them, their ends and its replies to the shard.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use futures::stream::SplitStream;
-use futures::StreamExt;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use viewcast_coord::Coordinator;
 use viewcast_plan::GlobalId;
 use viewcast_repr::Timestamp;
 
-use crate::auth::{Access, ConnectionSlot};
-use crate::feed::{Encoding, OutMsg, Outbox, Pump};
-use crate::stream::{check_origin, configure, key_columns, write_ws};
+use crate::auth::Access;
+use crate::fanout::{Link, Messages, NewSub, ReaderEvent};
+use crate::feed::Encoding;
+use crate::stream::{accept_websocket, check_origin, key_columns, upgraded_tcp};
 use crate::{ApiError, AppState};
+
+/// Replies (error messages) queued for one client and not yet written: past this, the reader
+/// stops reading the client's messages until the client reads its replies.
+const REPLY_WINDOW: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -45,226 +52,205 @@ enum ClientMsg {
     },
 }
 
-fn id_string(id: &Value) -> Option<String> {
+fn id_string(id: &Value) -> Option<Arc<str>> {
     match id {
-        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(Arc::from(s.as_str())),
+        Value::Number(n) => Some(Arc::from(n.to_string())),
         _ => None,
     }
 }
 
-struct Sub {
-    task: JoinHandle<()>,
-    /// The transient view of a `query` subscription, dropped with it.
-    query_view: Arc<Mutex<Option<GlobalId>>>,
+fn error_msg(id: Option<&str>, message: &str) -> Bytes {
+    let mut v = serde_json::json!({ "type": "error", "message": message });
+    if let Some(id) = id {
+        v["id"] = Value::String(id.to_string());
+    }
+    v.to_string().into()
+}
+
+/// An ad-hoc query's transient view: dropped with its subscription.
+pub(crate) struct QueryView {
+    coord: Arc<Coordinator>,
+    id: GlobalId,
+}
+
+impl Drop for QueryView {
+    fn drop(&mut self) {
+        self.coord.drop_query_view(self.id);
+    }
 }
 
 pub(crate) async fn ws(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    check_origin(&headers, &st.config.allowed_origins)?;
+    check_origin(request.headers(), &st.config.allowed_origins)?;
     let slot = st.limits.admit(peer.ip())?;
-    let access = st.auth.from_headers(&headers);
-    let config = st.config.clone();
-    Ok(configure(ws, &config).on_upgrade(move |socket| run(socket, st, access, slot)))
-}
-
-fn control(bytes: Value) -> OutMsg {
-    OutMsg { bytes: bytes.to_string().into(), view: Arc::from(""), ts: None, made: None }
-}
-
-fn error_msg(id: Option<&str>, message: &str) -> OutMsg {
-    let mut v = serde_json::json!({ "type": "error", "message": message });
-    if let Some(id) = id {
-        v["id"] = Value::String(id.to_string());
-    }
-    control(v)
-}
-
-/// Serves one multiplexed connection in one task: the reader of client messages and the socket
-/// writer run side by side here; each subscription is a pump task feeding the shared outbox.
-async fn run(socket: WebSocket, st: AppState, access: Access, slot: ConnectionSlot) {
-    let (sink, incoming) = socket.split();
-    let (outbox, rx) = Outbox::new(st.config.client_buffer_bytes, st.metrics.clone());
-    let config = st.config.clone();
-    let metrics = st.metrics.clone();
-    let writer = write_ws(sink, rx, &config, &metrics, slot);
-    tokio::pin!(writer);
-    let mut subs: HashMap<String, Sub> = HashMap::new();
-    let writer_done = {
-        let reader = read_messages(incoming, &st, access, &outbox, &mut subs);
-        tokio::pin!(reader);
-        tokio::select! {
-            _ = &mut reader => false,
-            // The writer ends when the client stalled or the socket broke: close everything.
-            _ = &mut writer => true,
+    let access = st.auth.from_headers(request.headers());
+    let (response, on_upgrade) = accept_websocket(request)?;
+    tokio::spawn(async move {
+        if let Some((tcp, read_buf)) = upgraded_tcp(on_upgrade).await {
+            let fanout = st.fanout.clone();
+            fanout.serve_mux(tcp, read_buf, MuxReader::new(st, access), slot).await;
         }
-    };
-    for (_, sub) in subs.drain() {
-        stop(&st, sub);
+    });
+    Ok(response)
+}
+
+/// The reader of one multiplexed connection.
+pub(crate) struct MuxReader {
+    st: AppState,
+    access: Access,
+    /// Ids of the open subscriptions, shared with the shard (which removes those that end there).
+    open: Arc<Mutex<HashSet<Arc<str>>>>,
+    replies: Arc<Semaphore>,
+}
+
+impl MuxReader {
+    fn new(st: AppState, access: Access) -> MuxReader {
+        MuxReader { st, access, open: Arc::default(), replies: Arc::new(Semaphore::new(REPLY_WINDOW)) }
     }
-    drop(outbox);
-    if !writer_done {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+
+    pub(crate) fn open_ids(&self) -> Arc<Mutex<HashSet<Arc<str>>>> {
+        self.open.clone()
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `bytes` for the client, waiting while it has `REPLY_WINDOW` replies unread.
+    async fn reply(&self, link: &Link, bytes: Bytes) {
+        let Ok(permit) = self.replies.clone().acquire_owned().await else { return };
+        let _ = link.events.send(ReaderEvent::Reply(link.id, bytes, permit)).await;
+    }
+
+    async fn error(&self, link: &Link, id: Option<&str>, message: &str) {
+        self.reply(link, error_msg(id, message)).await;
+    }
+
+    /// Opens a subscription: the view's, or an ad-hoc query's new view. `Err` is the reply.
+    async fn start(
+        &self,
+        id: &Arc<str>,
+        view: Option<String>,
+        query: Option<String>,
+        since: Option<Timestamp>,
+        key: Option<Vec<String>>,
+    ) -> Result<NewSub, Bytes> {
+        let hub = self.st.coord.hub();
+        let fail = |message: &str| error_msg(Some(id), message);
+        match (view, query) {
+            (Some(view), None) => {
+                if !self.access.can_read(&view) {
+                    return Err(fail(&format!("this token may not read \"{view}\"")));
+                }
+                let key = key.map(|k| key_columns(hub, &view, &k)).transpose().map_err(|m| fail(&m))?;
+                let encoding = Encoding { id: Some(id.clone()), key };
+                NewSub::open(hub, &view, since, encoding.clone(), &self.st.metrics)
+                    .map_err(|e| encoding.error(&view, &e.to_string()))
+            }
+            (None, Some(query)) => {
+                if !self.access.can_write() {
+                    return Err(fail("ad-hoc queries need an unrestricted token"));
+                }
+                let (view_id, name) = self.st.coord.create_query_view(&query).await.map_err(|e| {
+                    let mut v =
+                        serde_json::json!({ "type": "error", "id": &**id, "message": e.message, "code": e.code });
+                    if let Some(p) = e.position {
+                        v["position"] = p.into();
+                    }
+                    Bytes::from(v.to_string())
+                })?;
+                let query = QueryView { coord: self.st.coord.clone(), id: view_id };
+                let key = key.map(|k| key_columns(hub, &name, &k)).transpose().map_err(|m| fail(&m))?;
+                let encoding = Encoding { id: Some(id.clone()), key };
+                let new = NewSub::open(hub, &name, None, encoding.clone(), &self.st.metrics)
+                    .map_err(|e| encoding.error(&name, &e.to_string()))?;
+                Ok(new.owning(query))
+            }
+            _ => Err(fail("subscribe needs exactly one of \"view\" or \"query\"")),
+        }
     }
 }
 
-/// Handles client messages until the client closes, goes idle or fails to authenticate.
-async fn read_messages(
-    mut incoming: SplitStream<WebSocket>,
-    st: &AppState,
-    mut access: Access,
-    outbox: &Outbox,
-    subs: &mut HashMap<String, Sub>,
-) {
-    loop {
-        let next = match tokio::time::timeout(st.config.idle_timeout, incoming.next()).await {
-            Ok(n) => n,
-            Err(_) => {
-                outbox.send(error_msg(None, "idle timeout: no message or pong from the client")).await;
-                return;
+impl Messages for MuxReader {
+    async fn message(&mut self, link: &Link, message: Message) -> bool {
+        let text = match message {
+            Message::Text(t) => t,
+            _ => {
+                self.error(link, None, "binary messages are not understood; send JSON text").await;
+                return true;
             }
-        };
-        let text = match next {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Binary(_))) => {
-                outbox.send(error_msg(None, "binary messages are not understood; send JSON text")).await;
-                continue;
-            }
-            Some(Ok(_)) => continue, // ping/pong: liveness only
         };
         let msg: ClientMsg = match serde_json::from_str(&text) {
             Ok(m) => m,
             Err(e) => {
-                outbox.send(error_msg(None, &format!("bad message: {e}"))).await;
-                continue;
+                self.error(link, None, &format!("bad message: {e}")).await;
+                return true;
             }
         };
         if let ClientMsg::Auth { token } = &msg {
-            access = st.auth.check(Some(token));
-            if matches!(access, Access::None) {
-                outbox.send(error_msg(None, "invalid token")).await;
-                return;
+            self.access = self.st.auth.check(Some(token));
+            if matches!(self.access, Access::None) {
+                self.error(link, None, "invalid token").await;
+                return false;
             }
-            continue;
+            return true;
         }
-        if matches!(access, Access::None) {
-            outbox.send(error_msg(None, "authentication required: send {\"type\":\"auth\",\"token\":...} first")).await;
-            return;
+        if matches!(self.access, Access::None) {
+            self.error(link, None, "authentication required: send {\"type\":\"auth\",\"token\":...} first").await;
+            return false;
         }
         match msg {
             ClientMsg::Subscribe { id, view, query, since, key } => {
                 let Some(id) = id_string(&id) else {
-                    outbox.send(error_msg(None, "subscribe needs an \"id\" (a string or number)")).await;
-                    continue;
+                    self.error(link, None, "subscribe needs an \"id\" (a string or number)").await;
+                    return true;
                 };
-                if subs.contains_key(&id) {
-                    outbox.send(error_msg(Some(&id), "a subscription with this id is already open")).await;
-                    continue;
-                }
-                if subs.len() >= st.config.max_subscriptions_per_connection {
-                    outbox.send(error_msg(Some(&id), "too many subscriptions on this connection")).await;
-                    continue;
-                }
-                match start(st, &access, outbox, &id, view, query, since, key) {
-                    Ok(sub) => {
-                        subs.insert(id, sub);
+                let refused = {
+                    let mut open = self.open();
+                    if open.contains(&id) {
+                        Some("a subscription with this id is already open")
+                    } else if open.len() >= self.st.config.max_subscriptions_per_connection {
+                        Some("too many subscriptions on this connection")
+                    } else {
+                        open.insert(id.clone());
+                        None
                     }
-                    Err(message) => {
-                        outbox.send(error_msg(Some(&id), &message)).await;
+                };
+                if let Some(message) = refused {
+                    self.error(link, Some(&id), message).await;
+                    return true;
+                }
+                match self.start(&id, view, query, since, key).await {
+                    Ok(new) => {
+                        let _ = link.events.send(ReaderEvent::Subscribe(link.id, Box::new(new))).await;
+                    }
+                    Err(reply) => {
+                        self.open().remove(&id);
+                        self.reply(link, reply).await;
                     }
                 }
             }
             ClientMsg::Unsubscribe { id } => {
-                if let Some(sub) = id_string(&id).and_then(|id| subs.remove(&id)) {
-                    stop(st, sub);
+                if let Some(id) = id_string(&id) {
+                    if self.open().remove(&id) {
+                        let _ = link.events.send(ReaderEvent::Unsubscribe(link.id, id)).await;
+                    }
                 }
             }
             ClientMsg::Auth { .. } => unreachable!("handled above"),
         }
+        true
     }
-}
 
-fn stop(st: &AppState, sub: Sub) {
-    sub.task.abort();
-    if let Some(id) = sub.query_view.lock().expect("query view lock").take() {
-        st.coord.drop_query_view(id);
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        Some(self.st.config.idle_timeout)
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn start(
-    st: &AppState,
-    access: &Access,
-    outbox: &Outbox,
-    id: &str,
-    view: Option<String>,
-    query: Option<String>,
-    since: Option<Timestamp>,
-    key: Option<Vec<String>>,
-) -> Result<Sub, String> {
-    let hub = st.coord.hub().clone();
-    let query_view = Arc::new(Mutex::new(None));
-    let max_backlog_bytes = st.config.client_buffer_bytes;
-    let task = match (view, query) {
-        (Some(view), None) => {
-            if !access.can_read(&view) {
-                return Err(format!("this token may not read \"{view}\""));
-            }
-            let key = key.map(|k| key_columns(&hub, &view, &k)).transpose()?;
-            let pump = Pump {
-                hub,
-                view: Arc::from(view.as_str()),
-                encoding: Encoding { id: Some(id.to_string()), key },
-                outbox: outbox.clone(),
-                max_backlog_bytes,
-            };
-            tokio::spawn(pump.run(since))
-        }
-        (None, Some(query)) => {
-            if !access.can_write() {
-                return Err("ad-hoc queries need an unrestricted token".into());
-            }
-            let coord = st.coord.clone();
-            let outbox = outbox.clone();
-            let slot = query_view.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                let (view_id, name) = match coord.create_query_view(&query).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let mut v =
-                            serde_json::json!({ "type": "error", "id": id, "message": e.message, "code": e.code });
-                        if let Some(p) = e.position {
-                            v["position"] = p.into();
-                        }
-                        outbox.send(control(v)).await;
-                        return;
-                    }
-                };
-                *slot.lock().expect("query view lock") = Some(view_id);
-                let key = match key.map(|k| key_columns(&hub, &name, &k)).transpose() {
-                    Ok(k) => k,
-                    Err(message) => {
-                        outbox.send(error_msg(Some(&id), &message)).await;
-                        return;
-                    }
-                };
-                let pump = Pump {
-                    hub,
-                    view: Arc::from(name.as_str()),
-                    encoding: Encoding { id: Some(id), key },
-                    outbox,
-                    max_backlog_bytes,
-                };
-                pump.run(None).await;
-            })
-        }
-        _ => return Err("subscribe needs exactly one of \"view\" or \"query\"".into()),
-    };
-    Ok(Sub { task, query_view })
+    async fn idle(&mut self, link: &Link) {
+        self.error(link, None, "idle timeout: no message or pong from the client").await;
+    }
 }
