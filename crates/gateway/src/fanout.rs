@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -426,8 +427,9 @@ fn close_after(mut conn: Conn, last: Option<Out>, timeout: Duration) {
 struct Conn {
     id: u64,
     writer: OwnedWriteHalf,
-    /// Its subscriptions: exactly one on a single-view stream, any number when multiplexed.
-    subs: Vec<Sub>,
+    /// Its subscriptions: exactly one on a single-view stream (held inline: the pass over a
+    /// view's connections reads no other allocation), any number when multiplexed.
+    subs: SmallVec<[Sub; 1]>,
     /// On a multiplexed connection, the subscription ids its reader counts as open (it checks
     /// new ones against them); a subscription that ends here leaves the set.
     open_ids: Option<Arc<Mutex<HashSet<Arc<str>>>>>,
@@ -553,7 +555,7 @@ impl Conn {
         Conn {
             id,
             writer,
-            subs: Vec::new(),
+            subs: SmallVec::new(),
             open_ids,
             next_sub: 0,
             left: Vec::new(),

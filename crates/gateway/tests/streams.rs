@@ -761,3 +761,164 @@ async fn a_client_flooding_pings_without_reading_gets_no_queue_of_pongs() {
     assert!(pongs >= 1, "pings are answered");
     assert!(pongs < pings / 2, "{pongs} pongs for {pings} pings: the gateway queued them");
 }
+
+/// Every subscription of a multiplexed connection, by id.
+#[derive(Default)]
+struct MuxReplicas {
+    by_id: std::collections::HashMap<String, Replica>,
+    /// Every message seen, in order: (id, type).
+    seen: Vec<(String, String)>,
+}
+
+impl MuxReplicas {
+    /// Reads one message, applies it to its subscription's replica (errors are only recorded),
+    /// and returns it.
+    async fn next(&mut self, ws: &mut Ws) -> Value {
+        let m = ws_next(ws).await;
+        let id = m["id"].as_str().unwrap_or("").to_string();
+        let kind = m["type"].as_str().unwrap_or("").to_string();
+        if kind != "error" {
+            self.by_id.entry(id.clone()).or_default().apply(&m);
+        }
+        self.seen.push((id, kind));
+        m
+    }
+
+    /// Reads until each listed subscription's replica equals its query evaluated from scratch.
+    async fn follow_until_equal(&mut self, ws: &mut Ws, server: &Server, oracle: &[(&str, &str)]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all = true;
+            for (id, query) in oracle {
+                let expected = server.select_multiset(query).await;
+                all &= self.by_id.get(*id).is_some_and(|r| r.rows == expected);
+            }
+            if all {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas never matched {oracle:?}: {:?}", self.seen);
+            self.next(ws).await;
+        }
+    }
+}
+
+/// A multiplexed connection's subscriptions start, stop and end independently: each message
+/// carries its own id and each subscription's replica equals its query evaluated from scratch; an
+/// unsubscribed id gets nothing more and can be reused; an ad-hoc query's view lives exactly as
+/// long as its subscription; a view dropped under one subscription ends that one with an error
+/// while the connection serves the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_subscriptions_start_stop_and_end_independently() {
+    let _heavy = common::HEAVY.lock().await;
+    let sql = "CREATE TABLE t (k text, n bigint);
+               INSERT INTO t VALUES ('a', 1), ('b', 2);
+               CREATE VIEW v1 AS SELECT k, n FROM t;
+               CREATE VIEW v2 AS SELECT count(*) AS c FROM t;";
+    let server = Server::start(sql, CoordConfig::default()).await;
+    let hidden_before = server.coord.transient_count();
+    let (v1, v2, q) = ("SELECT k, n FROM t", "SELECT count(*) AS c FROM t", "SELECT k FROM t WHERE n > 1");
+    let mut ws = ws_connect_url(&mux_url(&server)).await;
+    let mut subs = MuxReplicas::default();
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "a", "view": "v1" })).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "b", "view": "v2" })).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "q", "query": q })).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "a", "view": "v2" })).await;
+    subs.follow_until_equal(&mut ws, &server, &[("a", v1), ("b", v2), ("q", q)]).await;
+    server.sql("INSERT INTO t VALUES ('c', 3), ('d', 0)").await;
+    subs.follow_until_equal(&mut ws, &server, &[("a", v1), ("b", v2), ("q", q)]).await;
+    assert!(
+        subs.seen.contains(&("a".into(), "error".into())),
+        "a second subscription with an open id is refused: {:?}",
+        subs.seen
+    );
+    assert_eq!(subs.by_id["a"].snapshots, 1, "the refused duplicate did not restart the first");
+    assert_eq!(server.coord.transient_count(), hidden_before + 1, "the query's view exists while subscribed");
+
+    // Unsubscribed: once a later subscription's snapshot has arrived, nothing more for that id.
+    ws_send(&mut ws, json!({ "type": "unsubscribe", "id": "a" })).await;
+    ws_send(&mut ws, json!({ "type": "unsubscribe", "id": "q" })).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "a2", "view": "v1" })).await;
+    while subs.next(&mut ws).await["id"] != "a2" {}
+    let mark = subs.seen.len();
+    server.sql("INSERT INTO t VALUES ('e', 5)").await;
+    subs.follow_until_equal(&mut ws, &server, &[("a2", v1), ("b", v2)]).await;
+    let late: Vec<_> = subs.seen[mark..].iter().filter(|(id, _)| id == "a" || id == "q").collect();
+    assert!(late.is_empty(), "messages after unsubscribing: {late:?}");
+    let t0 = Instant::now();
+    while server.coord.transient_count() != hidden_before {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the unsubscribed query's view was not dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The id is free again.
+    subs.by_id.remove("a");
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "a", "view": "v1" })).await;
+    subs.follow_until_equal(&mut ws, &server, &[("a", v1)]).await;
+
+    // Dropping v2 ends `b` with an error; the others go on, and `b` can be reused.
+    server.sql("DROP VIEW v2").await;
+    let t0 = Instant::now();
+    while !subs.seen.contains(&("b".into(), "error".into())) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no error for the dropped view: {:?}", subs.seen);
+        subs.next(&mut ws).await;
+    }
+    server.sql("INSERT INTO t VALUES ('f', 6)").await;
+    subs.follow_until_equal(&mut ws, &server, &[("a", v1), ("a2", v1)]).await;
+    ws_send(&mut ws, json!({ "type": "subscribe", "id": "b", "view": "v1" })).await;
+    subs.by_id.remove("b");
+    subs.follow_until_equal(&mut ws, &server, &[("b", v1)]).await;
+}
+
+/// A multiplexed client that sends bad messages without reading the errors it is answered with
+/// holds a bounded number of them: once its replies fill the socket and the reply window, the
+/// server stops reading its messages (so its own sends block), and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_bad_messages_without_reading_is_not_read_further() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start(&demo_sql(500, 1_000_000), CoordConfig::default()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (flood, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
+    let (mut sink, _unread) = flood.split();
+    // Each bad message is answered with a ~70-byte error: 300,000 of them (21 MB) are more than
+    // the kernel's socket buffers can hold (4 MB of send buffer at most, by default).
+    const MESSAGES: u64 = 300_000;
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            sink.feed(Message::Text("{bad".into())).await.unwrap();
+            if i % 256 == 0 {
+                sink.flush().await.unwrap();
+            }
+            counter.store(i + 1, Ordering::Relaxed);
+        }
+        sink.flush().await.unwrap();
+    });
+    // Wait until the flood stops moving.
+    let (mut last, mut still_since) = (0, Instant::now());
+    let t0 = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(2) && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+    assert!(
+        last < MESSAGES && !writer.is_finished(),
+        "the server read all {MESSAGES} messages of a client that reads nothing"
+    );
+    // Meanwhile another client is served.
+    let mut good = ws_connect_url(&mux_url(&server)).await;
+    ws_send(&mut good, json!({ "type": "subscribe", "id": "c", "view": "counter" })).await;
+    assert_eq!(ws_next(&mut good).await["type"], "snapshot");
+    let mut updates = 0;
+    while updates < 3 {
+        if ws_next(&mut good).await["type"] == "update" {
+            updates += 1;
+        }
+    }
+    writer.abort();
+}
