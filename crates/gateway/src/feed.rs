@@ -1,7 +1,7 @@
 //! One subscription's message flow to one client, with the slow-client policy.
 //!
-//! Multiplexed WebSockets and SSE streams run a [`Pump`] per subscription; single-view
-//! WebSockets are written by the writer shards of `fanout`, which share this module's encoding
+//! Server-Sent Events streams run a [`Pump`] per view; WebSockets (single-view and multiplexed)
+//! are written by the writer shards of `fanout`, which share this module's encoding
 //! ([`Encoding`]) and slow-client backlog ([`Backlog`]).
 //!
 //! A [`Pump`] reads the hub's frames of one view and pushes encoded messages to its connection's
