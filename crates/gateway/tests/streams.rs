@@ -906,6 +906,7 @@ async fn a_client_flooding_bad_messages_without_reading_is_not_read_further() {
             (last, still_since) = (now, Instant::now());
         }
     }
+    eprintln!("the flooding client got {last} of {MESSAGES} messages through");
     assert!(
         last < MESSAGES && !writer.is_finished(),
         "the server read all {MESSAGES} messages of a client that reads nothing"
