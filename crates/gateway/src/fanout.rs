@@ -75,8 +75,9 @@ struct Out {
     header: [u8; 10],
     header_len: u8,
     payload: Bytes,
-    /// A reply to a multiplexed client holds one of its connection's reply permits until it is
-    /// written (or dropped with the connection), which is what bounds a client's unread replies.
+    /// A reply to a multiplexed client, or the last of a subscription's start frames, holds its
+    /// share of the connection's budget until it is written (or dropped with the connection):
+    /// what bounds the replies and snapshots queued for a client that does not read.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -147,7 +148,7 @@ pub(crate) enum ReaderEvent {
     Subscribe(u64, Box<NewSub>),
     /// A multiplexed client stops the subscription with this id.
     Unsubscribe(u64, Arc<str>),
-    /// A reply to a multiplexed client (an error message), holding one of its reply permits.
+    /// A reply to a multiplexed client (an error message), holding its share of the budget.
     Reply(u64, Bytes, OwnedSemaphorePermit),
 }
 
@@ -225,6 +226,8 @@ pub(crate) struct Sub {
 pub(crate) struct NewSub {
     sub: Sub,
     start: Vec<Frame>,
+    /// The start's share of a multiplexed connection's budget, given back once it is written.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl NewSub {
@@ -248,7 +251,18 @@ impl NewSub {
             last_ts: None,
             _query: None,
         };
-        Ok(NewSub { sub, start })
+        Ok(NewSub { sub, start, permit: None })
+    }
+
+    /// The size of the frames it starts with.
+    pub(crate) fn start_bytes(&self) -> usize {
+        self.start.iter().map(|f| f.bytes.len()).sum()
+    }
+
+    /// Holds `permit` until its start is written.
+    pub(crate) fn holding(mut self, permit: OwnedSemaphorePermit) -> NewSub {
+        self.permit = Some(permit);
+        self
     }
 
     /// Drops `query` (an ad-hoc query's view) with the subscription.
@@ -1015,7 +1029,7 @@ impl Shard {
                 conn.must.push_back(reply);
             }
             ReaderEvent::Subscribe(_, new) => {
-                let NewSub { sub, start } = *new;
+                let NewSub { sub, start, permit } = *new;
                 if conn.subs.iter().any(|s| s.encoding.id == sub.encoding.id) {
                     // The reader checks ids first; this is for a subscription that ended here
                     // while its id was being reused.
@@ -1030,7 +1044,14 @@ impl Shard {
                     bell.conns.push(id);
                     conn.subs.push(sub);
                     // A start it cannot encode ends it at once (and the bell forgets it).
+                    let queued = conn.must.len();
                     conn.queue_start(conn.subs.len() - 1, start);
+                    // Queued last, so written last: the budget comes back once all of it is.
+                    if conn.must.len() > queued {
+                        if let Some(last) = conn.must.back_mut() {
+                            last._permit = permit;
+                        }
+                    }
                 }
             }
             ReaderEvent::Unsubscribe(_, sub_id) => {

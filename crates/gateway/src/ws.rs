@@ -18,7 +18,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use viewcast_coord::Coordinator;
 use viewcast_plan::GlobalId;
@@ -30,9 +30,12 @@ use crate::feed::Encoding;
 use crate::stream::{accept_websocket, check_origin, key_columns, upgraded_tcp};
 use crate::{ApiError, AppState};
 
-/// Replies (error messages) queued for one client and not yet written: past this, the reader
-/// stops reading the client's messages until the client reads its replies.
-const REPLY_WINDOW: usize = 64;
+/// The unit of a multiplexed connection's budget for what its reader queues (replies and
+/// subscription starts): a reply costs one, a start its size in units. Past the budget
+/// (`client_buffer_bytes`, at least [`MIN_BUDGET_UNITS`] units) the reader stops reading the
+/// client's messages until the client reads what is queued.
+const BUDGET_UNIT: usize = 1 << 10;
+const MIN_BUDGET_UNITS: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -104,12 +107,21 @@ pub(crate) struct MuxReader {
     access: Access,
     /// Ids of the open subscriptions, shared with the shard (which removes those that end there).
     open: Arc<Mutex<HashSet<Arc<str>>>>,
-    replies: Arc<Semaphore>,
+    /// Units of unwritten replies and subscription starts this connection may have queued.
+    budget: Arc<Semaphore>,
+    budget_units: u32,
 }
 
 impl MuxReader {
     fn new(st: AppState, access: Access) -> MuxReader {
-        MuxReader { st, access, open: Arc::default(), replies: Arc::new(Semaphore::new(REPLY_WINDOW)) }
+        let units = (st.config.client_buffer_bytes / BUDGET_UNIT).clamp(MIN_BUDGET_UNITS, u32::MAX as usize);
+        MuxReader {
+            st,
+            access,
+            open: Arc::default(),
+            budget: Arc::new(Semaphore::new(units)),
+            budget_units: units as u32,
+        }
     }
 
     pub(crate) fn open_ids(&self) -> Arc<Mutex<HashSet<Arc<str>>>> {
@@ -120,9 +132,16 @@ impl MuxReader {
         self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `bytes` for the client, waiting while it has `REPLY_WINDOW` replies unread.
+    /// Waits until `bytes` more fit the connection's budget (a start larger than all of it waits
+    /// for all of it, then goes alone).
+    async fn room_for(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let units = bytes.div_ceil(BUDGET_UNIT).clamp(1, self.budget_units as usize) as u32;
+        self.budget.clone().acquire_many_owned(units).await.ok()
+    }
+
+    /// Queues `bytes` for the client, waiting while its budget is spent.
     async fn reply(&self, link: &Link, bytes: Bytes) {
-        let Ok(permit) = self.replies.clone().acquire_owned().await else { return };
+        let Some(permit) = self.room_for(bytes.len()).await else { return };
         let _ = link.events.send(ReaderEvent::Reply(link.id, bytes, permit)).await;
     }
 
@@ -226,7 +245,8 @@ impl Messages for MuxReader {
                 }
                 match self.start(&id, view, query, since, key).await {
                     Ok(new) => {
-                        let _ = link.events.send(ReaderEvent::Subscribe(link.id, Box::new(new))).await;
+                        let Some(permit) = self.room_for(new.start_bytes()).await else { return false };
+                        let _ = link.events.send(ReaderEvent::Subscribe(link.id, Box::new(new.holding(permit)))).await;
                     }
                     Err(reply) => {
                         self.open().remove(&id);

@@ -868,28 +868,23 @@ async fn multiplexed_subscriptions_start_stop_and_end_independently() {
     subs.follow_until_equal(&mut ws, &server, &[("b", v1)]).await;
 }
 
-/// A multiplexed client that sends bad messages without reading the errors it is answered with
-/// holds a bounded number of them: once its replies fill the socket and the reply window, the
-/// server stops reading its messages (so its own sends block), and other clients are served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_flooding_bad_messages_without_reading_is_not_read_further() {
-    let _heavy = common::HEAVY.lock().await;
-    let server = Server::start(&demo_sql(500, 1_000_000), CoordConfig::default()).await;
+/// Sends `count` rounds of `round(i)`'s messages over a multiplexed connection that reads nothing
+/// (small socket buffers), until the server stops taking them; returns how many rounds got through.
+async fn flood_without_reading(server: &Server, count: u64, round: fn(u64) -> Vec<String>) -> u64 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.set_send_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
-    let (flood, _) = tokio_tungstenite::client_async(mux_url(&server), tcp).await.unwrap();
-    let (mut sink, _unread) = flood.split();
-    // Each bad message is answered with a ~70-byte error: 300,000 of them (21 MB) are more than
-    // the kernel's socket buffers can hold (4 MB of send buffer at most, by default).
-    const MESSAGES: u64 = 300_000;
+    let (flood, _) = tokio_tungstenite::client_async(mux_url(server), tcp).await.unwrap();
+    let (mut sink, unread) = flood.split();
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
     let writer = tokio::spawn(async move {
-        for i in 0..MESSAGES {
-            sink.feed(Message::Text("{bad".into())).await.unwrap();
-            if i % 256 == 0 {
+        for i in 0..count {
+            for m in round(i) {
+                sink.feed(Message::Text(m.into())).await.unwrap();
+            }
+            if i % 128 == 0 {
                 sink.flush().await.unwrap();
             }
             counter.store(i + 1, Ordering::Relaxed);
@@ -906,11 +901,34 @@ async fn a_client_flooding_bad_messages_without_reading_is_not_read_further() {
             (last, still_since) = (now, Instant::now());
         }
     }
-    eprintln!("the flooding client got {last} of {MESSAGES} messages through");
-    assert!(
-        last < MESSAGES && !writer.is_finished(),
-        "the server read all {MESSAGES} messages of a client that reads nothing"
-    );
+    let finished = writer.is_finished();
+    writer.abort();
+    drop(unread);
+    eprintln!("a flooding client got {last} of {count} rounds through");
+    assert!(last < count && !finished, "the server read all {count} rounds of a client that reads nothing");
+    last
+}
+
+/// A multiplexed client that does not read what it is answered with holds a bounded amount of
+/// it: once the replies and snapshots queued for it fill the socket and its budget, the server
+/// stops reading its messages (so its own sends block), and other clients are served. Two floods:
+/// bad messages, each answered with an error, and subscribe/unsubscribe rounds, each answered
+/// with a snapshot (which the unsubscribe does not take back once queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_flooding_requests_without_reading_are_not_read_further() {
+    let _heavy = common::HEAVY.lock().await;
+    let server = Server::start(&demo_sql(500, 1_000_000), CoordConfig::default()).await;
+    // Each error is ~70 bytes: 300,000 of them (21 MB) are more than the kernel's socket buffers
+    // hold (4 MB of send buffer at most, by default).
+    flood_without_reading(&server, 300_000, |_| vec!["{bad".to_string()]).await;
+    // Each round queues top10's snapshot (~1 KB): 100,000 rounds would be 100 MB.
+    flood_without_reading(&server, 100_000, |_| {
+        vec![
+            json!({ "type": "subscribe", "id": "s", "view": "top10" }).to_string(),
+            json!({ "type": "unsubscribe", "id": "s" }).to_string(),
+        ]
+    })
+    .await;
     // Meanwhile another client is served.
     let mut good = ws_connect_url(&mux_url(&server)).await;
     ws_send(&mut good, json!({ "type": "subscribe", "id": "c", "view": "counter" })).await;
@@ -921,5 +939,4 @@ async fn a_client_flooding_bad_messages_without_reading_is_not_read_further() {
             updates += 1;
         }
     }
-    writer.abort();
 }
