@@ -135,16 +135,48 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
+#[derive(serde::Deserialize)]
+struct ReadyParams {
+    /// Not ready while a view's last complete timestamp is further behind the wall clock than
+    /// this (ms): an upstream that is gone, or an engine that stopped sealing.
+    max_lag_ms: Option<u64>,
+}
+
 /// Readiness: 200 once the server's views exist (a gateway's upstream answered), else 503 and why.
-async fn ready(axum::extract::State(st): axum::extract::State<AppState>) -> axum::response::Response {
+/// The body gives how far each view's last complete timestamp is behind the wall clock (`lag_ms`,
+/// for the views the caller's token may read; `max_lag_ms` over all of them). A gateway that lost
+/// its upstream stays ready by default (it serves what it has, and every gateway of that upstream
+/// lost it alike); `?max_lag_ms=N` makes it not ready while a view lags more than N ms.
+async fn ready(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<ReadyParams>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    match st.config.readiness.reason() {
-        None => axum::Json(serde_json::json!({ "ready": true })).into_response(),
-        Some(reason) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
-        )
-            .into_response(),
+    if let Some(reason) = st.config.readiness.reason() {
+        let body = serde_json::json!({ "ready": false, "reason": reason });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let access = st.auth.from_headers(&headers);
+    let (mut lag, mut max_lag) = (serde_json::Map::new(), 0);
+    for view in st.coord.relations() {
+        let Some(sealed) = view.sealed_ts else { continue };
+        let ms = now.saturating_sub(sealed);
+        max_lag = max_lag.max(ms);
+        if access.can_read(&view.name) {
+            lag.insert(view.name, ms.into());
+        }
+    }
+    match params.max_lag_ms {
+        Some(limit) if max_lag > limit => {
+            let reason = format!("a view is {max_lag} ms behind the clock (more than {limit})");
+            let body = serde_json::json!({ "ready": false, "reason": reason, "max_lag_ms": max_lag, "lag_ms": lag });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+        _ => axum::Json(serde_json::json!({ "ready": true, "max_lag_ms": max_lag, "lag_ms": lag })).into_response(),
     }
 }
 

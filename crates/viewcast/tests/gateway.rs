@@ -264,13 +264,41 @@ async fn a_gateway_started_before_its_upstream_waits_for_it() {
         assert!(body["reason"].as_str().unwrap().contains("waiting for the upstream"), "{body}");
         let upstream = Proc::upstream(port, "upstream-late").await;
         let gateway = gateway.await.expect("the gateway starts once its upstream is up");
-        assert_eq!(http_get(http, "/api/v1/ready").await, (200, json!({ "ready": true })));
+        let (status, body) = http_get(http, "/api/v1/ready").await;
+        assert_eq!((status, &body["ready"]), (200, &json!(true)), "{body}");
         let client = Client::start(gateway.http, "totals");
         let writer = start_writer(Arc::new(Mutex::new(upstream.pg)));
         tokio::time::sleep(Duration::from_millis(700)).await;
         writer.stop().await;
         let expected = settle(&client, upstream.pg).await;
         assert!(!expected.is_empty(), "the writer changed the upstream");
+
+        // Readiness tells how far behind the clock each view is. With its upstream gone the
+        // gateway stays ready (it serves what it has), unless asked to bound the lag.
+        let (status, body) = http_get(http, "/api/v1/ready?max_lag_ms=2000").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["lag_ms"]["totals"].as_u64().is_some_and(|ms| ms <= 2000), "{body}");
+        upstream.kill().await;
+        let t0 = Instant::now();
+        let body = loop {
+            let (status, body) = http_get(http, "/api/v1/ready?max_lag_ms=2000").await;
+            if status == 503 {
+                break body;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "still ready with its upstream gone: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(body["reason"].as_str().unwrap().contains("behind the clock"), "{body}");
+        assert!(body["lag_ms"]["totals"].as_u64().unwrap() > 2000, "{body}");
+        let (status, body) = http_get(http, "/api/v1/ready").await;
+        assert_eq!((status, &body["ready"]), (200, &json!(true)), "without a bound it stays ready: {body}");
+        // The upstream back: ready again under the bound.
+        let _upstream = Proc::upstream(port, "upstream-back").await;
+        let t0 = Instant::now();
+        while http_get(http, "/api/v1/ready?max_lag_ms=2000").await.0 != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "not ready again after the upstream came back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     })
     .await
     .expect("test timed out");
