@@ -76,7 +76,8 @@ impl Clock {
     }
 }
 
-pub(crate) fn now_ms() -> Timestamp {
+/// The wall clock as a timestamp: milliseconds since the Unix epoch.
+pub fn now_ms() -> Timestamp {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
 }
 

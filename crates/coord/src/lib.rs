@@ -22,6 +22,7 @@ use viewcast_hub::Hub;
 use viewcast_repr::{RelationDesc, Row};
 
 pub use catalog::{ItemKind, RelationInfo};
+pub use clock::now_ms;
 pub use execute::{ExecuteResult, StatementError};
 pub use sinks::{FollowError, SinkStatus, ViewFollower};
 pub use system::{SINK_STATUS_VIEW, SOURCE_STATS_VIEW};

@@ -1226,3 +1226,47 @@ impl Shard {
         self.to_written.flush_into(&self.metrics.frame_to_written);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viewcast_hub::wire;
+    use viewcast_repr::{Datum, Row};
+
+    fn whole(out: &Out) -> Vec<u8> {
+        out.slices(0).concat()
+    }
+
+    /// The shard's one-entry cache gives every subscription exactly what encoding its frame for it
+    /// alone would: across frames, ids and keys, in an order that hits and misses the cache.
+    #[test]
+    fn formatted_frames_equal_encoding_each_subscription_alone() {
+        // An insert and a delete: a keyed encoding lists the deleted row's key, so keys differ.
+        let rows = |n: i64| {
+            let row = |a: i64, b: i64| Row::new(vec![Datum::Int(a), Datum::Int(b)]);
+            Arc::new(vec![(row(n, n * 10), 1), (row(n + 100, 7), -1)])
+        };
+        let frames = [wire::update("v", 5, rows(1)), wire::update("v", 6, rows(2)), wire::progress("v", 7)];
+        let key = |col: usize| Some((vec![col], vec![format!("c{col}")]));
+        let id = |s: &str| Some(Arc::from(s));
+        // Neighbours differ in one respect each: the id, the key, or none (a cache hit).
+        let encodings = [
+            Encoding { id: None, key: None },
+            Encoding { id: id("s"), key: None },
+            Encoding { id: id("s"), key: None },
+            Encoding { id: id("t"), key: None },
+            Encoding { id: id("t"), key: key(0) },
+            Encoding { id: id("t"), key: key(0) },
+            Encoding { id: id("t"), key: key(1) },
+            Encoding { id: None, key: key(1) },
+            Encoding { id: None, key: None },
+        ];
+        let mut formatted = Formatted::default();
+        for frame in &frames {
+            for encoding in encodings.iter().chain(encodings.iter().rev()) {
+                let alone = Out::text(encoding.encode(frame).unwrap());
+                assert_eq!(whole(&formatted.live(frame, encoding).unwrap()), whole(&alone), "{encoding:?}");
+            }
+        }
+    }
+}

@@ -158,8 +158,7 @@ async fn ready(
         let body = serde_json::json!({ "ready": false, "reason": reason });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = viewcast_coord::now_ms();
     let access = st.auth.from_headers(&headers);
     let (mut lag, mut max_lag) = (serde_json::Map::new(), 0);
     for view in st.coord.relations() {

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use viewcast_coord::Coordinator;
+use viewcast_hub::wire;
 use viewcast_plan::GlobalId;
 use viewcast_repr::Timestamp;
 
@@ -64,11 +65,11 @@ fn id_string(id: &Value) -> Option<Arc<str>> {
 }
 
 fn error_msg(id: Option<&str>, message: &str) -> Bytes {
-    let mut v = serde_json::json!({ "type": "error", "message": message });
-    if let Some(id) = id {
-        v["id"] = Value::String(id.to_string());
+    let error = wire::error(None, message);
+    match id {
+        Some(id) => error.with_id(id, ""),
+        None => error.bytes,
     }
-    v.to_string().into()
 }
 
 /// An ad-hoc query's transient view: dropped with its subscription.
